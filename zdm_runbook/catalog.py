@@ -1,0 +1,207 @@
+"""A spec checked against a live catalog: tables, columns, types and expressions must resolve.
+
+The operations are replayed over the catalog in spec order, so a column added by an earlier
+operation counts as present, and a re-run after a phase completed (new column already there, old
+one already dropped) is accepted. Types and expressions are tried on the server inside one
+READ ONLY transaction that is always rolled back, so nothing is ever changed by a check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .errors import Problem
+from .operations import (
+    AddCheck,
+    AddColumn,
+    AddForeignKey,
+    AddNotNullColumn,
+    AddUnique,
+    Backfill,
+    ChangeType,
+    CreateIndex,
+    CreateTable,
+    DropColumn,
+    DropConstraint,
+    DropTable,
+    RenameColumn,
+    SetNotNull,
+)
+from .spec import Change, Table
+from .sqltext import Expr, SqlType
+from .steps import qname, regclass
+
+Q = sql.SQL
+
+
+@dataclass
+class _State:
+    """What the catalog holds as the operations are replayed: table → column → type."""
+
+    conn: psycopg.Connection[Any]
+    tables: dict[Table, dict[str, str] | None] = field(default_factory=dict)
+
+    def columns(self, table: Table) -> dict[str, str] | None:
+        if table not in self.tables:
+            rows = self.conn.execute(
+                Q(
+                    "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute"
+                    " WHERE attrelid = {} AND attnum > 0 AND NOT attisdropped"
+                ).format(regclass(table.schema, table.name))
+            ).fetchall()
+            exists = self.conn.execute(Q("SELECT {} IS NOT NULL").format(regclass(table.schema, table.name))).fetchone()
+            self.tables[table] = {str(r[0]): str(r[1]) for r in rows} if exists and exists[0] else None
+        return self.tables[table]
+
+    def type_name(self, type_: SqlType) -> str | None:
+        try:
+            with self.conn.transaction(force_rollback=True):
+                row = self.conn.execute(Q("SELECT format_type(pg_typeof(CAST(NULL AS {})), NULL)").format(type_.sql)).fetchone()
+        except psycopg.Error as exc:
+            raise _Bad(_first_line(exc)) from exc
+        return str(row[0]) if row else None
+
+    def try_expr(self, table: Table, expr: Expr, cast_to: SqlType | None = None) -> None:
+        value = expr.sql if cast_to is None else Q("CAST(({}) AS {})").format(expr.sql, cast_to.sql)
+        try:
+            with self.conn.transaction(force_rollback=True):
+                self.conn.execute(Q("SELECT {} FROM {} WHERE false").format(value, qname(table)))
+        except psycopg.Error as exc:
+            raise _Bad(_first_line(exc)) from exc
+
+    def volatile(self, expr: Expr) -> list[str]:
+        if not expr.functions:
+            return []
+        rows = self.conn.execute(
+            "SELECT DISTINCT proname FROM pg_proc WHERE proname = ANY(%s) AND provolatile = 'v'",
+            [sorted(expr.functions)],
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+
+class _Bad(Exception):
+    """A check that failed on the server, with PostgreSQL's message."""
+
+
+def _first_line(exc: psycopg.Error) -> str:
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    return str(primary or str(exc).splitlines()[0])
+
+
+def check_change(conn: psycopg.Connection[Any], change: Change) -> list[Problem]:
+    """Every problem found replaying ``change`` over the catalog of ``conn`` (empty if none)."""
+    state = _State(conn)
+    problems: list[Problem] = []
+    with conn.transaction(force_rollback=True):
+        conn.execute("SET TRANSACTION READ ONLY")
+        for i, op in enumerate(change.operations):
+            path = f"operations[{i}].{op.NAME}"
+            try:
+                _check(state, op, path, problems)
+            except _Bad as exc:
+                problems.append(Problem(path, str(exc)))
+    return problems
+
+
+def _need_table(state: _State, table: Table, path: str, problems: list[Problem]) -> dict[str, str] | None:
+    cols = state.columns(table)
+    if cols is None:
+        problems.append(Problem(f"{path}.table", f"table {table} does not exist"))
+    return cols
+
+
+def _need_columns(
+    cols: dict[str, str], table: Table, names: tuple[str, ...] | frozenset[str], path: str, problems: list[Problem]
+) -> bool:
+    missing = sorted(set(names) - set(cols))
+    for name in missing:
+        problems.append(Problem(path, f"column {name} does not exist in {table}"))
+    return not missing
+
+
+def _check_expr(state: _State, cols: dict[str, str], table: Table, expr: Expr | None, path: str,
+                problems: list[Problem], cast_to: SqlType | None = None) -> None:
+    if expr is None or not _need_columns(cols, table, expr.columns, path, problems):
+        return
+    try:
+        state.try_expr(table, expr, cast_to)
+    except _Bad as exc:
+        problems.append(Problem(path, f"{expr.text}: {exc}"))
+
+
+def _check_new_column(state: _State, cols: dict[str, str], table: Table, column: str, type_: SqlType,
+                      path: str, problems: list[Problem]) -> None:
+    wanted = state.type_name(type_)
+    if column in cols and wanted and cols[column] != wanted:
+        problems.append(Problem(path, f"{table}.{column} already exists with type {cols[column]}, not {wanted}"))
+    cols.setdefault(column, wanted or type_.text)
+
+
+def _check(state: _State, op: Any, path: str, problems: list[Problem]) -> None:  # noqa: PLR0915
+    if isinstance(op, CreateTable):
+        if state.columns(op.table) is None:
+            state.tables[op.table] = {c.name: state.type_name(c.type) or c.type.text for c in op.columns}
+        return
+    table: Table | None = getattr(op, "table", None)
+    if table is None:
+        return  # drop_index and raw_sql name no table
+    if isinstance(op, DropTable | DropColumn | DropConstraint):
+        return  # already gone is fine: the contract step is idempotent
+    cols = _need_table(state, table, path, problems)
+    if cols is None:
+        return
+    if isinstance(op, AddColumn | AddNotNullColumn):
+        _check_new_column(state, cols, table, op.column, op.type, f"{path}.column", problems)
+        if op.default is not None:
+            _check_expr(state, cols, table, op.default, f"{path}.default", problems, op.type)
+            for fn in state.volatile(op.default):
+                problems.append(Problem(f"{path}.default", f"{fn}() is VOLATILE on this server: as a DEFAULT"
+                                        " it rewrites the table; use a backfill"))
+        if isinstance(op, AddNotNullColumn):
+            _check_expr(state, cols, table, op.backfill, f"{path}.backfill", problems, op.type)
+    elif isinstance(op, RenameColumn):
+        if op.old not in cols and op.new not in cols:
+            problems.append(Problem(f"{path}.from", f"column {op.old} does not exist in {table}"))
+            return
+        wanted = state.type_name(op.type)
+        if op.old in cols and wanted and cols[op.old] != wanted:
+            problems.append(Problem(f"{path}.type", f"{table}.{op.old} is {cols[op.old]}, not {wanted}:"
+                                    " a rename keeps the type (use change_type to change it)"))
+        _check_new_column(state, cols, table, op.new, op.type, f"{path}.to", problems)
+    elif isinstance(op, ChangeType):
+        if op.column not in cols and op.new_column not in cols:
+            problems.append(Problem(f"{path}.column", f"column {op.column} does not exist in {table}"))
+            return
+        _check_new_column(state, cols, table, op.new_column, op.type, f"{path}.new_column", problems)
+        if op.column in cols:
+            _check_expr(state, cols, table, op.using, f"{path}.using", problems, op.type)
+            old_type = SqlType(cols[op.column])
+            _check_expr(state, cols, table, op.reverse, f"{path}.reverse", problems, old_type)
+    elif isinstance(op, Backfill):
+        for col, expr in op.assignments:
+            if _need_columns(cols, table, (col,), f"{path}.set", problems):
+                _check_expr(state, cols, table, expr, f"{path}.set.{col}", problems, SqlType(cols[col]))
+        _check_expr(state, cols, table, op.where, f"{path}.where", problems)
+    elif isinstance(op, CreateIndex):
+        if op.columns:
+            _need_columns(cols, table, op.columns, f"{path}.columns", problems)
+        _check_expr(state, cols, table, op.expression, f"{path}.expression", problems)
+        _check_expr(state, cols, table, op.where, f"{path}.where", problems)
+    elif isinstance(op, AddUnique):
+        _need_columns(cols, table, op.columns, f"{path}.columns", problems)
+    elif isinstance(op, SetNotNull):
+        _need_columns(cols, table, (op.column,), f"{path}.column", problems)
+    elif isinstance(op, AddCheck):
+        _check_expr(state, cols, table, op.expression, f"{path}.expression", problems)
+    elif isinstance(op, AddForeignKey):
+        _need_columns(cols, table, op.columns, f"{path}.columns", problems)
+        ref = state.columns(op.ref_table)
+        if ref is None:
+            problems.append(Problem(f"{path}.references.table", f"table {op.ref_table} does not exist"))
+        else:
+            _need_columns(ref, op.ref_table, op.ref_columns, f"{path}.references.columns", problems)

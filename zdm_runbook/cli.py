@@ -1,0 +1,193 @@
+"""The ``zdm`` command: plan a change, manage the local PostgreSQL server.
+
+Exit status: 0 success; 1 a failure while running; 2 bad input (spec, parameter, argument).
+Every message that can carry connection details goes through :func:`~zdm_runbook.connect.redact`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .connect import connect, redact
+from .embedded import DEBIAN_PG15_BIN, LocalServer
+from .errors import ConfigError, DatabaseError, SpecError, ZdmError
+from .plan import Plan, build_plan
+from .spec import Phase, load_change
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(redact(message), err=True)
+    sys.exit(code)
+
+
+def handles_errors(fn: F) -> F:
+    """Turn zdm-runbook's errors into a redacted message on stderr and the documented exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (SpecError, ConfigError) as exc:
+            _fail(f"error: {exc}", EXIT_BAD_INPUT)
+        except ZdmError as exc:
+            _fail(f"error: {exc}", EXIT_FAILED)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="zdm")
+def main() -> None:
+    """Zero-downtime PostgreSQL schema changes by expand and contract.
+
+    A change is a YAML spec; it runs as four phases (expand, migrate, switch, contract), each a
+    notebook. Connections come from an environment variable (default ZDM_DSN) or libpq's own
+    environment; a password is never passed on the command line.
+    """
+
+
+@main.command("plan")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--phase", type=click.Choice([p.value for p in Phase]), help="Show one phase only.")
+@click.option(
+    "--dsn-env",
+    metavar="VAR",
+    help="Also check the spec against the catalog of the database whose DSN is in $VAR.",
+)
+@handles_errors
+def plan_cmd(spec: Path, as_json: bool, phase: str | None, dsn_env: str | None) -> None:
+    """Show SPEC split into the four phases: each step's purpose, SQL, and transaction mode.
+
+    Needs no database. With --dsn-env, the tables, columns, types and expressions of the spec
+    are checked against that database first (read only). Exit 2 lists every problem of a bad spec.
+    """
+    change = load_change(spec)
+    if dsn_env:
+        from .catalog import check_change
+
+        with connect(env=dsn_env) as conn:
+            problems = check_change(conn, change)
+        if problems:
+            raise SpecError(problems, str(spec))
+    plan = build_plan(change)
+    if as_json:
+        click.echo(plan.to_json())
+    else:
+        click.echo(format_plan(plan, Phase(phase) if phase else None))
+
+
+def format_plan(plan: Plan, only: Phase | None = None) -> str:
+    """The plan as text: per phase, numbered steps with description and SQL."""
+    change = plan.change
+    lines = [f"change {change.id}: {change.description}".rstrip(": "), f"dual write: {change.dual_write}"]
+    for phase in Phase:
+        if only and phase != only:
+            continue
+        steps = plan.for_phase(phase)
+        lines.append("")
+        lines.append(f"== {phase.value} ({len(steps)} step{'s' if len(steps) != 1 else ''})")
+        if not steps:
+            lines.append("   no schema change; the application moves on (see the phase notebook)")
+        for n, step in enumerate(steps, 1):
+            mode = "outside a transaction" if not step.transactional else "in one transaction"
+            lines.append(f"{n:>2}. {step.description}  [{step.key}, {mode}]")
+            lines.extend(f"      {line}" for line in step.render().splitlines())
+    return "\n".join(lines)
+
+
+@main.group("db")
+def db() -> None:
+    """Manage the local PostgreSQL (embedded PostgreSQL 18, or --pg-bin for others).
+
+    The server listens only on a private Unix socket. Use it with:
+    export ZDM_DSN="$(zdm db url)"
+    """
+
+
+_data_dir = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Data folder (default: $ZDM_DATA_DIR or ~/.local/share/zdm-runbook/pg).",
+)
+_pg_bin = click.option(
+    "--pg-bin",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help=f"PostgreSQL bin folder to use instead of the embedded one (e.g. {DEBIAN_PG15_BIN}).",
+)
+
+
+def _server(data_dir: Path | None, pg_bin: Path | None) -> LocalServer:
+    return LocalServer.default(data_dir, pg_bin)
+
+
+@db.command("start")
+@_data_dir
+@_pg_bin
+@handles_errors
+def db_start(data_dir: Path | None, pg_bin: Path | None) -> None:
+    """Initialise (first time) and start the server; print its DSN. Does nothing if running."""
+    server = _server(data_dir, pg_bin)
+    dsn = server.start()
+    click.echo(f"running: {server.version()} in {server.data_dir}", err=True)
+    click.echo(dsn)
+
+
+@db.command("stop")
+@_data_dir
+@_pg_bin
+@handles_errors
+def db_stop(data_dir: Path | None, pg_bin: Path | None) -> None:
+    """Stop the server (fast shutdown: open sessions are disconnected)."""
+    server = _server(data_dir, pg_bin)
+    click.echo("stopped" if server.stop() else "not running")
+
+
+@db.command("status")
+@_data_dir
+@_pg_bin
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@handles_errors
+def db_status(data_dir: Path | None, pg_bin: Path | None, as_json: bool) -> None:
+    """Say whether the server runs, where its data is, and its DSN. Exit 1 when not running."""
+    server = _server(data_dir, pg_bin)
+    running = server.running()
+    info = {
+        "running": running,
+        "data_dir": str(server.data_dir),
+        "initialized": server.initialized(),
+        "version": server.version(),
+        "dsn": server.dsn() if running else None,
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            click.echo(f"{key:12} {value if value is not None else '-'}")
+    if not running:
+        sys.exit(EXIT_FAILED)
+
+
+@db.command("url")
+@_data_dir
+@_pg_bin
+@handles_errors
+def db_url(data_dir: Path | None, pg_bin: Path | None) -> None:
+    """Print the DSN of the running server (exit 1 if it is not running)."""
+    server = _server(data_dir, pg_bin)
+    if not server.running():
+        raise DatabaseError(f"no server running in {server.data_dir}; start it with: zdm db start")
+    click.echo(server.dsn())

@@ -1,0 +1,276 @@
+"""Steps: the unit that runs, as data. Each carries its SQL (composed, never formatted), its phase,
+whether it must run outside a transaction, and a catalog query telling whether it is already done.
+
+The builders here are the only place schema-change SQL is written; :mod:`zdm_runbook.plan` picks
+which builders each operation needs, and the executors decide how to run them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from psycopg import sql
+
+from .spec import Phase, Table
+from .sqltext import Expr
+
+Q = sql.SQL
+DOLLAR_TAG = "$zdm_sync$"
+INDEX_METHODS = {
+    "btree": Q("btree"),
+    "hash": Q("hash"),
+    "gist": Q("gist"),
+    "spgist": Q("spgist"),
+    "gin": Q("gin"),
+    "brin": Q("brin"),
+}
+FK_ACTIONS = {
+    "no action": Q("NO ACTION"),
+    "restrict": Q("RESTRICT"),
+    "cascade": Q("CASCADE"),
+    "set null": Q("SET NULL"),
+    "set default": Q("SET DEFAULT"),
+}
+
+
+@dataclass(frozen=True)
+class BackfillSpec:
+    """What the migrate phase copies: ``SET col = expr`` on rows matching ``pending``."""
+
+    table: Table
+    assignments: tuple[tuple[str, sql.Composable], ...]
+    pending: sql.Composable
+    where: Expr | None = None
+
+    def update(self) -> sql.Composed:
+        """The whole-table form; the backfill engine adds key ranges to the same WHERE."""
+        sets = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(col), value) for col, value in self.assignments
+        )
+        cond = self.pending if self.where is None else Q("({}) AND ({})").format(self.where.sql, self.pending)
+        return Q("UPDATE {} SET {} WHERE {}").format(qname(self.table), sets, cond)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One idempotent unit of a phase: statements run in one transaction (or one, outside any)."""
+
+    key: str
+    phase: Phase
+    description: str
+    statements: tuple[sql.Composable, ...]
+    done_when: sql.Composable | None = None
+    transactional: bool = True
+    tables: tuple[Table, ...] = ()
+    builds_index: tuple[str, str] | None = None
+    backfill: BackfillSpec | None = None
+    operation: int = 0
+    notes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.transactional and len(self.statements) != 1:
+            raise ValueError(f"{self.key}: a step outside a transaction must be a single statement")
+
+    def render(self) -> str:
+        """The SQL as text, one statement per line group (for plans, notebooks and logs)."""
+        return ";\n".join(s.as_string(None) for s in self.statements) + ";"
+
+
+def qname(table: Table) -> sql.Identifier:
+    return sql.Identifier(table.schema, table.name)
+
+
+def regclass(schema: str, name: str) -> sql.Composed:
+    """``to_regclass('"schema"."name"')``: NULL when the relation does not exist."""
+    return Q("to_regclass(format('%I.%I', {}, {}))").format(sql.Literal(schema), sql.Literal(name))
+
+
+def derived_name(*parts: str, suffix: str) -> str:
+    """A deterministic name within 63 bytes: readable prefix, plus a short hash when truncated."""
+    base = "_".join(parts)
+    name = f"{base}_{suffix}"
+    if len(name.encode()) <= 63:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    keep = 63 - len(suffix) - len(digest) - 2
+    return f"{base.encode()[:keep].decode(errors='ignore')}_{digest}_{suffix}"
+
+
+# --- catalog guards: each is a query returning one boolean, true when the step's effect exists ---
+
+
+def column_exists(table: Table, column: str) -> sql.Composed:
+    return Q(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {} AND attname = {}"
+        " AND attnum > 0 AND NOT attisdropped)"
+    ).format(regclass(table.schema, table.name), sql.Literal(column))
+
+
+def column_absent(table: Table, column: str) -> sql.Composed:
+    return Q("SELECT NOT ({})").format(column_exists(table, column))
+
+
+def column_has_default(table: Table, column: str) -> sql.Composed:
+    return Q(
+        "SELECT EXISTS (SELECT 1 FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid"
+        " AND a.attnum = d.adnum WHERE d.adrelid = {} AND a.attname = {})"
+    ).format(regclass(table.schema, table.name), sql.Literal(column))
+
+
+def column_not_null(table: Table, column: str) -> sql.Composed:
+    return Q(
+        "SELECT coalesce((SELECT attnotnull FROM pg_attribute WHERE attrelid = {} AND attname = {}), false)"
+    ).format(regclass(table.schema, table.name), sql.Literal(column))
+
+
+def relation_exists(schema: str, name: str) -> sql.Composed:
+    return Q("SELECT {} IS NOT NULL").format(regclass(schema, name))
+
+
+def relation_absent(schema: str, name: str) -> sql.Composed:
+    return Q("SELECT {} IS NULL").format(regclass(schema, name))
+
+
+def index_valid(schema: str, name: str) -> sql.Composed:
+    return Q("SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = {} AND indisvalid)").format(
+        regclass(schema, name)
+    )
+
+
+def constraint_exists(table: Table, name: str, validated: bool = False) -> sql.Composed:
+    extra = Q(" AND convalidated") if validated else Q("")
+    return Q("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {} AND conname = {}{})").format(
+        regclass(table.schema, table.name), sql.Literal(name), extra
+    )
+
+
+def constraint_absent(table: Table, name: str) -> sql.Composed:
+    return Q("SELECT NOT ({})").format(constraint_exists(table, name))
+
+
+def trigger_exists(table: Table, name: str) -> sql.Composed:
+    return Q("SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = {} AND tgname = {})").format(
+        regclass(table.schema, table.name), sql.Literal(name)
+    )
+
+
+def no_rows(table: Table, predicate: sql.Composable) -> sql.Composed:
+    return Q("SELECT NOT EXISTS (SELECT 1 FROM {} WHERE {})").format(qname(table), predicate)
+
+
+def all_of(*guards: sql.Composable) -> sql.Composed:
+    return Q("SELECT ({})").format(Q(") AND (").join(Q("{}").format(g) for g in guards))
+
+
+# --- statements ---
+
+
+def add_column(table: Table, column: str, type_: sql.Composable, default: Expr | None = None) -> sql.Composed:
+    stmt = Q("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(qname(table), sql.Identifier(column), type_)
+    return stmt if default is None else Q("{} DEFAULT {}").format(stmt, default.sql)
+
+
+def set_default(table: Table, column: str, default: Expr) -> sql.Composed:
+    return Q("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {}").format(
+        qname(table), sql.Identifier(column), default.sql
+    )
+
+
+def add_check_not_valid(table: Table, name: str, condition: sql.Composable) -> sql.Composed:
+    return Q("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({}) NOT VALID").format(
+        qname(table), sql.Identifier(name), condition
+    )
+
+
+def validate_constraint(table: Table, name: str) -> sql.Composed:
+    return Q("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(qname(table), sql.Identifier(name))
+
+
+def set_not_null(table: Table, column: str) -> sql.Composed:
+    return Q("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(qname(table), sql.Identifier(column))
+
+
+def drop_constraint(table: Table, name: str) -> sql.Composed:
+    return Q("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(qname(table), sql.Identifier(name))
+
+
+def drop_column(table: Table, column: str) -> sql.Composed:
+    return Q("ALTER TABLE {} DROP COLUMN IF EXISTS {}").format(qname(table), sql.Identifier(column))
+
+
+def create_index_concurrently(
+    table: Table,
+    name: str,
+    keys: sql.Composable,
+    *,
+    unique: bool = False,
+    method: str = "btree",
+    where: Expr | None = None,
+) -> sql.Composed:
+    stmt = Q("CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {} USING {} ({})").format(
+        Q("UNIQUE ") if unique else Q(""),
+        sql.Identifier(name),
+        qname(table),
+        INDEX_METHODS[method],
+        keys,
+    )
+    return stmt if where is None else Q("{} WHERE {}").format(stmt, where.sql)
+
+
+def drop_index_concurrently(schema: str, name: str) -> sql.Composed:
+    return Q("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, name))
+
+
+def identifiers(names: tuple[str, ...]) -> sql.Composed:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def sync_function(
+    table: Table,
+    function: str,
+    old: str,
+    new: str,
+    to_new: sql.Composable,
+    to_old: sql.Composable,
+) -> sql.Composed:
+    """A BEFORE INSERT OR UPDATE trigger function keeping ``old`` and ``new`` equal both ways.
+
+    Old app writes only ``old`` → ``new`` is computed; new app writes only ``new`` → ``old`` is
+    computed. A write of ``new`` that already agrees with ``old`` (the backfill) leaves ``old``
+    untouched, so a lossy reverse conversion never rewrites the original data.
+    """
+    o, n = sql.Identifier(old), sql.Identifier(new)
+    body = Q(
+        "\nBEGIN\n"
+        "  IF TG_OP = 'INSERT' THEN\n"
+        "    IF NEW.{n} IS NULL AND NEW.{o} IS NOT NULL THEN\n"
+        "      NEW.{n} := {to_new};\n"
+        "    ELSIF NEW.{o} IS NULL AND NEW.{n} IS NOT NULL THEN\n"
+        "      NEW.{o} := {to_old};\n"
+        "    END IF;\n"
+        "  ELSIF NEW.{o} IS DISTINCT FROM OLD.{o} AND NEW.{n} IS NOT DISTINCT FROM OLD.{n} THEN\n"
+        "    NEW.{n} := {to_new};\n"
+        "  ELSIF NEW.{n} IS DISTINCT FROM OLD.{n} AND NEW.{o} IS NOT DISTINCT FROM OLD.{o}\n"
+        "        AND NEW.{n} IS DISTINCT FROM ({to_new}) THEN\n"
+        "    NEW.{o} := {to_old};\n"
+        "  END IF;\n"
+        "  RETURN NEW;\n"
+        "END\n"
+    ).format(o=o, n=n, to_new=to_new, to_old=to_old)
+    return Q("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {tag}{}{tag}").format(
+        sql.Identifier(table.schema, function), body, tag=Q(DOLLAR_TAG)
+    )
+
+
+def create_sync_trigger(table: Table, trigger: str, function: str) -> sql.Composed:
+    return Q(
+        "CREATE OR REPLACE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
+    ).format(sql.Identifier(trigger), qname(table), sql.Identifier(table.schema, function))
+
+
+def drop_sync_trigger(table: Table, trigger: str, function: str) -> tuple[sql.Composed, sql.Composed]:
+    return (
+        Q("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), qname(table)),
+        Q("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(table.schema, function)),
+    )
