@@ -32,8 +32,8 @@ from .operations import (
     SetNotNull,
 )
 from .spec import Change, Table
-from .sqltext import Expr, SqlType
-from .steps import qname, regclass
+from .sqltext import Expr, SqlType, trusted
+from .steps import regclass
 
 Q = sql.SQL
 
@@ -66,10 +66,17 @@ class _State:
         return str(row[0]) if row else None
 
     def try_expr(self, table: Table, expr: Expr, cast_to: SqlType | None = None) -> None:
+        """Evaluate ``expr`` over a row shaped like the table *as replayed so far* (no rows read)."""
         value = expr.sql if cast_to is None else Q("CAST(({}) AS {})").format(expr.sql, cast_to.sql)
+        row = Q(", ").join(
+            Q("CAST(NULL AS {}) AS {}").format(trusted(type_), sql.Identifier(name))
+            for name, type_ in (self.columns(table) or {}).items()
+        )
         try:
             with self.conn.transaction(force_rollback=True):
-                self.conn.execute(Q("SELECT {} FROM {} WHERE false").format(value, qname(table)))
+                self.conn.execute(
+                    Q("SELECT {} FROM (SELECT {}) AS {} WHERE false").format(value, row, sql.Identifier(table.name))
+                )
         except psycopg.Error as exc:
             raise _Bad(_first_line(exc)) from exc
 
@@ -184,7 +191,7 @@ def _check(state: _State, op: Any, path: str, problems: list[Problem]) -> None: 
             _check_expr(state, cols, table, op.reverse, f"{path}.reverse", problems, old_type)
     elif isinstance(op, Backfill):
         for col, expr in op.assignments:
-            if _need_columns(cols, table, (col,), f"{path}.set", problems):
+            if _need_columns(cols, table, (col,), f"{path}.set.{col}", problems):
                 _check_expr(state, cols, table, expr, f"{path}.set.{col}", problems, SqlType(cols[col]))
         _check_expr(state, cols, table, op.where, f"{path}.where", problems)
     elif isinstance(op, CreateIndex):

@@ -105,7 +105,7 @@ class _Builder:
 
 def _not_null_steps(b: _Builder, phase: Phase, table: Table, column: str, why: str = "") -> None:
     """NOT NULL without a long ACCESS EXCLUSIVE scan: CHECK NOT VALID, VALIDATE, SET NOT NULL."""
-    check = s.derived_name(table.name, column, suffix="not_null")
+    check = s.derived_name(table.name, column, suffix="zdm_nn_check")
     cond = Q("{} IS NOT NULL").format(sql.Identifier(column))
     done = s.column_not_null(table, column)
     b.add(

@@ -1,0 +1,105 @@
+"""Real PostgreSQL servers for the tests: ``ZDM_TEST_DSN`` (or ``--test-dsn``) if given, else the
+embedded PostgreSQL 18, plus Debian's PostgreSQL 15 when its binaries are installed.
+
+Each test that asks for ``db`` gets a fresh database on the primary server; ``any_pg_db`` runs the
+test once per available server (two major versions where possible).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from zdm_runbook.embedded import DEBIAN_PG15_BIN, LocalServer, embedded_bin_dir
+
+_servers: dict[str, LocalServer] = {}
+_dsns: dict[str, str] = {}
+_root = Path(tempfile.mkdtemp(prefix="zdm-tests-"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--test-dsn",
+        metavar="DSN",
+        default=os.environ.get("ZDM_TEST_DSN"),
+        help="Server to test against instead of the embedded PostgreSQL 18 [env ZDM_TEST_DSN].",
+    )
+
+
+def available_servers() -> list[str]:
+    """Labels of the servers this run tests against: the primary one, and pg15 if installed."""
+    labels = ["primary"]
+    if (DEBIAN_PG15_BIN / "postgres").exists():
+        labels.append("pg15")
+    return labels
+
+
+def server_dsn(config: pytest.Config, label: str) -> str:
+    """Admin DSN of a server, starting a throw-away local one the first time it is needed."""
+    if label not in _dsns:
+        given = config.getoption("--test-dsn")
+        if label == "primary" and given:
+            _dsns[label] = given
+        else:
+            bin_dir = embedded_bin_dir() if label == "primary" else DEBIAN_PG15_BIN
+            server = LocalServer(data_dir=_root / label, bin_dir=bin_dir)
+            _servers[label] = server
+            _dsns[label] = server.start()
+    return _dsns[label]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = []
+    for label in available_servers():
+        try:
+            with psycopg.connect(server_dsn(config, label), connect_timeout=10) as conn:
+                version = conn.execute("SHOW server_version").fetchone()
+            lines.append(f"PostgreSQL ({label}): {version[0] if version else '?'}")
+        except Exception as exc:  # noqa: BLE001 - the header must never stop the run
+            lines.append(f"PostgreSQL ({label}): unavailable ({exc})")
+    return lines
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for server in _servers.values():
+        server.destroy()
+    shutil.rmtree(_root, ignore_errors=True)
+
+
+def _fresh_database(config: pytest.Config, label: str) -> Iterator[str]:
+    admin = server_dsn(config, label)
+    name = f"zdm_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    yield make_conninfo(admin, dbname=name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name))
+        )
+
+
+@pytest.fixture
+def db(request: pytest.FixtureRequest) -> Iterator[str]:
+    """DSN of a fresh, empty database on the primary server."""
+    yield from _fresh_database(request.config, "primary")
+
+
+@pytest.fixture(params=available_servers())
+def any_pg_db(request: pytest.FixtureRequest) -> Iterator[str]:
+    """DSN of a fresh database, once per available server (PostgreSQL 18, and 15 if installed)."""
+    yield from _fresh_database(request.config, request.param)
+
+
+@pytest.fixture
+def conn(db: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """An autocommit connection to the fresh database of ``db``."""
+    with psycopg.connect(db, autocommit=True) as c:
+        yield c
