@@ -63,7 +63,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             with psycopg.connect(server_dsn(config, label), connect_timeout=10) as conn:
                 version = conn.execute("SHOW server_version").fetchone()
             lines.append(f"PostgreSQL ({label}): {version[0] if version else '?'}")
-        except Exception as exc:  # noqa: BLE001 - the header must never stop the run
+        except Exception as exc:
             lines.append(f"PostgreSQL ({label}): unavailable ({exc})")
     return lines
 

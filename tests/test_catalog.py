@@ -33,7 +33,9 @@ def problems_for(conn: psycopg.Connection[tuple[object, ...]], operations: str) 
     return [str(p) for p in check_change(conn, change)]
 
 
-def test_unresolvable_names_are_reported_and_nothing_changes(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+def test_unresolvable_names_are_reported_and_nothing_changes(
+    conn: psycopg.Connection[tuple[object, ...]],
+) -> None:
     conn.execute(SCHEMA)
     before = fingerprint(conn)
     found = problems_for(
@@ -64,7 +66,9 @@ def test_unresolvable_names_are_reported_and_nothing_changes(conn: psycopg.Conne
     assert fingerprint(conn) == before
 
 
-def test_columns_created_earlier_in_the_spec_count(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+def test_columns_created_earlier_in_the_spec_count(
+    conn: psycopg.Connection[tuple[object, ...]],
+) -> None:
     conn.execute(SCHEMA)
     found = problems_for(
         conn,

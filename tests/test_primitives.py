@@ -60,7 +60,12 @@ def test_each_primitive_lands_in_its_phase() -> None:
     assert phases["10-set_not_null-set-not-null"] == "switch"
     assert {phases[k] for k in phases if k.startswith(("12", "13", "14", "15"))} == {"contract"}
     outside = {s.key for s in plan.steps if not s.transactional}
-    assert outside == {"04-create_index-create", "05-create_index-create", "09-add_unique-index", "12-drop_index-drop"}
+    assert outside == {
+        "04-create_index-create",
+        "05-create_index-create",
+        "09-add_unique-index",
+        "12-drop_index-drop",
+    }
     for step in plan.steps:
         text = step.render()
         if "INDEX" in text and ("CREATE" in text or "DROP INDEX" in text):
@@ -91,10 +96,12 @@ def test_primitives_apply_phase_by_phase(any_pg_db: str) -> None:
     assert scalar(dsn, "SELECT count(*) FROM shop.events") == 0
     assert scalar(dsn, "SELECT obj_description('shop.orders'::regclass)") == "orders"
     constraints = dict(
-        psycopg.connect(dsn).execute(
+        psycopg.connect(dsn)
+        .execute(
             "SELECT conname, convalidated FROM pg_constraint WHERE connamespace = 'shop'::regnamespace"
             " AND contype IN ('c', 'f', 'u')"
-        ).fetchall()
+        )
+        .fetchall()
     )
     assert constraints == {
         "orders_total_positive": True,
@@ -104,4 +111,6 @@ def test_primitives_apply_phase_by_phase(any_pg_db: str) -> None:
     invalid = "SELECT count(*) FROM pg_index WHERE NOT indisvalid"
     assert scalar(dsn, invalid) == 0
     with pytest.raises(psycopg.errors.CheckViolation):
-        psycopg.connect(dsn, autocommit=True).execute("INSERT INTO shop.orders (id, customer_id, total) VALUES (999, 1, -5)")
+        psycopg.connect(dsn, autocommit=True).execute(
+            "INSERT INTO shop.orders (id, customer_id, total) VALUES (999, 1, -5)"
+        )

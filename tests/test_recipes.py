@@ -78,12 +78,24 @@ def test_change_type_phase_by_phase(any_pg_db: str) -> None:
     # Old app writes only customer_id, new app only customer_ref: the trigger fills the other one.
     old_id = _exec(dsn, "INSERT INTO orders (customer_id, note) VALUES (7, 'old') RETURNING id")
     new_id = _exec(dsn, "INSERT INTO orders (customer_ref, note) VALUES (9, 'new') RETURNING id")
-    assert _exec(dsn, "SELECT customer_id, customer_ref FROM orders WHERE id = %s", old_id) == (7, 7)
-    assert _exec(dsn, "SELECT customer_id, customer_ref FROM orders WHERE id = %s", new_id) == (9, 9)
+    assert _exec(dsn, "SELECT customer_id, customer_ref FROM orders WHERE id = %s", old_id) == (
+        7,
+        7,
+    )
+    assert _exec(dsn, "SELECT customer_id, customer_ref FROM orders WHERE id = %s", new_id) == (
+        9,
+        9,
+    )
     _exec(dsn, "UPDATE orders SET customer_id = 11 WHERE id = %s", old_id)
     _exec(dsn, "UPDATE orders SET customer_ref = 12 WHERE id = %s", new_id)
-    assert _exec(dsn, "SELECT customer_id, customer_ref FROM orders WHERE id = %s", old_id) == (11, 11)
-    assert _exec(dsn, "SELECT customer_id, customer_ref FROM orders WHERE id = %s", new_id) == (12, 12)
+    assert _exec(dsn, "SELECT customer_id, customer_ref FROM orders WHERE id = %s", old_id) == (
+        11,
+        11,
+    )
+    assert _exec(dsn, "SELECT customer_id, customer_ref FROM orders WHERE id = %s", new_id) == (
+        12,
+        12,
+    )
     assert scalar(dsn, mismatch) == 500  # the old rows wait for the backfill
 
     _run(dsn, CHANGE_TYPE, Phase.MIGRATE)
@@ -91,19 +103,32 @@ def test_change_type_phase_by_phase(any_pg_db: str) -> None:
 
     _run(dsn, CHANGE_TYPE, Phase.SWITCH)
     assert columns(dsn, "orders")["customer_ref"] == ("bigint", True)
-    assert scalar(dsn, "SELECT count(*) FROM pg_constraint WHERE conrelid = 'orders'::regclass AND contype = 'c'") == 0
+    assert (
+        scalar(
+            dsn,
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'orders'::regclass AND contype = 'c'",
+        )
+        == 0
+    )
     # Both versions still work after switch: the old one writing customer_id only.
     _exec(dsn, "INSERT INTO orders (customer_id, note) VALUES (21, 'old after switch')")
     _exec(dsn, "INSERT INTO orders (customer_ref, note) VALUES (22, 'new after switch')")
     assert _exec(
-        dsn, "SELECT array_agg(customer_ref ORDER BY customer_ref) FROM orders WHERE note LIKE '%after switch'"
+        dsn,
+        "SELECT array_agg(customer_ref ORDER BY customer_ref) FROM orders WHERE note LIKE '%after switch'",
     ) == ([21, 22],)
     assert scalar(dsn, mismatch) == 0
 
     _run(dsn, CHANGE_TYPE, Phase.CONTRACT)
     cols = columns(dsn, "orders")
     assert "customer_id" not in cols and cols["customer_ref"] == ("bigint", True)
-    assert scalar(dsn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal") == 0
+    assert (
+        scalar(
+            dsn,
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal",
+        )
+        == 0
+    )
     assert scalar(dsn, "SELECT count(*) FROM pg_proc WHERE proname LIKE 'zdm_%'") == 0
     _exec(dsn, "INSERT INTO orders (customer_ref, note) VALUES (31, 'new after contract')")
     with pytest.raises(psycopg.errors.UndefinedColumn):
@@ -135,8 +160,14 @@ def test_rename_column_phase_by_phase(any_pg_db: str) -> None:
     _run(dsn, RENAME, Phase.EXPAND)
     old_id = _exec(dsn, "INSERT INTO orders (customer_id, note) VALUES (1, 'from old') RETURNING id")
     new_id = _exec(dsn, "INSERT INTO orders (customer_id, remark) VALUES (1, 'from new') RETURNING id")
-    assert _exec(dsn, "SELECT note, remark FROM orders WHERE id = %s", old_id) == ("from old", "from old")
-    assert _exec(dsn, "SELECT note, remark FROM orders WHERE id = %s", new_id) == ("from new", "from new")
+    assert _exec(dsn, "SELECT note, remark FROM orders WHERE id = %s", old_id) == (
+        "from old",
+        "from old",
+    )
+    assert _exec(dsn, "SELECT note, remark FROM orders WHERE id = %s", new_id) == (
+        "from new",
+        "from new",
+    )
     _exec(dsn, "UPDATE orders SET remark = NULL WHERE id = %s", new_id)  # new app clears its column
     assert _exec(dsn, "SELECT note, remark FROM orders WHERE id = %s", new_id) == (None, None)
 

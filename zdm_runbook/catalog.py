@@ -53,14 +53,18 @@ class _State:
                     " WHERE attrelid = {} AND attnum > 0 AND NOT attisdropped"
                 ).format(regclass(table.schema, table.name))
             ).fetchall()
-            exists = self.conn.execute(Q("SELECT {} IS NOT NULL").format(regclass(table.schema, table.name))).fetchone()
+            exists = self.conn.execute(
+                Q("SELECT {} IS NOT NULL").format(regclass(table.schema, table.name))
+            ).fetchone()
             self.tables[table] = {str(r[0]): str(r[1]) for r in rows} if exists and exists[0] else None
         return self.tables[table]
 
     def type_name(self, type_: SqlType) -> str | None:
         try:
             with self.conn.transaction(force_rollback=True):
-                row = self.conn.execute(Q("SELECT format_type(pg_typeof(CAST(NULL AS {})), NULL)").format(type_.sql)).fetchone()
+                row = self.conn.execute(
+                    Q("SELECT format_type(pg_typeof(CAST(NULL AS {})), NULL)").format(type_.sql)
+                ).fetchone()
         except psycopg.Error as exc:
             raise _Bad(_first_line(exc)) from exc
         return str(row[0]) if row else None
@@ -75,7 +79,9 @@ class _State:
         try:
             with self.conn.transaction(force_rollback=True):
                 self.conn.execute(
-                    Q("SELECT {} FROM (SELECT {}) AS {} WHERE false").format(value, row, sql.Identifier(table.name))
+                    Q("SELECT {} FROM (SELECT {}) AS {} WHERE false").format(
+                        value, row, sql.Identifier(table.name)
+                    )
                 )
         except psycopg.Error as exc:
             raise _Bad(_first_line(exc)) from exc
@@ -123,7 +129,11 @@ def _need_table(state: _State, table: Table, path: str, problems: list[Problem])
 
 
 def _need_columns(
-    cols: dict[str, str], table: Table, names: tuple[str, ...] | frozenset[str], path: str, problems: list[Problem]
+    cols: dict[str, str],
+    table: Table,
+    names: tuple[str, ...] | frozenset[str],
+    path: str,
+    problems: list[Problem],
 ) -> bool:
     missing = sorted(set(names) - set(cols))
     for name in missing:
@@ -131,8 +141,15 @@ def _need_columns(
     return not missing
 
 
-def _check_expr(state: _State, cols: dict[str, str], table: Table, expr: Expr | None, path: str,
-                problems: list[Problem], cast_to: SqlType | None = None) -> None:
+def _check_expr(
+    state: _State,
+    cols: dict[str, str],
+    table: Table,
+    expr: Expr | None,
+    path: str,
+    problems: list[Problem],
+    cast_to: SqlType | None = None,
+) -> None:
     if expr is None or not _need_columns(cols, table, expr.columns, path, problems):
         return
     try:
@@ -141,11 +158,20 @@ def _check_expr(state: _State, cols: dict[str, str], table: Table, expr: Expr | 
         problems.append(Problem(path, f"{expr.text}: {exc}"))
 
 
-def _check_new_column(state: _State, cols: dict[str, str], table: Table, column: str, type_: SqlType,
-                      path: str, problems: list[Problem]) -> None:
+def _check_new_column(
+    state: _State,
+    cols: dict[str, str],
+    table: Table,
+    column: str,
+    type_: SqlType,
+    path: str,
+    problems: list[Problem],
+) -> None:
     wanted = state.type_name(type_)
     if column in cols and wanted and cols[column] != wanted:
-        problems.append(Problem(path, f"{table}.{column} already exists with type {cols[column]}, not {wanted}"))
+        problems.append(
+            Problem(path, f"{table}.{column} already exists with type {cols[column]}, not {wanted}")
+        )
     cols.setdefault(column, wanted or type_.text)
 
 
@@ -167,8 +193,13 @@ def _check(state: _State, op: Any, path: str, problems: list[Problem]) -> None: 
         if op.default is not None:
             _check_expr(state, cols, table, op.default, f"{path}.default", problems, op.type)
             for fn in state.volatile(op.default):
-                problems.append(Problem(f"{path}.default", f"{fn}() is VOLATILE on this server: as a DEFAULT"
-                                        " it rewrites the table; use a backfill"))
+                problems.append(
+                    Problem(
+                        f"{path}.default",
+                        f"{fn}() is VOLATILE on this server: as a DEFAULT"
+                        " it rewrites the table; use a backfill",
+                    )
+                )
         if isinstance(op, AddNotNullColumn):
             _check_expr(state, cols, table, op.backfill, f"{path}.backfill", problems, op.type)
     elif isinstance(op, RenameColumn):
@@ -177,8 +208,13 @@ def _check(state: _State, op: Any, path: str, problems: list[Problem]) -> None: 
             return
         wanted = state.type_name(op.type)
         if op.old in cols and wanted and cols[op.old] != wanted:
-            problems.append(Problem(f"{path}.type", f"{table}.{op.old} is {cols[op.old]}, not {wanted}:"
-                                    " a rename keeps the type (use change_type to change it)"))
+            problems.append(
+                Problem(
+                    f"{path}.type",
+                    f"{table}.{op.old} is {cols[op.old]}, not {wanted}:"
+                    " a rename keeps the type (use change_type to change it)",
+                )
+            )
         _check_new_column(state, cols, table, op.new, op.type, f"{path}.to", problems)
     elif isinstance(op, ChangeType):
         if op.column not in cols and op.new_column not in cols:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
+from .catalog import check_change
 from .connect import connect, redact
 from .embedded import DEBIAN_PG15_BIN, LocalServer
 from .errors import ConfigError, DatabaseError, SpecError, ZdmError
@@ -77,8 +78,6 @@ def plan_cmd(spec: Path, as_json: bool, phase: str | None, dsn_env: str | None) 
     """
     change = load_change(spec)
     if dsn_env:
-        from .catalog import check_change
-
         with connect(env=dsn_env) as conn:
             problems = check_change(conn, change)
         if problems:
@@ -93,7 +92,10 @@ def plan_cmd(spec: Path, as_json: bool, phase: str | None, dsn_env: str | None) 
 def format_plan(plan: Plan, only: Phase | None = None) -> str:
     """The plan as text: per phase, numbered steps with description and SQL."""
     change = plan.change
-    lines = [f"change {change.id}: {change.description}".rstrip(": "), f"dual write: {change.dual_write}"]
+    lines = [
+        f"change {change.id}: {change.description}".rstrip(": "),
+        f"dual write: {change.dual_write}",
+    ]
     for phase in Phase:
         if only and phase != only:
             continue

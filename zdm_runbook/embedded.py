@@ -55,9 +55,10 @@ def _ensure_server_user() -> pwd.struct_passwd:
         return pwd.getpwnam(SERVER_USER)
     except KeyError:
         pass
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
     try:
         subprocess.run(  # noqa: S603 - fixed argument list
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER],  # noqa: S607
+            [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER],
             check=True,
             capture_output=True,
             text=True,
@@ -210,10 +211,10 @@ class LocalServer:
 
     def _run_raw(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         """Run a server binary, as the server user when we are root."""
-        kwargs: dict[str, object] = {}
+        uid = gid = None
         if _is_root():
-            user = _ensure_server_user()
-            kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+            account = _ensure_server_user()
+            uid, gid = account.pw_uid, account.pw_gid
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
         return subprocess.run(  # noqa: S603 - argv built from fixed names and our own paths
@@ -224,7 +225,9 @@ class LocalServer:
             env=env,
             cwd="/",
             stdin=subprocess.DEVNULL,
-            **kwargs,  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
+            extra_groups=[] if uid is not None else None,
         )
 
     def _run(self, argv: list[str]) -> str:

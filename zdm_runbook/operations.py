@@ -367,7 +367,7 @@ def _out_of_phase(stmt: Statement, phase: Phase) -> str | None:
             if name in _SWITCH_OR_LATER:
                 what, earliest = _SWITCH_OR_LATER[name], Phase.SWITCH
                 break
-    if what and phase.index < earliest.index:
+    if what and phase.order < earliest.order:
         return f"{what} breaks the old app: it belongs in {earliest.value}, not {phase.value}"
     return None
 
@@ -384,7 +384,12 @@ def _read_rename_column(r: Reader) -> RenameColumn | None:
 
 
 def _read_change_type(r: Reader) -> ChangeType | None:
-    table, column, new_column, ctype = r.table(), r.ident("column"), r.ident("new_column"), r.sqltype()
+    table, column, new_column, ctype = (
+        r.table(),
+        r.ident("column"),
+        r.ident("new_column"),
+        r.sqltype(),
+    )
     using, reverse = r.expr("using"), r.expr("reverse")
     not_null = r.flag("not_null")
     if column and new_column and column == new_column:
@@ -442,7 +447,7 @@ def read_operations(top: Reader, problems: list[Problem]) -> list[Operation]:
         if not isinstance(item, dict) or len(item) != 1:
             problems.append(Problem(path, "expected a map with one key, the operation's name"))
             continue
-        (name, body), = item.items()
+        ((name, body),) = item.items()
         reader_fn = READERS.get(name)
         if reader_fn is None:
             known = ", ".join(sorted(READERS))
@@ -464,7 +469,10 @@ def _check_names_unique(ops: list[Operation], problems: list[Problem]) -> None:
         for key in created_names(op):
             if key in seen:
                 problems.append(
-                    Problem(f"operations[{i}].{op.NAME}", f"{key[-1]} is also created by operations[{seen[key]}]")
+                    Problem(
+                        f"operations[{i}].{op.NAME}",
+                        f"{key[-1]} is also created by operations[{seen[key]}]",
+                    )
                 )
             seen.setdefault(key, i)
 

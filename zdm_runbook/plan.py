@@ -99,7 +99,16 @@ class _Builder:
         stmts = statements if isinstance(statements, tuple) else (statements,)
         key = f"{self.index + 1:02d}-{self.op.NAME}-{part}"
         self.steps.append(
-            Step(key, phase, description, stmts, done_when, tables=tables, operation=self.index, **extra)
+            Step(
+                key,
+                phase,
+                description,
+                stmts,
+                done_when,
+                tables=tables,
+                operation=self.index,
+                **extra,
+            )
         )
 
 
@@ -151,22 +160,37 @@ def _dual_write(
     """
     trigger = s.derived_name("zdm", table.name, new, suffix="sync")
     function = trigger
-    b.add("add-column", Phase.EXPAND, f"add nullable {table}.{new}", s.add_column(table, new, type_),
-          s.column_exists(table, new), (table,))
+    b.add(
+        "add-column",
+        Phase.EXPAND,
+        f"add nullable {table}.{new}",
+        s.add_column(table, new, type_),
+        s.column_exists(table, new),
+        (table,),
+    )
     if change.dual_write == "trigger":
         b.add(
             "dual-write",
             Phase.EXPAND,
             f"install trigger {trigger}: keeps {old} and {new} in sync for old and new app writes",
-            (s.sync_function(table, function, old, new, to_new[0], to_old),
-             s.create_sync_trigger(table, trigger, function)),
+            (
+                s.sync_function(table, function, old, new, to_new[0], to_old),
+                s.create_sync_trigger(table, trigger, function),
+            ),
             s.trigger_exists(table, trigger),
             (table,),
         )
     pending = Q("{} IS DISTINCT FROM ({})").format(sql.Identifier(new), to_new[1])
     fill = BackfillSpec(table, ((new, to_new[1]),), pending)
-    b.add("backfill", Phase.MIGRATE, f"backfill {table}.{new} from {old} in batches", fill.update(),
-          s.no_rows(table, pending), (table,), backfill=fill)
+    b.add(
+        "backfill",
+        Phase.MIGRATE,
+        f"backfill {table}.{new} from {old} in batches",
+        fill.update(),
+        s.no_rows(table, pending),
+        (table,),
+        backfill=fill,
+    )
     if not_null:
         _not_null_steps(b, Phase.SWITCH, table, new)
     drops: tuple[sql.Composable, ...] = (s.drop_column(table, old),)
@@ -191,102 +215,216 @@ def _expand_op(change: Change, b: _Builder) -> None:  # noqa: PLR0915 - one bran
         if op.primary_key:
             cols.append(Q("PRIMARY KEY ({})").format(s.identifiers(op.primary_key)))
         stmt = Q("CREATE TABLE IF NOT EXISTS {} ({})").format(s.qname(op.table), Q(", ").join(cols))
-        b.add("create", Phase.EXPAND, f"create table {op.table}", stmt,
-              s.relation_exists(op.table.schema, op.table.name), (op.table,))
+        b.add(
+            "create",
+            Phase.EXPAND,
+            f"create table {op.table}",
+            stmt,
+            s.relation_exists(op.table.schema, op.table.name),
+            (op.table,),
+        )
     elif isinstance(op, AddColumn):
-        b.add("add-column", Phase.EXPAND,
-              f"add {'nullable ' if op.default is None else ''}{op.table}.{op.column}"
-              f"{' with a non-volatile default (catalog only)' if op.default else ''}",
-              s.add_column(op.table, op.column, op.type.sql, op.default),
-              s.column_exists(op.table, op.column), (op.table,))
+        b.add(
+            "add-column",
+            Phase.EXPAND,
+            f"add {'nullable ' if op.default is None else ''}{op.table}.{op.column}"
+            f"{' with a non-volatile default (catalog only)' if op.default else ''}",
+            s.add_column(op.table, op.column, op.type.sql, op.default),
+            s.column_exists(op.table, op.column),
+            (op.table,),
+        )
     elif isinstance(op, CreateIndex):
         keys = s.identifiers(op.columns) if op.columns else Q("({})").format(op.expression.sql)  # type: ignore[union-attr]
-        b.add("create", Phase.EXPAND,
-              f"build {'unique ' if op.unique else ''}index {op.name} on {op.table} CONCURRENTLY",
-              s.create_index_concurrently(op.table, op.name, keys, unique=op.unique, method=op.method,
-                                          where=op.where),
-              s.index_valid(op.table.schema, op.name), (op.table,), transactional=False,
-              builds_index=(op.table.schema, op.name))
+        b.add(
+            "create",
+            Phase.EXPAND,
+            f"build {'unique ' if op.unique else ''}index {op.name} on {op.table} CONCURRENTLY",
+            s.create_index_concurrently(
+                op.table, op.name, keys, unique=op.unique, method=op.method, where=op.where
+            ),
+            s.index_valid(op.table.schema, op.name),
+            (op.table,),
+            transactional=False,
+            builds_index=(op.table.schema, op.name),
+        )
     elif isinstance(op, AddCheck | AddForeignKey):
         if isinstance(op, AddCheck):
             body = Q("CHECK ({})").format(op.expression.sql)
             tables: tuple[Table, ...] = (op.table,)
         else:
             body = Q("FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE {}").format(
-                s.identifiers(op.columns), s.qname(op.ref_table), s.identifiers(op.ref_columns),
-                s.FK_ACTIONS[op.on_delete])
+                s.identifiers(op.columns),
+                s.qname(op.ref_table),
+                s.identifiers(op.ref_columns),
+                s.FK_ACTIONS[op.on_delete],
+            )
             tables = (op.table, op.ref_table)
         kind = "CHECK" if isinstance(op, AddCheck) else "FOREIGN KEY"
-        b.add("add-not-valid", Phase.SWITCH, f"add {kind} {op.name} NOT VALID (no scan)",
-              Q("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
-                  s.qname(op.table), sql.Identifier(op.name), body),
-              s.constraint_exists(op.table, op.name), tables)
-        b.add("validate", Phase.SWITCH, f"VALIDATE {op.name} (existing rows, weaker lock)",
-              s.validate_constraint(op.table, op.name),
-              s.constraint_exists(op.table, op.name, validated=True), tables)
+        b.add(
+            "add-not-valid",
+            Phase.SWITCH,
+            f"add {kind} {op.name} NOT VALID (no scan)",
+            Q("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
+                s.qname(op.table), sql.Identifier(op.name), body
+            ),
+            s.constraint_exists(op.table, op.name),
+            tables,
+        )
+        b.add(
+            "validate",
+            Phase.SWITCH,
+            f"VALIDATE {op.name} (existing rows, weaker lock)",
+            s.validate_constraint(op.table, op.name),
+            s.constraint_exists(op.table, op.name, validated=True),
+            tables,
+        )
     elif isinstance(op, AddUnique):
-        b.add("index", Phase.SWITCH, f"build unique index {op.name} CONCURRENTLY",
-              s.create_index_concurrently(op.table, op.name, s.identifiers(op.columns), unique=True),
-              Q("SELECT ({}) OR ({})").format(s.index_valid(op.table.schema, op.name),
-                                              s.constraint_exists(op.table, op.name)),
-              (op.table,), transactional=False, builds_index=(op.table.schema, op.name))
-        b.add("constraint", Phase.SWITCH, f"add UNIQUE {op.name} USING INDEX (catalog only)",
-              Q("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE USING INDEX {}").format(
-                  s.qname(op.table), sql.Identifier(op.name), sql.Identifier(op.name)),
-              s.constraint_exists(op.table, op.name), (op.table,))
+        b.add(
+            "index",
+            Phase.SWITCH,
+            f"build unique index {op.name} CONCURRENTLY",
+            s.create_index_concurrently(op.table, op.name, s.identifiers(op.columns), unique=True),
+            Q("SELECT ({}) OR ({})").format(
+                s.index_valid(op.table.schema, op.name), s.constraint_exists(op.table, op.name)
+            ),
+            (op.table,),
+            transactional=False,
+            builds_index=(op.table.schema, op.name),
+        )
+        b.add(
+            "constraint",
+            Phase.SWITCH,
+            f"add UNIQUE {op.name} USING INDEX (catalog only)",
+            Q("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE USING INDEX {}").format(
+                s.qname(op.table), sql.Identifier(op.name), sql.Identifier(op.name)
+            ),
+            s.constraint_exists(op.table, op.name),
+            (op.table,),
+        )
     elif isinstance(op, SetNotNull):
         _not_null_steps(b, Phase.SWITCH, op.table, op.column)
     elif isinstance(op, Backfill):
         pending = Q(" OR ").join(
-            Q("{} IS DISTINCT FROM ({})").format(sql.Identifier(col), e.sql) for col, e in op.assignments)
+            Q("{} IS DISTINCT FROM ({})").format(sql.Identifier(col), e.sql) for col, e in op.assignments
+        )
         fill = BackfillSpec(op.table, tuple((c, e.sql) for c, e in op.assignments), pending, op.where)
         cond = pending if op.where is None else Q("({}) AND ({})").format(op.where.sql, pending)
-        cols = ", ".join(c for c, _ in op.assignments)
-        b.add("backfill", Phase.MIGRATE, f"backfill {op.table} ({cols}) in batches", fill.update(),
-              s.no_rows(op.table, cond), (op.table,), backfill=fill)
+        targets = ", ".join(c for c, _ in op.assignments)
+        b.add(
+            "backfill",
+            Phase.MIGRATE,
+            f"backfill {op.table} ({targets}) in batches",
+            fill.update(),
+            s.no_rows(op.table, cond),
+            (op.table,),
+            backfill=fill,
+        )
     elif isinstance(op, DropColumn):
-        b.add("drop", Phase.CONTRACT, f"drop column {op.table}.{op.column}",
-              s.drop_column(op.table, op.column), s.column_absent(op.table, op.column), (op.table,))
+        b.add(
+            "drop",
+            Phase.CONTRACT,
+            f"drop column {op.table}.{op.column}",
+            s.drop_column(op.table, op.column),
+            s.column_absent(op.table, op.column),
+            (op.table,),
+        )
     elif isinstance(op, DropConstraint):
-        b.add("drop", Phase.CONTRACT, f"drop constraint {op.name} on {op.table}",
-              s.drop_constraint(op.table, op.name), s.constraint_absent(op.table, op.name), (op.table,))
+        b.add(
+            "drop",
+            Phase.CONTRACT,
+            f"drop constraint {op.name} on {op.table}",
+            s.drop_constraint(op.table, op.name),
+            s.constraint_absent(op.table, op.name),
+            (op.table,),
+        )
     elif isinstance(op, DropIndex):
-        b.add("drop", Phase.CONTRACT, f"drop index {op.schema}.{op.name} CONCURRENTLY",
-              s.drop_index_concurrently(op.schema, op.name), s.relation_absent(op.schema, op.name),
-              transactional=False)
+        b.add(
+            "drop",
+            Phase.CONTRACT,
+            f"drop index {op.schema}.{op.name} CONCURRENTLY",
+            s.drop_index_concurrently(op.schema, op.name),
+            s.relation_absent(op.schema, op.name),
+            transactional=False,
+        )
     elif isinstance(op, DropTable):
-        b.add("drop", Phase.CONTRACT, f"drop table {op.table}",
-              Q("DROP TABLE IF EXISTS {}").format(s.qname(op.table)),
-              s.relation_absent(op.table.schema, op.table.name), (op.table,))
+        b.add(
+            "drop",
+            Phase.CONTRACT,
+            f"drop table {op.table}",
+            Q("DROP TABLE IF EXISTS {}").format(s.qname(op.table)),
+            s.relation_absent(op.table.schema, op.table.name),
+            (op.table,),
+        )
     elif isinstance(op, RawSql):
-        b.add("sql", op.phase, f"{op.description} (raw SQL: {op.reason})",
-              tuple(st.sql for st in op.statements), None,
-              transactional=not any(st.concurrent for st in op.statements))
+        b.add(
+            "sql",
+            op.phase,
+            f"{op.description} (raw SQL: {op.reason})",
+            tuple(st.sql for st in op.statements),
+            None,
+            transactional=not any(st.concurrent for st in op.statements),
+        )
     elif isinstance(op, RenameColumn):
-        _dual_write(b, change, op.table, op.old, op.new, op.type.sql,
-                    (Q("NEW.{}").format(sql.Identifier(op.old)), sql.Identifier(op.old)),
-                    Q("NEW.{}").format(sql.Identifier(op.new)), op.not_null)
+        _dual_write(
+            b,
+            change,
+            op.table,
+            op.old,
+            op.new,
+            op.type.sql,
+            (Q("NEW.{}").format(sql.Identifier(op.old)), sql.Identifier(op.old)),
+            Q("NEW.{}").format(sql.Identifier(op.new)),
+            op.not_null,
+        )
     elif isinstance(op, ChangeType):
-        _dual_write(b, change, op.table, op.column, op.new_column, op.type.sql,
-                    (op.using.with_row_prefix("new"), op.using.sql),
-                    op.reverse.with_row_prefix("new"), op.not_null)
+        _dual_write(
+            b,
+            change,
+            op.table,
+            op.column,
+            op.new_column,
+            op.type.sql,
+            (op.using.with_row_prefix("new"), op.using.sql),
+            op.reverse.with_row_prefix("new"),
+            op.not_null,
+        )
     elif isinstance(op, AddNotNullColumn):
-        b.add("add-column", Phase.EXPAND,
-              f"add nullable {op.table}.{op.column}" + (" and set its default for new rows" if op.default else ""),
-              (s.add_column(op.table, op.column, op.type.sql),
-               *((s.set_default(op.table, op.column, op.default),) if op.default else ())),
-              s.all_of(s.column_exists(op.table, op.column),
-                       *((s.column_has_default(op.table, op.column),) if op.default else ())),
-              (op.table,))
+        b.add(
+            "add-column",
+            Phase.EXPAND,
+            f"add nullable {op.table}.{op.column}"
+            + (" and set its default for new rows" if op.default else ""),
+            (
+                s.add_column(op.table, op.column, op.type.sql),
+                *((s.set_default(op.table, op.column, op.default),) if op.default else ()),
+            ),
+            s.all_of(
+                s.column_exists(op.table, op.column),
+                *((s.column_has_default(op.table, op.column),) if op.default else ()),
+            ),
+            (op.table,),
+        )
         pending = Q("{} IS NULL").format(sql.Identifier(op.column))
         fill = BackfillSpec(op.table, ((op.column, op.backfill.sql),), pending)
-        b.add("backfill", Phase.MIGRATE, f"backfill {op.table}.{op.column} where NULL, in batches",
-              fill.update(), s.no_rows(op.table, pending), (op.table,), backfill=fill)
+        b.add(
+            "backfill",
+            Phase.MIGRATE,
+            f"backfill {op.table}.{op.column} where NULL, in batches",
+            fill.update(),
+            s.no_rows(op.table, pending),
+            (op.table,),
+            backfill=fill,
+        )
         if op.default is not None:
             _not_null_steps(b, Phase.SWITCH, op.table, op.column)
         else:
-            _not_null_steps(b, Phase.CONTRACT, op.table, op.column,
-                            " — in contract: without a default the old app's INSERTs would fail")
+            _not_null_steps(
+                b,
+                Phase.CONTRACT,
+                op.table,
+                op.column,
+                " — in contract: without a default the old app's INSERTs would fail",
+            )
 
 
 def _dollar_tag_problems(change: Change) -> Iterator[Problem]:
@@ -306,5 +444,5 @@ def build_plan(change: Change, expand: Callable[[Change, _Builder], None] = _exp
         b = _Builder(index, op)
         expand(change, b)
         all_steps.extend(b.steps)
-    ordered = sorted(all_steps, key=lambda st: st.phase.index)  # stable: spec order within a phase
+    ordered = sorted(all_steps, key=lambda st: st.phase.order)  # stable: spec order within a phase
     return Plan(change, tuple(ordered))

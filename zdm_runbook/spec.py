@@ -37,7 +37,8 @@ class Phase(StrEnum):
     CONTRACT = "contract"
 
     @property
-    def index(self) -> int:
+    def order(self) -> int:
+        """0 for expand ... 3 for contract."""
         return list(Phase).index(self)
 
 
@@ -58,9 +59,7 @@ def identifier_problem(value: object) -> str | None:
         return f"expected an identifier, got {_kind(value)}"
     if not IDENTIFIER.match(value):
         shown = value if len(value) <= 80 else value[:77] + "..."
-        return (
-            f"{shown!r} is not a valid identifier (letters, digits, _ and $, not starting with a digit)"
-        )
+        return f"{shown!r} is not a valid identifier (letters, digits, _ and $, not starting with a digit)"
     if len(value.encode()) > MAX_IDENTIFIER_BYTES:
         return f"{value[:20]!r}... is {len(value.encode())} bytes; PostgreSQL truncates names at 63"
     return None
@@ -69,9 +68,13 @@ def identifier_problem(value: object) -> str | None:
 def _kind(value: object) -> str:
     if value is None:
         return "nothing (null)"
-    return {dict: "a mapping", list: "a list", bool: "a boolean", int: "a number", float: "a number"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
+    return {
+        dict: "a mapping",
+        list: "a list",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), f"a {type(value).__name__}")
 
 
 class Reader:
@@ -168,7 +171,7 @@ class Reader:
         value = self._get(key, required)
         if value is None:
             return None
-        if isinstance(value, bool) or isinstance(value, int | float):
+        if isinstance(value, bool | int | float):
             value = str(value).lower() if isinstance(value, bool) else str(value)
         if not isinstance(value, str):
             self.problem(key, f"expected an SQL {what} as text, got {_kind(value)}")
@@ -270,13 +273,15 @@ def parse_change(text: str, source: str | None = None) -> Change:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError([Problem("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")], source) from None
+        raise SpecError(
+            [Problem("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")], source
+        ) from None
     return change_from_data(data, source)
 
 
 def change_from_data(data: object, source: str | None = None) -> Change:
     """Validate a spec already loaded into Python data."""
-    from .operations import read_operations  # operations build on this module's Reader
+    from .operations import read_operations  # noqa: PLC0415 - operations build on this module's Reader
 
     problems: list[Problem] = []
     top = Reader(data, "", problems)

@@ -78,13 +78,16 @@ TIME_OF_CALL_KEYWORDS = frozenset(
 )
 
 
+Fragment = sql.SQL  # the annotation of the ``sql`` properties below, where ``sql`` is shadowed
+
+
 class SqlTextError(ValueError):
     """The text is not one acceptable SQL expression, type or statement; the message says why."""
 
 
 def trusted(text: str) -> sql.SQL:
     """Wrap text that pglast produced (or that is a fixed fragment) as SQL. Nothing else calls SQL(str)."""
-    return sql.SQL(cast(LiteralString, text))
+    return sql.SQL(cast(LiteralString, text))  # type: ignore[redundant-cast]  # mypy: LiteralString == str
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,10 @@ class Expr:
     keywords: frozenset[str] = frozenset()
 
     @property
-    def sql(self) -> sql.SQL:
+    def sql(self) -> Fragment:
         return trusted(self.text)
 
-    def with_row_prefix(self, prefix: str) -> sql.SQL:
+    def with_row_prefix(self, prefix: str) -> Fragment:
         """The expression with each bare column ``c`` written ``prefix.c`` (e.g. NEW.c in a trigger)."""
         node = _Prefixer(prefix)(_copy(self.node))
         return trusted(RawStream()(node))
@@ -114,11 +117,11 @@ class SqlType:
     text: str
 
     @property
-    def sql(self) -> sql.SQL:
+    def sql(self) -> Fragment:
         return trusted(self.text)
 
 
-class _References(visitors.Visitor):  # type: ignore[misc]
+class _References(visitors.Visitor):
     def __init__(self) -> None:
         self.columns: set[str] = set()
         self.qualified: list[str] = []
@@ -128,7 +131,7 @@ class _References(visitors.Visitor):  # type: ignore[misc]
         self.params = 0
 
     def visit_ColumnRef(self, _ancestors: Any, node: Any) -> None:
-        names = [f.sval if isinstance(f, ast.String) else "*" for f in node.fields]
+        names = [str(f.sval) if isinstance(f, ast.String) else "*" for f in node.fields]
         if len(names) == 1:
             self.columns.add(names[0])
         else:
@@ -147,7 +150,7 @@ class _References(visitors.Visitor):  # type: ignore[misc]
         self.params += 1
 
 
-class _Prefixer(visitors.Visitor):  # type: ignore[misc]
+class _Prefixer(visitors.Visitor):
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
 
@@ -174,7 +177,7 @@ def _parse_single_select(text: str, what: str) -> Any:
         raise SqlTextError(f"not a valid {what}: {exc}") from None
     if len(stmts) != 1:
         raise SqlTextError(f"must be exactly one {what}, not {len(stmts)} statements")
-    select = stmts[0].stmt
+    select: Any = stmts[0].stmt
     ok = (
         isinstance(select, ast.SelectStmt)
         and select.targetList is not None
@@ -245,7 +248,7 @@ def parse_type(text: str) -> SqlType:
     if not isinstance(text, str) or not text.strip():
         raise SqlTextError("an empty type")
     node = _parse_single_select(f"NULL::{text}", "type")
-    if not isinstance(node, ast.TypeCast) or not isinstance(node.arg, ast.A_Const):
+    if not isinstance(node, ast.TypeCast) or not isinstance(node.arg, ast.A_Const) or node.typeName is None:
         raise SqlTextError("must be exactly one type name")
     return SqlType(text=RawStream()(node.typeName))
 
@@ -258,9 +261,7 @@ def volatility_problem(expr: Expr) -> str | None:
             f"{volatile[0]}() is volatile: as a DEFAULT it rewrites the whole table under an"
             " ACCESS EXCLUSIVE lock; add the column without it and use a `backfill` operation"
         )
-    timed = sorted(expr.functions & TIME_OF_CALL_FUNCTIONS) or sorted(
-        expr.keywords & TIME_OF_CALL_KEYWORDS
-    )
+    timed = sorted(expr.functions & TIME_OF_CALL_FUNCTIONS) or sorted(expr.keywords & TIME_OF_CALL_KEYWORDS)
     if timed:
         return (
             f"{timed[0]} as a DEFAULT gives every existing row the time of the ALTER; add the"
@@ -279,7 +280,7 @@ class Statement:
     node: Any = field(repr=False, compare=False)
 
     @property
-    def sql(self) -> sql.SQL:
+    def sql(self) -> Fragment:
         return trusted(self.text)
 
 
@@ -295,7 +296,7 @@ def parse_statements(text: str) -> list[Statement]:
         raise SqlTextError(f"not valid SQL: {exc}") from None
     out = []
     for raw in raws:
-        node = raw.stmt
+        node: Any = raw.stmt
         concurrent = bool(getattr(node, "concurrent", False)) or (
             isinstance(node, ast.ReindexStmt) and "concurrently" in RawStream()(node).lower()
         )

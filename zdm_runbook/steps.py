@@ -167,7 +167,9 @@ def all_of(*guards: sql.Composable) -> sql.Composed:
 
 
 def add_column(table: Table, column: str, type_: sql.Composable, default: Expr | None = None) -> sql.Composed:
-    stmt = Q("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(qname(table), sql.Identifier(column), type_)
+    stmt = Q("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+        qname(table), sql.Identifier(column), type_
+    )
     return stmt if default is None else Q("{} DEFAULT {}").format(stmt, default.sql)
 
 

@@ -1,0 +1,80 @@
+"""DSN resolution, application_name, and redaction of passwords from anything printed."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from zdm_runbook.connect import connect, describe, redact, resolve_dsn
+from zdm_runbook.errors import ConfigError, DatabaseError
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("postgresql://app:s3cr3t@db.example:5432/shop", "s3cr3t"),
+        ("postgres://app:p%40ss@db/shop?sslmode=require", "p%40ss"),
+        ("host=db user=app password=s3cr3t dbname=shop", "s3cr3t"),
+        ("host=db password='with space' dbname=shop", "with space"),
+        ("postgresql://app@db/shop?password=hunter22&sslmode=require", "hunter22"),
+        ('connection failed: password = "quoted secret" rejected', "quoted secret"),
+    ],
+)
+def test_redact_hides_passwords(text: str, secret: str) -> None:
+    out = redact(text)
+    assert secret not in out
+    assert "***" in out
+
+
+def test_redact_keeps_everything_else() -> None:
+    assert redact("postgresql://app:pw@db:5432/shop") == "postgresql://app:***@db:5432/shop"
+    assert redact("host=db user=app dbname=shop") == "host=db user=app dbname=shop"
+
+
+def test_resolved_password_is_redacted_anywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_DSN", "host=db user=app password=Zq9-unusual dbname=x")
+    resolve_dsn(env="MY_DSN")
+    assert redact("server said: bad token Zq9-unusual") == "server said: bad token ***"
+
+
+def test_resolve_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZDM_DSN", "dbname=from_default_env")
+    monkeypatch.setenv("OTHER", "dbname=from_other")
+    assert resolve_dsn("dbname=explicit") == "dbname=explicit"
+    assert resolve_dsn() == "dbname=from_default_env"
+    assert resolve_dsn(env="OTHER") == "dbname=from_other"
+    monkeypatch.delenv("ZDM_DSN")
+    assert resolve_dsn() == ""  # libpq's own environment (PGHOST, PGSERVICE, ...) decides
+
+
+def test_named_but_unset_variable_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    with pytest.raises(ConfigError, match="NOT_SET_ANYWHERE is not set"):
+        resolve_dsn(env="NOT_SET_ANYWHERE")
+    with pytest.raises(ConfigError, match="not a valid environment variable name"):
+        resolve_dsn(env="postgresql://x:y@z/db")
+
+
+def test_connection_is_tagged_with_application_name(db: str) -> None:
+    with connect(db, phase="expand") as conn:
+        name = conn.execute("SELECT current_setting('application_name')").fetchone()
+    assert name == ("zdm_runbook:expand",)
+
+
+def test_connection_error_is_redacted(db: str) -> None:
+    bad = db.replace("dbname=", "password=TopSecret99 dbname=nonexistent_")
+    with pytest.raises(DatabaseError) as info:
+        connect(bad)
+    assert "TopSecret99" not in str(info.value)
+    assert "does not exist" in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_describe_names_no_password() -> None:
+    text = describe("host=db.internal port=6432 user=app password=pw123 dbname=shop")
+    assert text == "app@db.internal:6432/shop"
+
+
+def test_psycopg_accepts_what_resolve_returns(db: str) -> None:
+    with psycopg.connect(resolve_dsn(db)) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
