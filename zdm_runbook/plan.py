@@ -16,6 +16,7 @@ from typing import Any
 
 from psycopg import sql
 
+from . import recipes
 from . import steps as s
 from .errors import Problem, SpecError
 from .operations import (
@@ -32,13 +33,12 @@ from .operations import (
     DropConstraint,
     DropIndex,
     DropTable,
-    Operation,
     RawSql,
     RenameColumn,
     SetNotNull,
 )
 from .spec import Change, Phase, Table
-from .steps import BackfillSpec, Step
+from .steps import BackfillSpec, Step, StepBuilder
 
 Q = sql.SQL
 
@@ -80,128 +80,7 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2)
 
 
-class _Builder:
-    """Collects the steps of one operation with keys ``NN-operation-part``."""
-
-    def __init__(self, index: int, op: Operation) -> None:
-        self.index, self.op, self.steps = index, op, list[Step]()
-
-    def add(
-        self,
-        part: str,
-        phase: Phase,
-        description: str,
-        statements: tuple[sql.Composable, ...] | sql.Composable,
-        done_when: sql.Composable | None,
-        tables: tuple[Table, ...] = (),
-        **extra: Any,
-    ) -> None:
-        stmts = statements if isinstance(statements, tuple) else (statements,)
-        key = f"{self.index + 1:02d}-{self.op.NAME}-{part}"
-        self.steps.append(
-            Step(
-                key,
-                phase,
-                description,
-                stmts,
-                done_when,
-                tables=tables,
-                operation=self.index,
-                **extra,
-            )
-        )
-
-
-def _not_null_steps(b: _Builder, phase: Phase, table: Table, column: str, why: str = "") -> None:
-    """NOT NULL without a long ACCESS EXCLUSIVE scan: CHECK NOT VALID, VALIDATE, SET NOT NULL."""
-    check = s.derived_name(table.name, column, suffix="zdm_nn_check")
-    cond = Q("{} IS NOT NULL").format(sql.Identifier(column))
-    done = s.column_not_null(table, column)
-    b.add(
-        "check-not-valid",
-        phase,
-        f"add CHECK ({column} IS NOT NULL) NOT VALID on {table} (new writes checked, no scan){why}",
-        s.add_check_not_valid(table, check, cond),
-        Q("SELECT ({}) OR ({})").format(done, s.constraint_exists(table, check)),
-        (table,),
-    )
-    b.add(
-        "validate",
-        phase,
-        f"VALIDATE the not-null check on {table}.{column} (scans under SHARE UPDATE EXCLUSIVE only)",
-        s.validate_constraint(table, check),
-        Q("SELECT ({}) OR ({})").format(done, s.constraint_exists(table, check, validated=True)),
-        (table,),
-    )
-    b.add(
-        "set-not-null",
-        phase,
-        f"SET NOT NULL on {table}.{column} (no scan: proven by the validated check), drop the check",
-        (s.set_not_null(table, column), s.drop_constraint(table, check)),
-        Q("SELECT ({}) AND ({})").format(done, s.constraint_absent(table, check)),
-        (table,),
-    )
-
-
-def _dual_write(
-    b: _Builder,
-    change: Change,
-    table: Table,
-    old: str,
-    new: str,
-    type_: sql.Composable,
-    to_new: tuple[sql.Composable, sql.Composable],
-    to_old: sql.Composable,
-    not_null: bool,
-) -> None:
-    """The shared shape of rename_column and change_type across all four phases.
-
-    ``to_new`` is the old→new expression twice: for NEW.* in the trigger, and bare for the backfill.
-    """
-    trigger = s.derived_name("zdm", table.name, new, suffix="sync")
-    function = trigger
-    b.add(
-        "add-column",
-        Phase.EXPAND,
-        f"add nullable {table}.{new}",
-        s.add_column(table, new, type_),
-        s.column_exists(table, new),
-        (table,),
-    )
-    if change.dual_write == "trigger":
-        b.add(
-            "dual-write",
-            Phase.EXPAND,
-            f"install trigger {trigger}: keeps {old} and {new} in sync for old and new app writes",
-            (
-                s.sync_function(table, function, old, new, to_new[0], to_old),
-                s.create_sync_trigger(table, trigger, function),
-            ),
-            s.trigger_exists(table, trigger),
-            (table,),
-        )
-    pending = Q("{} IS DISTINCT FROM ({})").format(sql.Identifier(new), to_new[1])
-    fill = BackfillSpec(table, ((new, to_new[1]),), pending)
-    b.add(
-        "backfill",
-        Phase.MIGRATE,
-        f"backfill {table}.{new} from {old} in batches",
-        fill.update(),
-        s.no_rows(table, pending),
-        (table,),
-        backfill=fill,
-    )
-    if not_null:
-        _not_null_steps(b, Phase.SWITCH, table, new)
-    drops: tuple[sql.Composable, ...] = (s.drop_column(table, old),)
-    what = f"drop {table}.{old}"
-    if change.dual_write == "trigger":
-        drops = (*s.drop_sync_trigger(table, trigger, function), *drops)
-        what = f"drop trigger {trigger} and {table}.{old} together, in one short transaction"
-    b.add("drop-old", Phase.CONTRACT, what, drops, s.column_absent(table, old), (table,))
-
-
-def _expand_op(change: Change, b: _Builder) -> None:  # noqa: PLR0915 - one branch per operation
+def _expand_op(change: Change, b: StepBuilder) -> None:  # noqa: PLR0915 - one branch per primitive
     op = b.op
     if isinstance(op, CreateTable):
         cols = []
@@ -302,7 +181,7 @@ def _expand_op(change: Change, b: _Builder) -> None:  # noqa: PLR0915 - one bran
             (op.table,),
         )
     elif isinstance(op, SetNotNull):
-        _not_null_steps(b, Phase.SWITCH, op.table, op.column)
+        recipes.not_null_steps(b, Phase.SWITCH, op.table, op.column)
     elif isinstance(op, Backfill):
         pending = Q(" OR ").join(
             Q("{} IS DISTINCT FROM ({})").format(sql.Identifier(col), e.sql) for col, e in op.assignments
@@ -364,67 +243,8 @@ def _expand_op(change: Change, b: _Builder) -> None:  # noqa: PLR0915 - one bran
             None,
             transactional=not any(st.concurrent for st in op.statements),
         )
-    elif isinstance(op, RenameColumn):
-        _dual_write(
-            b,
-            change,
-            op.table,
-            op.old,
-            op.new,
-            op.type.sql,
-            (Q("NEW.{}").format(sql.Identifier(op.old)), sql.Identifier(op.old)),
-            Q("NEW.{}").format(sql.Identifier(op.new)),
-            op.not_null,
-        )
-    elif isinstance(op, ChangeType):
-        _dual_write(
-            b,
-            change,
-            op.table,
-            op.column,
-            op.new_column,
-            op.type.sql,
-            (op.using.with_row_prefix("new"), op.using.sql),
-            op.reverse.with_row_prefix("new"),
-            op.not_null,
-        )
-    elif isinstance(op, AddNotNullColumn):
-        b.add(
-            "add-column",
-            Phase.EXPAND,
-            f"add nullable {op.table}.{op.column}"
-            + (" and set its default for new rows" if op.default else ""),
-            (
-                s.add_column(op.table, op.column, op.type.sql),
-                *((s.set_default(op.table, op.column, op.default),) if op.default else ()),
-            ),
-            s.all_of(
-                s.column_exists(op.table, op.column),
-                *((s.column_has_default(op.table, op.column),) if op.default else ()),
-            ),
-            (op.table,),
-        )
-        pending = Q("{} IS NULL").format(sql.Identifier(op.column))
-        fill = BackfillSpec(op.table, ((op.column, op.backfill.sql),), pending)
-        b.add(
-            "backfill",
-            Phase.MIGRATE,
-            f"backfill {op.table}.{op.column} where NULL, in batches",
-            fill.update(),
-            s.no_rows(op.table, pending),
-            (op.table,),
-            backfill=fill,
-        )
-        if op.default is not None:
-            _not_null_steps(b, Phase.SWITCH, op.table, op.column)
-        else:
-            _not_null_steps(
-                b,
-                Phase.CONTRACT,
-                op.table,
-                op.column,
-                " — in contract: without a default the old app's INSERTs would fail",
-            )
+    elif isinstance(op, RenameColumn | ChangeType | AddNotNullColumn):
+        recipes.plan_recipe(change, b)
 
 
 def _dollar_tag_problems(change: Change) -> Iterator[Problem]:
@@ -434,14 +254,14 @@ def _dollar_tag_problems(change: Change) -> Iterator[Problem]:
                 yield Problem(f"operations[{i}].{op.NAME}", f"expressions cannot contain {s.DOLLAR_TAG}")
 
 
-def build_plan(change: Change, expand: Callable[[Change, _Builder], None] = _expand_op) -> Plan:
+def build_plan(change: Change, expand: Callable[[Change, StepBuilder], None] = _expand_op) -> Plan:
     """Expand every operation into steps and order them phase by phase, spec order within a phase."""
     problems = list(_dollar_tag_problems(change))
     if problems:
         raise SpecError(problems, change.source)
     all_steps: list[Step] = []
     for index, op in enumerate(change.operations):
-        b = _Builder(index, op)
+        b = StepBuilder(index, op)
         expand(change, b)
         all_steps.extend(b.steps)
     ordered = sorted(all_steps, key=lambda st: st.phase.order)  # stable: spec order within a phase

@@ -281,7 +281,7 @@ def parse_change(text: str, source: str | None = None) -> Change:
 
 def change_from_data(data: object, source: str | None = None) -> Change:
     """Validate a spec already loaded into Python data."""
-    from .operations import read_operations  # noqa: PLC0415 - operations build on this module's Reader
+    from .readers import read_operations  # noqa: PLC0415 - readers build on this module's Reader
 
     problems: list[Problem] = []
     top = Reader(data, "", problems)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from psycopg import sql
 
@@ -75,6 +76,38 @@ class Step:
     def render(self) -> str:
         """The SQL as text, one statement per line group (for plans, notebooks and logs)."""
         return ";\n".join(s.as_string(None) for s in self.statements) + ";"
+
+
+class StepBuilder:
+    """Collects the steps of one operation, keyed ``NN-operation-part`` (stable for the ledger)."""
+
+    def __init__(self, index: int, op: Any) -> None:
+        self.index, self.op, self.steps = index, op, list[Step]()
+
+    def add(
+        self,
+        part: str,
+        phase: Phase,
+        description: str,
+        statements: tuple[sql.Composable, ...] | sql.Composable,
+        done_when: sql.Composable | None,
+        tables: tuple[Table, ...] = (),
+        **extra: Any,
+    ) -> None:
+        stmts = statements if isinstance(statements, tuple) else (statements,)
+        key = f"{self.index + 1:02d}-{self.op.NAME}-{part}"
+        self.steps.append(
+            Step(
+                key,
+                phase,
+                description,
+                stmts,
+                done_when,
+                tables=tables,
+                operation=self.index,
+                **extra,
+            )
+        )
 
 
 def qname(table: Table) -> sql.Identifier:
