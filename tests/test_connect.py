@@ -13,7 +13,7 @@ from zdm_runbook.errors import ConfigError, DatabaseError
     ("text", "secret"),
     [
         ("postgresql://app:s3cr3t@db.example:5432/shop", "s3cr3t"),
-        ("postgres://app:p%40ss@db/shop?sslmode=require", "p%40ss"),
+        ("postgres://app:p%40ss@db.example/shop?sslmode=require", "p%40ss"),
         ("host=db user=app password=s3cr3t dbname=shop", "s3cr3t"),
         ("host=db password='with space' dbname=shop", "with space"),
         ("postgresql://app@db/shop?password=hunter22&sslmode=require", "hunter22"),

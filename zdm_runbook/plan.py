@@ -68,7 +68,6 @@ class Plan:
                         "transaction": st.transactional,
                         "tables": [str(t) for t in st.tables],
                         "kind": "backfill" if st.backfill else "ddl",
-                        "notes": list(st.notes),
                     }
                     for st in self.for_phase(p)
                 ]

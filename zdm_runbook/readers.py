@@ -53,7 +53,7 @@ def _default(r: Reader, key: str = "default") -> Expr | None:
 def _read_create_table(r: Reader) -> CreateTable | None:
     table = r.table()
     columns: list[ColumnDef] = []
-    raw_columns = r._get("columns", True)
+    raw_columns = r.raw("columns", True)
     if raw_columns is not None and (not isinstance(raw_columns, list) or not raw_columns):
         r.problem("columns", "expected a non-empty list of {name, type} maps")
     elif raw_columns:
@@ -113,7 +113,7 @@ def _read_add_check(r: Reader) -> AddCheck | None:
 
 def _read_add_foreign_key(r: Reader) -> AddForeignKey | None:
     table, name, columns = r.table(), r.ident("name"), r.idents("columns")
-    ref = Reader(r._get("references", True) or {}, r.at("references"), r.problems)
+    ref = Reader(r.raw("references", True) or {}, r.at("references"), r.problems)
     ref_table, ref_columns = (ref.table(), ref.idents("columns")) if r.has("references") else (None, None)
     if r.has("references"):
         ref.finish()
@@ -288,7 +288,7 @@ READERS: dict[str, Any] = {
 
 def read_operations(top: Reader, problems: list[Problem]) -> list[Operation]:
     """Read ``operations``: a list of single-key maps whose key names the operation."""
-    raw = top._get("operations", True)
+    raw = top.raw("operations", True)
     if raw is None:
         return []
     if not isinstance(raw, list) or not raw:

@@ -100,7 +100,8 @@ class Reader:
     def has(self, key: str) -> bool:
         return key in self.data
 
-    def _get(self, key: str, required: bool) -> Any:
+    def raw(self, key: str, required: bool) -> Any:
+        """The value at ``key`` as loaded (None if absent), marking the key as read."""
         self.seen.add(key)
         if key not in self.data or self.data[key] is None:
             if required and self.ok:
@@ -116,7 +117,7 @@ class Reader:
             return None
 
     def ident(self, key: str, required: bool = True) -> str | None:
-        value = self._get(key, required)
+        value = self.raw(key, required)
         if value is None:
             return None
         why = identifier_problem(value)
@@ -126,7 +127,7 @@ class Reader:
         return str(value)
 
     def idents(self, key: str, required: bool = True) -> tuple[str, ...] | None:
-        value = self._get(key, required)
+        value = self.raw(key, required)
         if value is None:
             return None
         if isinstance(value, str):
@@ -146,7 +147,7 @@ class Reader:
         return tuple(names) if len(names) == len(value) else None
 
     def table(self, key: str = "table", required: bool = True) -> Table | None:
-        value = self._get(key, required)
+        value = self.raw(key, required)
         if value is None:
             return None
         if not isinstance(value, str):
@@ -168,7 +169,7 @@ class Reader:
         return None if value is None else self._convert(key, value, parse_type)
 
     def expr(self, key: str, required: bool = True, what: str = "expression") -> Expr | None:
-        value = self._get(key, required)
+        value = self.raw(key, required)
         if value is None:
             return None
         if isinstance(value, bool | int | float):
@@ -182,7 +183,7 @@ class Reader:
         return self._convert(key, value, lambda v: parse_expression(v, what=what))
 
     def _text_value(self, key: str, required: bool, limit: int) -> str | None:
-        value = self._get(key, required)
+        value = self.raw(key, required)
         if value is None:
             return None
         if not isinstance(value, str):
@@ -204,7 +205,7 @@ class Reader:
         return value
 
     def flag(self, key: str, default: bool = False) -> bool:
-        value = self._get(key, False)
+        value = self.raw(key, False)
         if value is None:
             return default
         if not isinstance(value, bool):
@@ -213,7 +214,7 @@ class Reader:
         return value
 
     def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str | None:
-        value = self._get(key, default is None)
+        value = self.raw(key, default is None)
         if value is None:
             return default
         if value not in choices:
@@ -222,7 +223,7 @@ class Reader:
         return str(value)
 
     def items(self, key: str, required: bool = True) -> Iterator[tuple[str, Any]]:
-        value = self._get(key, required)
+        value = self.raw(key, required)
         if value is None:
             return
         if not isinstance(value, Mapping) or not value:

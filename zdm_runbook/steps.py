@@ -8,7 +8,7 @@ which builders each operation needs, and the executors decide how to run them.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
@@ -67,7 +67,6 @@ class Step:
     builds_index: tuple[str, str] | None = None
     backfill: BackfillSpec | None = None
     operation: int = 0
-    notes: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not self.transactional and len(self.statements) != 1:
