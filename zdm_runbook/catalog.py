@@ -47,16 +47,16 @@ class _State:
 
     def columns(self, table: Table) -> dict[str, str] | None:
         if table not in self.tables:
+            # One round trip: a row with NULL oid when the table is missing, else one row per column.
             rows = self.conn.execute(
                 Q(
-                    "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute"
-                    " WHERE attrelid = {} AND attnum > 0 AND NOT attisdropped"
+                    "SELECT c.oid IS NOT NULL, a.attname, format_type(a.atttypid, NULL)"
+                    " FROM (SELECT {} AS oid) c LEFT JOIN pg_attribute a"
+                    " ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
                 ).format(regclass(table.schema, table.name))
             ).fetchall()
-            exists = self.conn.execute(
-                Q("SELECT {} IS NOT NULL").format(regclass(table.schema, table.name))
-            ).fetchone()
-            self.tables[table] = {str(r[0]): str(r[1]) for r in rows} if exists and exists[0] else None
+            exists = bool(rows and rows[0][0])
+            self.tables[table] = {str(r[1]): str(r[2]) for r in rows if r[1] is not None} if exists else None
         return self.tables[table]
 
     def type_name(self, type_: SqlType) -> str | None:
