@@ -18,6 +18,7 @@ from zdm_runbook.errors import ConfigError, DatabaseError
         ("host=db password='with space' dbname=shop", "with space"),
         ("postgresql://app@db/shop?password=hunter22&sslmode=require", "hunter22"),
         ('connection failed: password = "quoted secret" rejected', "quoted secret"),
+        ("ALTER ROLE app WITH ENCRYPTED PASSWORD 'it''s secret' VALID UNTIL 'x'", "s secret"),
     ],
 )
 def test_redact_hides_passwords(text: str, secret: str) -> None:

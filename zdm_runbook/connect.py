@@ -28,6 +28,8 @@ _KEYWORD_PASSWORD = re.compile(
     re.I,
 )
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<secret>[^&\s]+)", re.I)
+# SQL text of other sessions (a blocker's query): CREATE/ALTER ROLE ... PASSWORD 'secret'
+_SQL_PASSWORD = re.compile(r"(?P<head>\bPASSWORD\s+)(?P<secret>'(?:[^']|'')*')", re.I)
 MASK = "***"
 
 
@@ -42,10 +44,12 @@ def remember_secret(dsn: str) -> None:
 
 
 def redact(text: str) -> str:
-    """Hide passwords in URIs (``user:secret@``), keyword DSNs (``password=secret``) and known ones."""
+    """Hide passwords in URIs (``user:secret@``), keyword DSNs (``password=secret``), SQL
+    (``PASSWORD 'secret'``) and the ones :func:`remember_secret` recorded."""
     out = _URI_PASSWORD.sub(lambda m: m["head"] + MASK, text)
     out = _QUERY_PASSWORD.sub(lambda m: m["head"] + MASK, out)
     out = _KEYWORD_PASSWORD.sub(lambda m: m["head"] + MASK, out)
+    out = _SQL_PASSWORD.sub(lambda m: m["head"] + f"'{MASK}'", out)
     for secret in sorted(_known_secrets, key=len, reverse=True):
         out = out.replace(secret, MASK)
     return out

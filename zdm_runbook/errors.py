@@ -27,13 +27,21 @@ class Problem:
 class SpecError(ZdmError):
     """A change spec (or a parameter) is unusable; lists every problem found, not just the first."""
 
+    kind = "the spec"
+
     def __init__(self, problems: list[Problem], source: str | None = None) -> None:
         self.problems = list(problems)
         self.source = source
         head = f"{source}: " if source else ""
         count = len(self.problems)
         lines = "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(f"{head}{count} problem{'s' if count != 1 else ''} in the spec:\n{lines}")
+        super().__init__(f"{head}{count} problem{'s' if count != 1 else ''} in {self.kind}:\n{lines}")
+
+
+class ParameterError(SpecError):
+    """Run parameters (timeouts, retries, per-step overrides, ...) are unusable; lists every problem."""
+
+    kind = "the parameters"
 
 
 class ConfigError(ZdmError):

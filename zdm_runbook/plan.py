@@ -124,6 +124,7 @@ def _expand_op(change: Change, b: StepBuilder) -> None:  # noqa: PLR0915 - one b
             (op.table,),
             transactional=False,
             builds_index=(op.table.schema, op.name),
+            long_running=True,
         )
     elif isinstance(op, AddCheck | AddForeignKey):
         if isinstance(op, AddCheck):
@@ -155,6 +156,7 @@ def _expand_op(change: Change, b: StepBuilder) -> None:  # noqa: PLR0915 - one b
             s.validate_constraint(op.table, op.name),
             s.constraint_exists(op.table, op.name, validated=True),
             tables,
+            long_running=True,
         )
     elif isinstance(op, AddUnique):
         b.add(
@@ -168,6 +170,7 @@ def _expand_op(change: Change, b: StepBuilder) -> None:  # noqa: PLR0915 - one b
             (op.table,),
             transactional=False,
             builds_index=(op.table.schema, op.name),
+            long_running=True,
         )
         b.add(
             "constraint",
@@ -241,6 +244,7 @@ def _expand_op(change: Change, b: StepBuilder) -> None:  # noqa: PLR0915 - one b
             tuple(st.sql for st in op.statements),
             None,
             transactional=not any(st.concurrent for st in op.statements),
+            long_running=any(st.concurrent for st in op.statements),
         )
     elif isinstance(op, RenameColumn | ChangeType | AddNotNullColumn):
         recipes.plan_recipe(change, b)

@@ -37,6 +37,7 @@ def not_null_steps(b: StepBuilder, phase: Phase, table: Table, column: str, why:
         s.validate_constraint(table, check),
         Q("SELECT ({}) OR ({})").format(done, s.constraint_exists(table, check, validated=True)),
         (table,),
+        long_running=True,
     )
     b.add(
         "set-not-null",
@@ -98,7 +99,7 @@ def dual_write_steps(
     )
     if not_null:
         not_null_steps(b, Phase.SWITCH, table, new)
-    drops: tuple[sql.Composable, ...] = (s.drop_column(table, old),)
+    drops: tuple[s.Statement, ...] = (s.drop_column(table, old),)
     what = f"drop {table}.{old}"
     if change.dual_write == "trigger":
         drops = (*s.drop_sync_trigger(table, trigger, function), *drops)

@@ -17,6 +17,7 @@ from .spec import Phase, Table
 from .sqltext import Expr
 
 Q = sql.SQL
+Statement = sql.Composed | sql.SQL  # what a connection executes: composed SQL, never a formatted str
 DOLLAR_TAG = "$zdm_sync$"
 INDEX_METHODS = {
     "btree": Q("btree"),
@@ -60,13 +61,14 @@ class Step:
     key: str
     phase: Phase
     description: str
-    statements: tuple[sql.Composable, ...]
-    done_when: sql.Composable | None = None
+    statements: tuple[Statement, ...]
+    done_when: Statement | None = None
     transactional: bool = True
     tables: tuple[Table, ...] = ()
     builds_index: tuple[str, str] | None = None
     backfill: BackfillSpec | None = None
     operation: int = 0
+    long_running: bool = False  # scans the table (VALIDATE, index build): the long statement_timeout
 
     def __post_init__(self) -> None:
         if not self.transactional and len(self.statements) != 1:
@@ -88,8 +90,8 @@ class StepBuilder:
         part: str,
         phase: Phase,
         description: str,
-        statements: tuple[sql.Composable, ...] | sql.Composable,
-        done_when: sql.Composable | None,
+        statements: tuple[Statement, ...] | Statement,
+        done_when: Statement | None,
         tables: tuple[Table, ...] = (),
         **extra: Any,
     ) -> None:

@@ -1,0 +1,72 @@
+"""Guard settings: durations, validation naming the field, and the full-jitter backoff."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from zdm_runbook.errors import ParameterError
+from zdm_runbook.guard import GuardSettings, parse_duration, settings_from, step_settings_from
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(5, 5.0), (0.5, 0.5), ("5s", 5.0), ("500ms", 0.5), ("2min", 120.0), ("1h", 3600.0), (" 1.5 s ", 1.5)],
+)
+def test_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", [0, "0s", -1, "5 days", "soon", True, None, "1e3"])
+def test_bad_durations(value: object) -> None:
+    with pytest.raises(ValueError, match="duration|greater than zero"):
+        parse_duration(value)
+
+
+def test_defaults_by_step_kind() -> None:
+    g = GuardSettings()
+    assert g.timeouts_for(transactional=True, long_running=False) == {"lock_timeout": 1.0, "statement_timeout": 60.0}
+    assert g.timeouts_for(transactional=True, long_running=True)["statement_timeout"] == 4 * 3600
+    assert g.timeouts_for(transactional=False, long_running=True) == {
+        "lock_timeout": 300.0,
+        "statement_timeout": 4 * 3600,
+    }
+
+
+def test_every_problem_is_named_by_field() -> None:
+    with pytest.raises(ParameterError) as err:
+        settings_from({"lock_timeout": "0", "max_attempts": 0, "lock_timout": "1s", "backoff_cap": "fast"})
+    paths = [p.path for p in err.value.problems]
+    assert paths == ["guard.lock_timeout", "guard.max_attempts", "guard.lock_timout", "guard.backoff_cap"]
+    assert "unknown setting; expected one of" in str(err.value)
+    assert "in the parameters" in str(err.value)
+
+
+def test_lock_timeout_must_be_shorter_than_statement_timeout() -> None:
+    with pytest.raises(ParameterError, match=r"guard.lock_timeout: must be shorter than statement_timeout"):
+        settings_from({"lock_timeout": "2min"})
+    with pytest.raises(ParameterError, match=r"backoff_cap: must be at least backoff_base"):
+        settings_from({"backoff_base": "10s", "backoff_cap": "1s"})
+
+
+def test_step_overrides_apply_on_top_of_the_run_settings() -> None:
+    base = settings_from({"lock_timeout": "2s"})
+    per = step_settings_from({"01-a": {"statement_timeout": "10min"}}, base, ["01-a", "02-b"])
+    assert per["01-a"].lock_timeout == 2.0
+    assert per["01-a"].statement_timeout == 600.0
+    with pytest.raises(ParameterError) as err:
+        step_settings_from({"09-x": {}, "01-a": {"lock_timeout": "nope"}}, base, ["01-a"])
+    assert [p.path for p in err.value.problems] == ["step_settings.09-x", "step_settings.01-a.lock_timeout"]
+    assert "no such step in this phase (steps: 01-a)" in str(err.value)
+
+
+def test_full_jitter_backoff_is_bounded_by_the_capped_exponential() -> None:
+    g = GuardSettings(backoff_base=0.5, backoff_cap=4.0)
+    rng = random.Random(7)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
+        draws = [g.backoff(attempt, rng) for _ in range(2000)]
+        assert min(draws) >= 0.0
+        assert max(draws) <= ceiling
+        assert max(draws) > 0.9 * ceiling  # spread over the whole range, not a fixed delay
+        assert min(draws) < 0.1 * ceiling

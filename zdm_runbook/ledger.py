@@ -1,0 +1,221 @@
+"""The ledger: schema ``zdm`` in the target database, the record of what ran and what it waited for.
+
+It is created idempotently and versioned: :data:`VERSIONS` lists each version's statements, and
+:func:`ensure` applies the missing ones in order under an advisory lock, so concurrent runs and
+later releases converge. Every write is its own short autocommitted statement, outside any step's
+transaction, so a rolled-back step still leaves the record of its attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import pandas as pd
+import psycopg
+from psycopg.types.json import Jsonb
+
+from .connect import redact
+from .errors import DatabaseError, ZdmError
+
+Conn = psycopg.Connection[Any]
+LOCK_CLASS: Final = 0x7A646D  # "zdm": first key of every advisory lock the ledger takes
+SCHEMA: Final = "zdm"
+OUTCOMES: Final = (
+    "running",
+    "applied",
+    "skipped",
+    "lock_timeout",
+    "deadlock",
+    "query_canceled",
+    "failed",
+    "interrupted",
+)
+
+_V1 = (
+    """CREATE TABLE zdm.changes (
+        change_id text PRIMARY KEY,
+        description text NOT NULL DEFAULT '',
+        plan_sha256 text NOT NULL,
+        first_seen timestamptz NOT NULL DEFAULT now(),
+        last_seen timestamptz NOT NULL DEFAULT now())""",
+    """CREATE TABLE zdm.step_attempts (
+        attempt_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        run_id uuid NOT NULL,
+        change_id text NOT NULL REFERENCES zdm.changes,
+        phase text NOT NULL CHECK (phase IN ('expand', 'migrate', 'switch', 'contract')),
+        step_key text NOT NULL,
+        attempt int NOT NULL CHECK (attempt >= 0),
+        started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        ended_at timestamptz,
+        outcome text NOT NULL DEFAULT 'running' CHECK (outcome IN ("""
+    + ", ".join(f"'{o}'" for o in OUTCOMES)
+    + """)),
+        sqlstate text,
+        message text,
+        lock_wait_s float8,
+        blockers jsonb NOT NULL DEFAULT '[]',
+        settings jsonb NOT NULL DEFAULT '{}',
+        backend_pid int)""",
+    "CREATE INDEX step_attempts_change_step ON zdm.step_attempts (change_id, step_key)",
+)
+
+# (version, what it adds, statements). Append only: a released version is never edited.
+VERSIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = ((1, "changes and step attempts", _V1),)
+
+
+def ensure(conn: Conn) -> int:
+    """Create or upgrade schema ``zdm`` to the latest version; return that version.
+
+    Safe to call from concurrent sessions: an advisory lock serialises them, and each version is
+    applied in the same transaction that records it.
+    """
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", [LOCK_CLASS])
+            conn.execute("SELECT set_config('lock_timeout', '5s', true)")
+            conn.execute("CREATE SCHEMA IF NOT EXISTS zdm")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS zdm.schema_version (version int PRIMARY KEY,"
+                " description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM zdm.schema_version").fetchone()
+            current = int(row[0]) if row else 0
+            for version, description, statements in VERSIONS:
+                if version <= current:
+                    continue
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO zdm.schema_version (version, description) VALUES (%s, %s)",
+                    [version, description],
+                )
+                current = version
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise DatabaseError(
+            "cannot create the ledger schema zdm: permission denied. Grant CREATE on the database"
+            " to the migration role, or create schema zdm owned by it",
+            exc.sqlstate,
+        ) from exc
+    if current > VERSIONS[-1][0]:
+        raise ZdmError(
+            f"the ledger in this database is version {current}, newer than this zdm-runbook"
+            f" ({VERSIONS[-1][0]}): upgrade zdm-runbook"
+        )
+    return current
+
+
+def record_change(conn: Conn, change_id: str, description: str, plan_sha256: str) -> None:
+    """Upsert the change's row (its plan digest is refreshed on every run)."""
+    conn.execute(
+        "INSERT INTO zdm.changes (change_id, description, plan_sha256) VALUES (%s, %s, %s)"
+        " ON CONFLICT (change_id) DO UPDATE SET description = excluded.description,"
+        " plan_sha256 = excluded.plan_sha256, last_seen = now()",
+        [change_id, description, plan_sha256],
+    )
+
+
+def new_run_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+def start_attempt(
+    conn: Conn,
+    run_id: uuid.UUID,
+    change_id: str,
+    phase: str,
+    step_key: str,
+    attempt: int,
+    settings: Mapping[str, Any],
+    backend_pid: int | None,
+) -> int:
+    """Insert an attempt as ``running``; return its id for :func:`finish_attempt`."""
+    row = conn.execute(
+        "INSERT INTO zdm.step_attempts (run_id, change_id, phase, step_key, attempt, settings,"
+        " backend_pid) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING attempt_id",
+        [run_id, change_id, phase, step_key, attempt, Jsonb(dict(settings)), backend_pid],
+    ).fetchone()
+    if row is None:  # pragma: no cover - INSERT ... RETURNING always returns the row
+        raise ZdmError("the ledger did not return the attempt id")
+    return int(row[0])
+
+
+def finish_attempt(
+    conn: Conn,
+    attempt_id: int,
+    outcome: str,
+    *,
+    sqlstate: str | None = None,
+    message: str | None = None,
+    lock_wait_s: float | None = None,
+    blockers: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """Close an attempt with its outcome; the message and blockers' queries are redacted."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown outcome {outcome!r}")
+    clean = json.loads(redact(json.dumps(list(blockers), default=str)))
+    conn.execute(
+        "UPDATE zdm.step_attempts SET ended_at = clock_timestamp(), outcome = %s, sqlstate = %s,"
+        " message = %s, lock_wait_s = %s, blockers = %s WHERE attempt_id = %s",
+        [
+            outcome,
+            sqlstate,
+            redact(message) if message else None,
+            lock_wait_s,
+            Jsonb(clean),
+            attempt_id,
+        ],
+    )
+
+
+def attempts(conn: Conn, change_id: str | None = None) -> pd.DataFrame:
+    """Step attempts, oldest first (optionally of one change), with their blockers as lists."""
+    query = (
+        "SELECT attempt_id, run_id::text AS run_id, change_id, phase, step_key, attempt, started_at,"
+        " ended_at, outcome, sqlstate, message, lock_wait_s, blockers, settings, backend_pid"
+        " FROM zdm.step_attempts WHERE %(change)s::text IS NULL OR change_id = %(change)s"
+        " ORDER BY attempt_id"
+    )
+    with conn.cursor() as cur:
+        cur.execute(query, {"change": change_id})
+        names = [d.name for d in cur.description or ()]
+        return pd.DataFrame(cur.fetchall(), columns=names)
+
+
+def applied_steps(conn: Conn, change_id: str) -> set[str]:
+    """Keys of the change's steps whose latest attempt applied them (or found them applied)."""
+    rows = conn.execute(
+        "SELECT DISTINCT ON (step_key) step_key, outcome FROM zdm.step_attempts WHERE change_id = %s"
+        " ORDER BY step_key, attempt_id DESC",
+        [change_id],
+    ).fetchall()
+    return {key for key, outcome in rows if outcome in ("applied", "skipped")}
+
+
+def lock_change(conn: Conn, change_id: str) -> None:
+    """Hold a session advisory lock for ``change_id`` so two runs of one change never overlap.
+
+    Raises :class:`ZdmError` naming the session that holds it. Released by :func:`unlock_change`
+    or when the connection closes.
+    """
+    row = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", [LOCK_CLASS, change_id]).fetchone()
+    if row and row[0]:
+        return
+    holder = conn.execute(
+        "SELECT l.pid, a.application_name, extract(epoch FROM now() - a.backend_start)::float8"
+        " FROM pg_locks l LEFT JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory'"
+        " AND l.classid = %s::int4::oid AND l.objid = hashtext(%s)::oid AND l.objsubid = 2"
+        " AND l.granted",
+        [LOCK_CLASS, change_id],
+    ).fetchone()
+    who = f"pid {holder[0]} ({holder[1] or 'no application_name'})" if holder else "another session"
+    raise ZdmError(
+        f"change {change_id} is being run right now by {who}: wait for it to finish; two runs of"
+        " one change never overlap"
+    )
+
+
+def unlock_change(conn: Conn, change_id: str) -> None:
+    conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [LOCK_CLASS, change_id])
