@@ -1,37 +1,37 @@
-"""Plain execution of a plan's steps, enough to prove the planner's SQL on a real server.
+"""Shared test helpers: run a phase with the guarded executor, read the catalog.
 
-This is deliberately simple (no timeouts, no retries): guarded execution is the ddl module's job.
-It still honours what a step says: its ``done_when`` guard, and no transaction for CONCURRENTLY.
+The migrate phase's backfill runs as one whole-table UPDATE here (the stand-in for the batch
+engine), which is fine for the small tables of the tests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
+from zdm_runbook.ddl import execute_phase
 from zdm_runbook.plan import Plan
 from zdm_runbook.spec import Phase
+from zdm_runbook.steps import Step
+
+
+def plain_backfill(dsn: str) -> Callable[[Step], None]:
+    """Stand-in for the batch engine: the step's whole-table UPDATE in one transaction."""
+
+    def run(step: Step) -> None:
+        assert step.backfill is not None
+        with psycopg.connect(dsn, autocommit=True) as c, c.transaction():
+            c.execute(step.backfill.update())
+
+    return run
 
 
 def apply_phase(dsn: str, plan: Plan, phase: Phase | str) -> dict[str, str]:
-    """Run one phase's steps in order; return ``{step key: 'applied' | 'skipped'}``."""
-    outcome: dict[str, str] = {}
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for step in plan.for_phase(phase):
-            if step.done_when is not None:
-                row = conn.execute(step.done_when).fetchone()
-                if row and row[0]:
-                    outcome[step.key] = "skipped"
-                    continue
-            if step.transactional:
-                with conn.transaction():
-                    for stmt in step.statements:
-                        conn.execute(stmt)
-            else:
-                conn.execute(step.statements[0])
-            outcome[step.key] = "applied"
-    return outcome
+    """Run one phase with the guarded executor; return ``{step key: 'applied' | 'skipped'}``."""
+    results = execute_phase(plan, phase, dsn, backfill=plain_backfill(dsn))
+    return {r.key: r.outcome for r in results}
 
 
 def scalar(dsn: str, query: Any, params: Any = None) -> Any:

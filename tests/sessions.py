@@ -19,7 +19,9 @@ class Blocker:
     ``hold_for`` releases (commits) automatically after that many seconds; ``release()`` earlier.
     """
 
-    def __init__(self, dsn: str, *statements: str, app: str = "billing", hold_for: float | None = None) -> None:
+    def __init__(
+        self, dsn: str, *statements: str, app: str = "billing", hold_for: float | None = None
+    ) -> None:
         self.conn = psycopg.connect(dsn, application_name=app)
         for statement in statements:
             self.conn.execute(statement)  # type: ignore[arg-type]
@@ -91,7 +93,9 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> b
 def is_waiting(dsn: str, pid: int) -> bool:
     """True while session ``pid`` waits for a lock."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted)", [pid]).fetchone()
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted)", [pid]
+        ).fetchone()
     return bool(row and row[0])
 
 

@@ -20,13 +20,16 @@ def test_durations(value: object, seconds: float) -> None:
 
 @pytest.mark.parametrize("value", [0, "0s", -1, "5 days", "soon", True, None, "1e3"])
 def test_bad_durations(value: object) -> None:
-    with pytest.raises(ValueError, match="duration|greater than zero"):
+    with pytest.raises(ValueError, match=r"duration|greater than zero"):
         parse_duration(value)
 
 
 def test_defaults_by_step_kind() -> None:
     g = GuardSettings()
-    assert g.timeouts_for(transactional=True, long_running=False) == {"lock_timeout": 1.0, "statement_timeout": 60.0}
+    assert g.timeouts_for(transactional=True, long_running=False) == {
+        "lock_timeout": 1.0,
+        "statement_timeout": 60.0,
+    }
     assert g.timeouts_for(transactional=True, long_running=True)["statement_timeout"] == 4 * 3600
     assert g.timeouts_for(transactional=False, long_running=True) == {
         "lock_timeout": 300.0,
@@ -63,7 +66,7 @@ def test_step_overrides_apply_on_top_of_the_run_settings() -> None:
 
 def test_full_jitter_backoff_is_bounded_by_the_capped_exponential() -> None:
     g = GuardSettings(backoff_base=0.5, backoff_cap=4.0)
-    rng = random.Random(7)
+    rng = random.Random(7)  # noqa: S311 - jitter
     for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
         draws = [g.backoff(attempt, rng) for _ in range(2000)]
         assert min(draws) >= 0.0

@@ -66,11 +66,14 @@ def test_attempts_round_trip_and_redact(conn: psycopg.Connection[tuple[object, .
 
 
 def test_one_change_runs_once_at_a_time(db: str) -> None:
-    with psycopg.connect(db, autocommit=True, application_name="zdm_runbook:expand") as first, psycopg.connect(
-        db, autocommit=True
-    ) as second:
+    with (
+        psycopg.connect(db, autocommit=True, application_name="zdm_runbook:expand") as first,
+        psycopg.connect(db, autocommit=True) as second,
+    ):
         ledger.lock_change(first, "orders-change")
-        with pytest.raises(ZdmError, match=rf"being run right now by pid {first.info.backend_pid} \(zdm_runbook:expand\)"):
+        with pytest.raises(
+            ZdmError, match=rf"being run right now by pid {first.info.backend_pid} \(zdm_runbook:expand\)"
+        ):
             ledger.lock_change(second, "orders-change")
         ledger.lock_change(second, "another-change")
         ledger.unlock_change(first, "orders-change")

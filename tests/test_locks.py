@@ -64,7 +64,7 @@ def test_waiting_sessions_and_table_locks(chain: tuple[str, int, int, int]) -> N
         (ddl, "AccessExclusiveLock", False),
         (app, "AccessShareLock", False),
     }
-    assert list(held.granted)[0]  # holders first
+    assert held.granted.iloc[0]  # holders first
     assert holder in set(old.pid)
     assert old[old.pid == holder].state.item() == "idle in transaction"
 
@@ -95,7 +95,10 @@ def test_preflight_goes_on_a_quiet_table_and_tolerates_missing_ones(db: str) -> 
 def test_preflight_warns_about_an_old_transaction_elsewhere(db: str) -> None:
     with psycopg.connect(db, autocommit=True) as c:
         c.execute("CREATE TABLE a (id int); CREATE TABLE b (id int)")
-    with Blocker(db, "SELECT count(*) FROM b", app="reports") as other, psycopg.connect(db, autocommit=True) as c:
+    with (
+        Blocker(db, "SELECT count(*) FROM b", app="reports") as other,
+        psycopg.connect(db, autocommit=True) as c,
+    ):
         assert wait_for(lambda: locks.long_running(c, 0.2).shape[0] > 0)
         verdict = preflight(c, ["a"], long_after_s=0.2)
     assert verdict.go

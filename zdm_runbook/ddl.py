@@ -133,10 +133,19 @@ class Executor:
     # --- one step ---
 
     def is_done(self, step: Step) -> bool:
-        """The step's catalog guard; a step without one (raw SQL) is done when the ledger says so."""
+        """The step's catalog guard; a step without one (raw SQL) is done when the ledger says so.
+
+        A step a later phase has moved past (its ``superseded_when`` holds) counts as done: re-running
+        expand after contract must never bring back a trigger on a dropped column.
+        """
+        for guard in (step.superseded_when, step.done_when):
+            if guard is None:
+                continue
+            row = self.control.execute(guard).fetchone()
+            if row and row[0]:
+                return True
         if step.done_when is not None:
-            row = self.control.execute(step.done_when).fetchone()
-            return bool(row and row[0])
+            return False
         return step.key in ledger.applied_steps(self.control, self.plan.change.id)
 
     def run_step(self, step: Step) -> StepResult:

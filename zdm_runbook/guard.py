@@ -13,9 +13,11 @@ Defaults, and why:
 - ``statement_timeout = 1min`` for ordinary DDL; ``long_statement_timeout = 4h`` for steps that scan
   the table (VALIDATE, index builds) or wait for other transactions (CONCURRENTLY).
 - Retries: ``max_attempts = 10``, full-jitter exponential backoff, the sleep before attempt n+1
-  drawn uniformly from [0, min(30 s, 0.5 s x 2^(n-1))]. Jitter keeps two migrators (or a migrator
-  and a retrying app) from colliding again in lockstep; the cap bounds the whole retry window to
-  about two and a half minutes at worst, after which the blockers are reported to a human.
+  drawn uniformly from [0, min(30 s, 1 s x 2^(n-1))]. Between attempts the app's queued queries
+  drain, so the sleeps grow quickly; jitter keeps two migrators (or a migrator and a retrying
+  app) from colliding again in lockstep; the cap bounds the retry window to about three minutes at
+  worst (10 waits of 1 s plus at most 1+2+4+8+16+30+30+30+30 s of sleep, half that on average),
+  after which the blockers are reported to a human.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class GuardSettings:
     statement_timeout: float = 60.0
     long_statement_timeout: float = 4 * 3600.0
     max_attempts: int = 10
-    backoff_base: float = 0.5
+    backoff_base: float = 1.0
     backoff_cap: float = 30.0
 
     def timeouts_for(self, transactional: bool, long_running: bool) -> dict[str, float]:

@@ -85,6 +85,7 @@ def dual_write_steps(
             ),
             s.trigger_exists(table, trigger),
             (table,),
+            superseded_when=s.column_absent(table, old),
         )
     pending = Q("{} IS DISTINCT FROM ({})").format(sql.Identifier(new), to_new[1])
     fill = BackfillSpec(table, ((new, to_new[1]),), pending)
@@ -96,6 +97,7 @@ def dual_write_steps(
         s.no_rows(table, pending),
         (table,),
         backfill=fill,
+        superseded_when=s.column_absent(table, old),
     )
     if not_null:
         not_null_steps(b, Phase.SWITCH, table, new)

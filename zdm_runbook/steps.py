@@ -69,6 +69,9 @@ class Step:
     backfill: BackfillSpec | None = None
     operation: int = 0
     long_running: bool = False  # scans the table (VALIDATE, index build): the long statement_timeout
+    # True once a later phase has moved past this step (contract dropped the column it reads):
+    # checked before done_when, which may no longer even parse.
+    superseded_when: Statement | None = None
 
     def __post_init__(self) -> None:
         if not self.transactional and len(self.statements) != 1:
