@@ -120,7 +120,7 @@ class Executor:
         """Run the phase's steps in order; stop at the first failure (raised as :class:`StepFailed`)."""
         steps = self.plan.for_phase(phase)
         if any(st.backfill for st in steps) and self.backfill is None:
-            raise ConfigError(f"phase {Phase(phase).value} has backfill steps but no backfill runner")
+            raise ConfigError(f"phase {Phase(phase).value} has backfill steps: pass a backfill runner")
         results: list[StepResult] = []
         for step in steps:
             try:
@@ -220,8 +220,13 @@ class Executor:
             )
         except ZdmError as exc:
             attempt = Attempt(number, "failed", time.monotonic() - started, None, str(exc), watch.lock_wait_s)
-        except BaseException:
-            self._finish(attempt_id, Attempt(number, "interrupted", time.monotonic() - started))
+        except BaseException as exc:  # KeyboardInterrupt, a killed kernel: recorded, then re-raised
+            elapsed = time.monotonic() - started
+            why = f"interrupted by {type(exc).__name__}"
+            self._finish(
+                attempt_id,
+                Attempt(number, "interrupted", elapsed, None, why, watch.lock_wait_s, watch.blockers),
+            )
             raise
         else:
             done = "; ".join(notes) or None
@@ -361,6 +366,8 @@ def execute_phase(
     """Run one phase of ``plan`` with guards: settings are checked first, then the ledger is
     created or upgraded, the change is locked against a concurrent run, and the steps run in order."""
     p = Phase(phase)
+    if backfill is None and any(st.backfill for st in plan.for_phase(p)):
+        raise ConfigError(f"phase {p.value} has backfill steps: pass a backfill runner")
     base = settings if isinstance(settings, GuardSettings) else settings_from(settings)
     per_step = step_settings_from(step_settings, base, [st.key for st in plan.for_phase(p)])
     with (
