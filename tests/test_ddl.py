@@ -336,7 +336,9 @@ def test_bad_parameters_change_nothing(db: str) -> None:
     assert [p.path for p in err.value.problems] == ["guard.lock_timeout"]
     with pytest.raises(ParameterError, match=r"step_settings.99-nope: no such step in this phase"):
         execute_phase(plan, "expand", db, step_settings={"99-nope": {"lock_timeout": "1s"}})
-    migrate = build_plan(parse_change("change: fill\noperations:\n  - backfill: {table: orders, set: {email: \"'x'\"}}\n"))
+    migrate = build_plan(
+        parse_change("change: fill\noperations:\n  - backfill: {table: orders, set: {email: \"'x'\"}}\n")
+    )
     with pytest.raises(ConfigError, match="phase migrate has backfill steps: pass a backfill runner"):
         execute_phase(migrate, "migrate", db)
     assert scalar(db, "SELECT to_regnamespace('zdm')") is None
