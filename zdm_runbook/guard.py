@@ -26,16 +26,17 @@ import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ParameterError, Problem
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|min|h)?\s*$", re.I)
 _UNIT_S = {"ms": 0.001, "s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
 MAX_ATTEMPTS_LIMIT = 100
+T = TypeVar("T")
 
 
-def parse_duration(value: Any) -> float:
+def parse_duration(value: Any, allow_zero: bool = False) -> float:
     """Seconds from a number (seconds) or text with a unit: ``500ms``, ``5s``, ``2min``, ``1h``."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 5s or 500ms, not a boolean")
@@ -45,6 +46,8 @@ def parse_duration(value: Any) -> float:
         seconds = float(m[1]) * _UNIT_S[(m[2] or "s").lower()]
     else:
         raise ValueError(f"expected a duration such as 5s, 500ms or 2min, got {value!r}")
+    if allow_zero and seconds == 0:
+        return 0.0
     if not seconds > 0:
         raise ValueError("must be greater than zero (zero would mean wait forever)")
     return seconds
@@ -87,31 +90,45 @@ _DURATIONS = {
 }
 
 
+def read_settings(
+    base: T,
+    values: Mapping[str, Any] | None,
+    path: str,
+    ranges: Mapping[str, tuple[int, int]],
+    zero_ok: frozenset[str] = frozenset(),
+) -> tuple[T, list[Problem]]:
+    """``base`` (a settings dataclass) with ``values`` applied: float fields are durations, int
+    fields whole numbers within ``ranges``. Returns the result and every problem, by field path."""
+    problems: list[Problem] = []
+    changes: dict[str, Any] = {}
+    kinds = {f.name: type(getattr(base, f.name)) for f in fields(base)}  # type: ignore[arg-type]
+    for key, value in (values or {}).items():
+        where = f"{path}.{key}"
+        if key not in kinds:
+            problems.append(Problem(where, f"unknown setting; expected one of {', '.join(sorted(kinds))}"))
+        elif kinds[key] is int:
+            low, high = ranges.get(key, (0, 2**31 - 1))
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                problems.append(Problem(where, f"must be a whole number from {low} to {high}"))
+            else:
+                changes[key] = value
+        else:
+            try:
+                changes[key] = parse_duration(value, allow_zero=key in zero_ok)
+            except ValueError as exc:
+                problems.append(Problem(where, str(exc)))
+    return replace(base, **changes), problems  # type: ignore[type-var]
+
+
 def settings_from(
     values: Mapping[str, Any] | None,
     base: GuardSettings | None = None,
     path: str = "guard",
 ) -> GuardSettings:
     """``base`` with ``values`` applied, every field checked; :class:`ParameterError` lists all problems."""
-    base = base or GuardSettings()
-    problems: list[Problem] = []
-    changes: dict[str, Any] = {}
-    known = sorted(f.name for f in fields(GuardSettings))
-    for key, value in (values or {}).items():
-        where = f"{path}.{key}"
-        if key not in known:
-            problems.append(Problem(where, f"unknown setting; expected one of {', '.join(known)}"))
-        elif key == "max_attempts":
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ATTEMPTS_LIMIT:
-                problems.append(Problem(where, f"must be a whole number from 1 to {MAX_ATTEMPTS_LIMIT}"))
-            else:
-                changes[key] = value
-        else:
-            try:
-                changes[key] = parse_duration(value)
-            except ValueError as exc:
-                problems.append(Problem(where, str(exc)))
-    result = replace(base, **changes)
+    result, problems = read_settings(
+        base or GuardSettings(), values, path, {"max_attempts": (1, MAX_ATTEMPTS_LIMIT)}
+    )
     if not problems:
         problems += _consistency(result, path)
     if problems:

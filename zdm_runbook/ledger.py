@@ -62,8 +62,50 @@ _V1 = (
     "CREATE INDEX step_attempts_change_step ON zdm.step_attempts (change_id, step_key)",
 )
 
+_V2 = (
+    # One row per backfill step: its range, its checkpoint (written in each batch's transaction),
+    # and the controls a second session may set while it runs (paused, batch_size, pause_ms).
+    """CREATE TABLE zdm.backfills (
+        change_id text NOT NULL REFERENCES zdm.changes,
+        step_key text NOT NULL,
+        table_name text NOT NULL,
+        key_columns text[] NOT NULL,
+        upper_key text[],
+        last_key text[],
+        rows_estimate bigint,
+        rows_scanned bigint NOT NULL DEFAULT 0,
+        rows_updated bigint NOT NULL DEFAULT 0,
+        batches int NOT NULL DEFAULT 0,
+        status text NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'done', 'failed')),
+        started_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz,
+        paused boolean NOT NULL DEFAULT false,
+        batch_size int CHECK (batch_size > 0),
+        pause_ms int CHECK (pause_ms >= 0),
+        PRIMARY KEY (change_id, step_key))""",
+    """CREATE TABLE zdm.backfill_batches (
+        change_id text NOT NULL,
+        step_key text NOT NULL,
+        batch int NOT NULL,
+        lower_key text[],
+        upper_key text[] NOT NULL,
+        rows_scanned int NOT NULL,
+        rows_updated int NOT NULL,
+        batch_size int NOT NULL,
+        seconds float8 NOT NULL,
+        retries int NOT NULL DEFAULT 0,
+        throttled_s float8 NOT NULL DEFAULT 0,
+        committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (change_id, step_key, batch),
+        FOREIGN KEY (change_id, step_key) REFERENCES zdm.backfills)""",
+)
+
 # (version, what it adds, statements). Append only: a released version is never edited.
-VERSIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = ((1, "changes and step attempts", _V1),)
+VERSIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
+    (1, "changes and step attempts", _V1),
+    (2, "backfill checkpoints, batches and controls", _V2),
+)
 
 
 def ensure(conn: Conn) -> int:

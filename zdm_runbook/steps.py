@@ -45,12 +45,18 @@ class BackfillSpec:
     pending: sql.Composable
     where: Expr | None = None
 
-    def update(self) -> sql.Composed:
-        """The whole-table form; the backfill engine adds key ranges to the same WHERE."""
+    def condition(self) -> sql.Composed:
+        """Rows still to do: the ``where`` filter (if any) and the pending predicate."""
+        if self.where is None:
+            return Q("({})").format(self.pending)
+        return Q("({}) AND ({})").format(self.where.sql, self.pending)
+
+    def update(self, key_range: sql.Composable | None = None) -> sql.Composed:
+        """The UPDATE, for the whole table or (for the backfill engine) one key range."""
         sets = sql.SQL(", ").join(
             sql.SQL("{} = {}").format(sql.Identifier(col), value) for col, value in self.assignments
         )
-        cond = self.pending if self.where is None else Q("({}) AND ({})").format(self.where.sql, self.pending)
+        cond = self.condition() if key_range is None else Q("{} AND {}").format(key_range, self.condition())
         return Q("UPDATE {} SET {} WHERE {}").format(qname(self.table), sets, cond)
 
 

@@ -1,0 +1,410 @@
+"""The backfill engine: a migrate step's UPDATE in bounded keyset batches that survive anything.
+
+Each batch is one short transaction: ``SET LOCAL`` timeouts, the next key range, the UPDATE of
+its rows whose target still differs (``IS DISTINCT FROM``), and the checkpoint in the ledger, all
+committed together. So a crash, a SIGKILL or a lost connection loses at most the batch in
+flight, and a re-run resumes from the last committed one; a re-run after completion updates
+nothing. The batch size adapts toward a target duration; the engine pauses while told to, while
+replicas lag, or while sessions queue for a lock on the table.
+
+Defaults, and why: a batch targets 0.2 s (pt-online-schema-change and pt-table-checksum aim their
+chunks at 0.5 s; a shorter batch holds its row locks for less time, so an app UPDATE that meets
+one waits less), grows by at most 20% per batch (GitLab's batch optimizer takes the same care not
+to overshoot), halves on a timeout, and stays within 100..5,000 rows: the ceiling keeps the rows
+locked at any moment a small share of a large table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .connect import connect, redact
+from .errors import ConfigError, DatabaseError, ParameterError, Problem, SpecError
+from .guard import read_settings
+from .keyset import Key, TableKey, table_key
+from .steps import BackfillSpec, Step
+
+log = logging.getLogger(__name__)
+Conn = psycopg.Connection[Any]
+SHRINK_ON = {"55P03", "57014"}  # lock_timeout, statement_timeout: retry the range, smaller
+GROWTH = 1.2
+
+
+@dataclass(frozen=True)
+class BackfillSettings:
+    """Batch sizing, throttling and timeouts of a backfill (durations in seconds)."""
+
+    target_batch: float = 0.2
+    start_batch_size: int = 500
+    min_batch_size: int = 100
+    max_batch_size: int = 5000
+    pause: float = 0.0
+    max_replay_lag: float = 30.0
+    lock_timeout: float = 1.0
+    statement_timeout: float = 30.0
+    max_failures: int = 10
+    reconnect_attempts: int = 10
+    log_every: float = 5.0
+
+
+def backfill_settings(values: Mapping[str, Any] | None, path: str = "backfill") -> BackfillSettings:
+    """Settings from parameters; :class:`ParameterError` names every bad field."""
+    ranges = {
+        "start_batch_size": (1, 1_000_000),
+        "min_batch_size": (1, 1_000_000),
+        "max_batch_size": (1, 1_000_000),
+        "max_failures": (1, 1000),
+        "reconnect_attempts": (0, 1000),
+    }
+    result, problems = read_settings(BackfillSettings(), values, path, ranges, frozenset({"pause"}))
+    if not problems and not result.min_batch_size <= result.start_batch_size <= result.max_batch_size:
+        problems.append(
+            Problem(f"{path}.start_batch_size", "must lie between min_batch_size and max_batch_size")
+        )
+    if not problems and result.lock_timeout >= result.statement_timeout:
+        problems.append(Problem(f"{path}.lock_timeout", "must be shorter than statement_timeout"))
+    if problems:
+        raise ParameterError(problems)
+    return result
+
+
+@dataclass
+class Batch:
+    """One committed batch, as the ledger records it."""
+
+    number: int
+    lower: Key | None
+    upper: Key
+    rows_scanned: int
+    rows_updated: int
+    size: int
+    seconds: float
+    retries: int
+    throttled_s: float
+    at: float
+
+
+@dataclass
+class State:
+    """Where a backfill stands; what progress displays and charts read."""
+
+    table: str
+    rows_estimate: int | None
+    rows_scanned: int = 0
+    rows_updated: int = 0
+    batch_size: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    paused: str | None = None
+    batches: list[Batch] = field(default_factory=list)
+    retries: int = 0
+    reconnects: int = 0
+    resumed_from: int = 0  # rows a previous run had already done: not part of this run's rate
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def rate(self) -> float:
+        done = self.rows_scanned - self.resumed_from
+        return done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        if not self.rows_estimate or not self.rate or self.finished:
+            return None
+        return max(0.0, self.rows_estimate - self.rows_scanned) / self.rate
+
+    def summary(self) -> str:
+        """The one-line text summary printed at the end."""
+        return (
+            f"backfill of {self.table}: {self.rows_scanned:,} rows scanned, {self.rows_updated:,} updated"
+            f" in {len(self.batches)} batches, {self.elapsed:.1f} s, {self.rate:,.0f} rows/s;"
+            f" {self.retries} batch retries, {self.reconnects} reconnects"
+        )
+
+
+Listener = Callable[[State], None]
+
+
+class BackfillError(DatabaseError):
+    """The backfill stopped; what is committed stays, and a re-run resumes from its checkpoint."""
+
+
+class Backfill:
+    """Runs one backfill step to completion (see the module text); ``state`` is live while it runs."""
+
+    def __init__(
+        self,
+        dsn: str,
+        change_id: str,
+        step: Step,
+        settings: BackfillSettings | None = None,
+        on_batch: Listener | None = None,
+    ) -> None:
+        if step.backfill is None:
+            raise ConfigError(f"step {step.key} is not a backfill")
+        self.dsn, self.change_id, self.step = dsn, change_id, step
+        self.spec: BackfillSpec = step.backfill
+        self.settings = settings or BackfillSettings()
+        self.on_batch = on_batch
+        self.conn: Conn | None = None
+        self.key: TableKey | None = None
+        self.state = State(str(self.spec.table), None)
+        self.table_oid = 0
+
+    # --- connection ---
+
+    def _connect(self) -> Conn:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            self.conn = connect(self.dsn, phase="migrate:backfill", autocommit=True)
+        return self.conn
+
+    def _reconnect(self, why: str) -> Conn:
+        delay = 0.5
+        for attempt in range(1, self.settings.reconnect_attempts + 1):
+            log.warning("backfill %s: connection lost (%s); reconnecting (%d)", self.step.key, why, attempt)
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = None
+            try:
+                conn = self._connect()
+            except DatabaseError:
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self.state.reconnects += 1
+            return conn
+        raise BackfillError(f"backfill {self.step.key}: connection lost and not regained: {why}")
+
+    # --- setup ---
+
+    def prepare(self) -> tuple[Key | None, Key | None]:
+        """Find the key, check the UPDATE plans (bad expressions fail here, before any batch), and
+        start or resume the ledger row; return the checkpoint and the upper bound."""
+        conn = self._connect()
+        path = f"operations[{self.step.operation}].{self.step.key.split('-', 2)[1]}"
+        self.key = table_key(conn, self.spec.table, f"{path}.table")
+        oid = conn.execute(
+            "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))::oid::int8",
+            [self.spec.table.schema, self.spec.table.name],
+        ).fetchone()
+        self.table_oid = int(oid[0]) if oid and oid[0] else 0
+        cond, params = self.key.range(None, None)
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("EXPLAIN {}").format(self.spec.update(cond)), params)
+        except psycopg.Error as exc:
+            raise SpecError([Problem(path, f"the backfill cannot run: {redact(str(exc)).strip()}")]) from None
+        row = conn.execute(
+            "SELECT status, last_key, upper_key, rows_scanned, rows_updated FROM zdm.backfills"
+            " WHERE change_id = %s AND step_key = %s",
+            [self.change_id, self.step.key],
+        ).fetchone()
+        if row is not None and row[0] != "done":
+            self.state.rows_scanned, self.state.rows_updated = int(row[3]), int(row[4])
+            self.state.resumed_from = self.state.rows_scanned
+            self._estimate(conn)
+            return row[1], row[2]
+        upper_row = conn.execute(self.key.last_key()).fetchone()
+        upper = upper_row[0] if upper_row else None
+        estimate = self._estimate(conn)
+        conn.execute(
+            "INSERT INTO zdm.backfills (change_id, step_key, table_name, key_columns, upper_key,"
+            " rows_estimate) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (change_id, step_key) DO UPDATE SET"
+            " upper_key = excluded.upper_key, last_key = NULL, rows_estimate = excluded.rows_estimate,"
+            " rows_scanned = 0, rows_updated = 0, status = 'running', started_at = now(), updated_at = now(),"
+            " finished_at = NULL",
+            [self.change_id, self.step.key, str(self.spec.table), list(self.key.columns), upper, estimate],
+        )
+        return None, upper
+
+    def _estimate(self, conn: Conn) -> int | None:
+        row = conn.execute(
+            "SELECT reltuples::int8 FROM pg_class"
+            " WHERE oid = to_regclass(format('%%I.%%I', %s::text, %s::text))",
+            [self.spec.table.schema, self.spec.table.name],
+        ).fetchone()
+        self.state.rows_estimate = int(row[0]) if row and row[0] is not None and row[0] >= 0 else None
+        return self.state.rows_estimate
+
+    # --- the loop ---
+
+    def run(self) -> State:
+        """Batch until the captured upper bound is passed; return the final state."""
+        lower, upper = self.prepare()
+        size = self.settings.start_batch_size
+        failures = 0
+        while upper is not None:
+            throttled, control = self._throttle()
+            size = control.get("batch_size") or size
+            try:
+                batch = self._batch(lower, upper, size, failures, throttled)
+            except psycopg.Error as exc:
+                if exc.sqlstate in SHRINK_ON or exc.sqlstate == "40P01":
+                    failures += 1
+                    self.state.retries += 1
+                    if failures > self.settings.max_failures:
+                        raise BackfillError(
+                            f"backfill {self.step.key}: {failures} batches in a row failed"
+                            f" ({redact(str(exc)).strip()}); what is committed stays, re-run to resume",
+                            exc.sqlstate,
+                        ) from exc
+                    if exc.sqlstate in SHRINK_ON:
+                        size = max(self.settings.min_batch_size, size // 2)
+                    time.sleep(min(5.0, 0.1 * 2**failures))
+                    continue
+                if self.conn is None or self.conn.closed or self.conn.broken:
+                    self._reconnect(redact(str(exc)).strip())
+                    lower, upper = self.prepare()
+                    continue
+                raise BackfillError(
+                    f"backfill {self.step.key} failed: {redact(str(exc)).strip()}", exc.sqlstate
+                ) from exc
+            if batch is None:
+                break
+            failures = 0
+            lower = batch.upper
+            size = self._next_size(size, batch.seconds)
+            pause = control.get("pause_ms")
+            time.sleep(self.settings.pause if pause is None else pause / 1000)
+        self._finish()
+        return self.state
+
+    def _next_size(self, size: int, seconds: float) -> int:
+        """Toward the target duration: grow by at most 20%, shrink in proportion, within bounds."""
+        wanted = size * self.settings.target_batch / max(seconds, 1e-3)
+        new = min(wanted, size * GROWTH)
+        return int(max(self.settings.min_batch_size, min(self.settings.max_batch_size, new)))
+
+    def _throttle(self) -> tuple[float, dict[str, Any]]:
+        """Wait while paused, while replicas lag, or while sessions queue for a lock on the table."""
+        waited = 0.0
+        while True:
+            conn = self._connect()
+            row = conn.execute(
+                "SELECT b.paused, b.batch_size, b.pause_ms,"
+                " (SELECT count(*) FROM pg_locks l WHERE l.relation = %s::int8::oid AND NOT l.granted),"
+                " (SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication)::float8"
+                " FROM zdm.backfills b WHERE b.change_id = %s AND b.step_key = %s",
+                [self.table_oid, self.change_id, self.step.key],
+            ).fetchone()
+            if row is None:
+                raise BackfillError(f"backfill {self.step.key}: its ledger row disappeared")
+            paused, batch_size, pause_ms, queued, lag = row
+            reason = None
+            if paused:
+                reason = "paused (zdm.backfills.paused)"
+            elif lag is not None and lag > self.settings.max_replay_lag:
+                reason = f"replica lag {lag:.0f} s > {self.settings.max_replay_lag:g} s"
+            elif queued:
+                reason = f"{queued} session(s) queued for a lock on {self.spec.table}"
+            self.state.paused = reason
+            if reason is None:
+                return waited, {"batch_size": batch_size, "pause_ms": pause_ms}
+            if self.on_batch:
+                self.on_batch(self.state)
+            time.sleep(0.5)
+            waited += 0.5
+
+    def _batch(
+        self, lower: Key | None, upper: Key, size: int, retries: int, throttled: float
+    ) -> Batch | None:
+        if self.key is None:  # pragma: no cover - prepare() sets it
+            raise ConfigError("prepare() first")
+        conn = self._connect()
+        started = time.monotonic()
+        with conn.transaction():
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                [
+                    str(round(self.settings.lock_timeout * 1000)),
+                    str(round(self.settings.statement_timeout * 1000)),
+                ],
+            )
+            query, params = self.key.next_batch(lower, upper, size)
+            row = conn.execute(query, params).fetchone()
+            scanned, end = (int(row[0]), row[1]) if row else (0, None)
+            if end is None:
+                return None
+            cond, range_params = self.key.range(lower, end)
+            updated = conn.execute(self.spec.update(cond), range_params).rowcount
+            seconds = time.monotonic() - started
+            number_row = conn.execute(
+                "UPDATE zdm.backfills SET last_key = %s, rows_scanned = rows_scanned + %s,"
+                " rows_updated = rows_updated + %s, batches = batches + 1, updated_at = now()"
+                " WHERE change_id = %s AND step_key = %s RETURNING batches",
+                [end, scanned, updated, self.change_id, self.step.key],
+            ).fetchone()
+            number = int(number_row[0]) if number_row else 0
+            conn.execute(
+                "INSERT INTO zdm.backfill_batches (change_id, step_key, batch, lower_key, upper_key,"
+                " rows_scanned, rows_updated, batch_size, seconds, retries, throttled_s)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    self.change_id,
+                    self.step.key,
+                    number,
+                    lower,
+                    end,
+                    scanned,
+                    updated,
+                    size,
+                    seconds,
+                    retries,
+                    throttled,
+                ],
+            )
+        batch = Batch(
+            number, lower, end, scanned, updated, size, seconds, retries, throttled, time.monotonic()
+        )
+        self.state.rows_scanned += scanned
+        self.state.rows_updated += updated
+        self.state.batch_size = size
+        self.state.batches.append(batch)
+        if self.on_batch:
+            self.on_batch(self.state)
+        return batch
+
+    def _finish(self) -> None:
+        conn = self._connect()
+        conn.execute(
+            "UPDATE zdm.backfills SET status = 'done', finished_at = now(), updated_at = now()"
+            " WHERE change_id = %s AND step_key = %s",
+            [self.change_id, self.step.key],
+        )
+        self.state.finished = time.monotonic()
+        self.state.rows_estimate = self.state.rows_scanned
+        self.state.paused = None
+        if self.on_batch:
+            self.on_batch(self.state)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def runner(
+    dsn: str,
+    change_id: str,
+    settings: BackfillSettings | None = None,
+    on_batch: Listener | None = None,
+) -> Callable[[Step], None]:
+    """What the guarded executor calls for a backfill step: run it to completion, then close."""
+
+    def run(step: Step) -> None:
+        engine = Backfill(dsn, change_id, step, settings, on_batch)
+        try:
+            engine.run()
+        finally:
+            engine.close()
+
+    return run

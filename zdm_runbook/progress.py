@@ -1,0 +1,121 @@
+"""Backfill progress: a DataFrame at any time, a log line headless, a widget bar and live chart in Jupyter.
+
+Which one is a parameter (``interactive``), never a guess: under papermill widget updates are
+never seen, so a headless run logs a line every few seconds instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from .backfill import State
+from .locks import human_seconds
+
+BATCH_COLUMNS = (
+    "batch",
+    "at_s",
+    "rows_scanned",
+    "rows_updated",
+    "batch_size",
+    "seconds",
+    "retries",
+    "throttled_s",
+    "rows_done",
+)
+
+
+def frame(state: State) -> pd.DataFrame:
+    """One row per batch of this run: when (seconds since start), sizes, duration, retries, throttling."""
+    rows, done = [], state.resumed_from
+    for b in state.batches:
+        done += b.rows_scanned
+        rows.append(
+            {
+                "batch": b.number,
+                "at_s": round(b.at - state.started, 3),
+                "rows_scanned": b.rows_scanned,
+                "rows_updated": b.rows_updated,
+                "batch_size": b.size,
+                "seconds": b.seconds,
+                "retries": b.retries,
+                "throttled_s": b.throttled_s,
+                "rows_done": done,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(BATCH_COLUMNS))
+
+
+def line(state: State) -> str:
+    """``orders: 412,000 / 1,000,000 rows (41%), 38,200 rows/s, ETA 15 s, batch 5,000 rows``."""
+    total = state.rows_estimate
+    share = f" ({100 * state.rows_scanned / total:.0f}%)" if total else ""
+    of = f" / ~{total:,}" if total else ""
+    eta = f", ETA {human_seconds(state.eta)}" if state.eta is not None else ""
+    text = (
+        f"{state.table}: {state.rows_scanned:,}{of} rows{share}, {state.rows_updated:,} updated,"
+        f" {state.rate:,.0f} rows/s{eta}, batch {state.batch_size:,} rows"
+    )
+    return f"{text}; waiting: {state.paused}" if state.paused else text
+
+
+class LogProgress:
+    """Headless: one line every ``every`` seconds (and at the end) through ``emit``."""
+
+    def __init__(self, every: float = 5.0, emit: Callable[[str], None] | None = None) -> None:
+        self.every = every
+        self.emit = emit or (lambda text: print(text, flush=True))
+        self._last = 0.0
+
+    def __call__(self, state: State) -> None:
+        now = time.monotonic()
+        if state.finished is not None or now - self._last >= self.every:
+            self._last = now
+            self.emit(("done: " if state.finished is not None else "") + line(state))
+
+
+def _display(obj: Any) -> None:
+    from IPython.display import display  # noqa: PLC0415 - only in a notebook
+
+    display(obj)  # type: ignore[no-untyped-call]
+
+
+class WidgetProgress:
+    """Interactive: an ipywidgets progress bar with a label, and a chart redrawn every ``chart_every`` s."""
+
+    def __init__(self, chart_every: float = 3.0) -> None:
+        import ipywidgets as widgets  # noqa: PLC0415 - only in a notebook
+
+        self.bar = widgets.FloatProgress(min=0.0, max=1.0, description="backfill")
+        self.label = widgets.HTML()
+        self.chart = widgets.Output()
+        self.chart_every, self._last = chart_every, 0.0
+        _display(widgets.VBox([widgets.HBox([self.bar, self.label]), self.chart]))
+
+    def __call__(self, state: State) -> None:
+        total = state.rows_estimate or max(state.rows_scanned, 1)
+        self.bar.value = min(1.0, state.rows_scanned / total)
+        self.label.value = line(state)
+        now = time.monotonic()
+        if state.finished is not None or now - self._last >= self.chart_every:
+            self._last = now
+            self._redraw(state)
+
+    def _redraw(self, state: State) -> None:
+        from IPython.display import Image  # noqa: PLC0415
+
+        from .charts import backfill_figure, png  # noqa: PLC0415
+
+        make_image: Callable[..., Any] = Image
+        image = make_image(data=png(backfill_figure(frame(state), state.table)), format="png")
+        with self.chart:
+            self.chart.clear_output(wait=True)
+            _display(image)
+
+
+def reporter(interactive: bool, every: float = 5.0) -> Callable[[State], Any]:
+    """The progress display for a run: a widget when ``interactive``, else a log line."""
+    return WidgetProgress() if interactive else LogProgress(every)
