@@ -23,7 +23,7 @@ from zdm_runbook.plan import Plan, build_plan
 from zdm_runbook.spec import Phase, parse_change
 from zdm_runbook.steps import Step
 
-from .helpers import columns, plain_backfill, scalar
+from .helpers import columns, scalar
 from .sessions import AppProbe, Blocker, wait_for
 
 pytestmark = pytest.mark.pg
@@ -226,7 +226,7 @@ operations:
     new_app = "INSERT INTO orders (customer_ref) VALUES (9); UPDATE orders SET customer_ref = 10 WHERE id = 2"
     with AppProbe(db, old_app, every=0.01, app="old-app") as writer:
         for phase in (Phase.EXPAND, Phase.MIGRATE, Phase.SWITCH):
-            results = execute_phase(plan, phase, db, settings=settings, backfill=plain_backfill(db))
+            results = execute_phase(plan, phase, db, settings=settings)
             assert {r.outcome for r in results} == {"applied"}, phase
             done = len(writer.latencies)
             assert wait_for(lambda n=done: len(writer.latencies) >= n + 5), "the old app keeps writing"
@@ -243,7 +243,7 @@ operations:
     assert cols["currency"] == ("text", True)
     assert scalar(db, "SELECT count(*) FROM orders WHERE customer_ref IS NULL") == 0
     for phase in Phase:
-        again = execute_phase(plan, phase, db, settings=settings, backfill=plain_backfill(db))
+        again = execute_phase(plan, phase, db, settings=settings)
         assert {r.outcome for r in again} <= {"skipped"}, phase
 
 
@@ -258,7 +258,7 @@ operations:
 """)
     )
     for phase in (Phase.EXPAND, Phase.MIGRATE, Phase.SWITCH):
-        execute_phase(plan, phase, db, backfill=plain_backfill(db))
+        execute_phase(plan, phase, db)
     trigger = "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal"
     assert scalar(db, trigger) == 1
     with Blocker(db, "SELECT count(*) FROM orders"), pytest.raises(StepFailed):
@@ -336,11 +336,8 @@ def test_bad_parameters_change_nothing(db: str) -> None:
     assert [p.path for p in err.value.problems] == ["guard.lock_timeout"]
     with pytest.raises(ParameterError, match=r"step_settings.99-nope: no such step in this phase"):
         execute_phase(plan, "expand", db, step_settings={"99-nope": {"lock_timeout": "1s"}})
-    migrate = build_plan(
-        parse_change("change: fill\noperations:\n  - backfill: {table: orders, set: {email: \"'x'\"}}\n")
-    )
-    with pytest.raises(ConfigError, match="phase migrate has backfill steps: pass a backfill runner"):
-        execute_phase(migrate, "migrate", db)
+    with pytest.raises(ParameterError, match=r"backfill.max_batch_size: must be a whole number"):
+        execute_phase(plan, "expand", db, backfill_settings={"max_batch_size": -5})
     assert scalar(db, "SELECT to_regnamespace('zdm')") is None
     assert "note" not in columns(db, "orders")
 

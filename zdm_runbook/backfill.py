@@ -198,10 +198,9 @@ class Backfill:
             [self.spec.table.schema, self.spec.table.name],
         ).fetchone()
         self.table_oid = int(oid[0]) if oid and oid[0] else 0
-        cond, params = self.key.range(None, None)
         try:
             with conn.transaction():
-                conn.execute(sql.SQL("EXPLAIN {}").format(self.spec.update(cond)), params)
+                conn.execute(sql.SQL("EXPLAIN {}").format(self.spec.update(self.key.range(None, None))))
         except psycopg.Error as exc:
             raise SpecError([Problem(path, f"the backfill cannot run: {redact(str(exc)).strip()}")]) from None
         row = conn.execute(
@@ -243,10 +242,11 @@ class Backfill:
         lower, upper = self.prepare()
         size = self.settings.start_batch_size
         failures = 0
+        control: dict[str, Any] = {}
         while upper is not None:
-            throttled, control = self._throttle()
-            size = control.get("batch_size") or size
             try:
+                throttled, control = self._throttle()
+                size = control.get("batch_size") or size
                 batch = self._batch(lower, upper, size, failures, throttled)
             except psycopg.Error as exc:
                 if exc.sqlstate in SHRINK_ON or exc.sqlstate == "40P01":
@@ -276,7 +276,11 @@ class Backfill:
             size = self._next_size(size, batch.seconds)
             pause = control.get("pause_ms")
             time.sleep(self.settings.pause if pause is None else pause / 1000)
-        self._finish()
+        try:
+            self._finish()
+        except psycopg.OperationalError as exc:
+            self._reconnect(redact(str(exc)).strip())
+            self._finish()
         return self.state
 
     def _next_size(self, size: int, seconds: float) -> int:
@@ -330,13 +334,11 @@ class Backfill:
                     str(round(self.settings.statement_timeout * 1000)),
                 ],
             )
-            query, params = self.key.next_batch(lower, upper, size)
-            row = conn.execute(query, params).fetchone()
+            row = conn.execute(self.key.next_batch(lower, upper, size)).fetchone()
             scanned, end = (int(row[0]), row[1]) if row else (0, None)
             if end is None:
                 return None
-            cond, range_params = self.key.range(lower, end)
-            updated = conn.execute(self.spec.update(cond), range_params).rowcount
+            updated = conn.execute(self.spec.update(self.key.range(lower, end))).rowcount
             seconds = time.monotonic() - started
             number_row = conn.execute(
                 "UPDATE zdm.backfills SET last_key = %s, rows_scanned = rows_scanned + %s,"

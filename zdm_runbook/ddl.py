@@ -26,7 +26,7 @@ from psycopg.pq import TransactionStatus
 from . import ledger
 from . import steps as s
 from .blockers import BlockerWatch, describe, holders
-from .connect import connect, redact
+from .connect import connect, redact, resolve_dsn
 from .errors import ConfigError, DatabaseError, ZdmError
 from .guard import GuardSettings, settings_from, step_settings_from
 from .plan import Plan
@@ -361,18 +361,29 @@ def execute_phase(
     settings: Mapping[str, Any] | GuardSettings | None = None,
     step_settings: Mapping[str, Mapping[str, Any]] | None = None,
     backfill: BackfillRunner | None = None,
+    backfill_settings: Mapping[str, Any] | None = None,
+    on_batch: Callable[[Any], None] | None = None,
     on_event: Callable[[str], None] | None = None,
 ) -> list[StepResult]:
-    """Run one phase of ``plan`` with guards: settings are checked first, then the ledger is
-    created or upgraded, the change is locked against a concurrent run, and the steps run in order."""
+    """Run one phase of ``plan`` with guards: every setting is checked first, then the ledger is
+    created or upgraded, the change is locked against a concurrent run, and the steps run in order.
+
+    Backfill steps run through :mod:`zdm_runbook.backfill` (``backfill_settings``, progress to
+    ``on_batch``, by default a log line every few seconds) unless ``backfill`` replaces it.
+    """
+    from . import backfill as engine  # noqa: PLC0415 - the engine needs pandas only when a phase runs
+    from .progress import LogProgress  # noqa: PLC0415
+
     p = Phase(phase)
-    if backfill is None and any(st.backfill for st in plan.for_phase(p)):
-        raise ConfigError(f"phase {p.value} has backfill steps: pass a backfill runner")
     base = settings if isinstance(settings, GuardSettings) else settings_from(settings)
     per_step = step_settings_from(step_settings, base, [st.key for st in plan.for_phase(p)])
+    fill_settings = engine.backfill_settings(backfill_settings)
+    conninfo = resolve_dsn(dsn, env)
+    if backfill is None:
+        backfill = engine.runner(conninfo, plan.change.id, fill_settings, on_batch or LogProgress())
     with (
-        connect(dsn, env=env, phase=p.value, autocommit=True) as worker,
-        connect(dsn, env=env, phase=f"{p.value}:control", autocommit=True) as control,
+        connect(conninfo, phase=p.value, autocommit=True) as worker,
+        connect(conninfo, phase=f"{p.value}:control", autocommit=True) as control,
     ):
         ledger.ensure(control)
         ledger.record_change(control, plan.change.id, plan.change.description, plan_digest(plan))

@@ -50,8 +50,13 @@ class TableKey:
         """``("k1", "k2")``: the key as a row, for comparisons and ORDER BY."""
         return sql.SQL("({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in self.columns))
 
-    def placeholders(self) -> sql.Composed:
-        return sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() for _ in self.columns))
+    def literal(self, key: Key) -> sql.Composed:
+        """A key as a row of untyped literals, which PostgreSQL reads as the key columns' types.
+
+        Literals, not ``%s`` parameters: the queries around them carry spec expressions, in which
+        a ``%`` is the modulo operator and must reach the server as written.
+        """
+        return sql.SQL("({})").format(sql.SQL(", ").join(sql.Literal(v) for v in key))
 
     def as_text(self) -> sql.Composed:
         """``ARRAY["k1"::text, "k2"::text]``: a key as the text values the ledger stores."""
@@ -63,34 +68,30 @@ class TableKey:
         way = sql.SQL(" DESC") if desc else sql.SQL("")
         return sql.SQL(", ").join(sql.SQL("{}{}").format(sql.Identifier(c), way) for c in self.columns)
 
-    def range(self, lower: Key | None, upper: Key | None) -> tuple[sql.Composed, list[str]]:
-        """The condition ``row > lower AND row <= upper`` (either side optional) and its parameters."""
+    def range(self, lower: Key | None, upper: Key | None) -> sql.Composed:
+        """The condition ``row > lower AND row <= upper`` (either side optional)."""
         parts: list[sql.Composable] = []
-        params: list[str] = []
         if lower is not None:
-            parts.append(sql.SQL("{} > {}").format(self.row, self.placeholders()))
-            params += lower
+            parts.append(sql.SQL("{} > {}").format(self.row, self.literal(lower)))
         if upper is not None:
-            parts.append(sql.SQL("{} <= {}").format(self.row, self.placeholders()))
-            params += upper
+            parts.append(sql.SQL("{} <= {}").format(self.row, self.literal(upper)))
         cond = sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
-        return sql.SQL("({})").format(cond), params
+        return sql.SQL("({})").format(cond)
 
-    def next_batch(self, lower: Key | None, upper: Key | None, size: int) -> tuple[sql.Composed, list[Any]]:
+    def next_batch(self, lower: Key | None, upper: Key | None, size: int) -> sql.Composed:
         """How many keys the next batch of up to ``size`` holds, and its last key (NULL when empty)."""
-        cond, params = self.range(lower, upper)
-        query = sql.SQL(
-            "WITH b AS MATERIALIZED (SELECT {cols} FROM {t} WHERE {cond} ORDER BY {asc} LIMIT %s)"
+        return sql.SQL(
+            "WITH b AS MATERIALIZED (SELECT {cols} FROM {t} WHERE {cond} ORDER BY {asc} LIMIT {size})"
             " SELECT (SELECT count(*) FROM b), (SELECT {text} FROM b ORDER BY {desc} LIMIT 1)"
         ).format(
             cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.columns),
             t=qname(self.table),
-            cond=cond,
+            cond=self.range(lower, upper),
             asc=self.order(),
+            size=sql.Literal(size),
             text=self.as_text(),
             desc=self.order(desc=True),
         )
-        return query, [*params, size]
 
     def last_key(self) -> sql.Composed:
         """The table's greatest key now: the backfill's upper bound, captured when it starts."""

@@ -261,3 +261,46 @@ def lock_change(conn: Conn, change_id: str) -> None:
 
 def unlock_change(conn: Conn, change_id: str) -> None:
     conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [LOCK_CLASS, change_id])
+
+
+def control_backfill(
+    conn: Conn,
+    change_id: str,
+    step_key: str | None = None,
+    *,
+    paused: bool | None = None,
+    batch_size: int | None = None,
+    pause_ms: int | None = None,
+    clear: bool = False,
+) -> int:
+    """Steer a running backfill from any session: pause or resume it, fix its batch size or pause
+    between batches (``clear`` hands both back to the engine). Returns how many backfills it reached."""
+    cur = conn.execute(
+        "UPDATE zdm.backfills SET paused = coalesce(%(paused)s, paused),"
+        " batch_size = CASE WHEN %(clear)s THEN NULL ELSE coalesce(%(size)s, batch_size) END,"
+        " pause_ms = CASE WHEN %(clear)s THEN NULL ELSE coalesce(%(pause)s, pause_ms) END"
+        " WHERE change_id = %(change)s AND (%(step)s::text IS NULL OR step_key = %(step)s)",
+        {
+            "paused": paused,
+            "clear": clear,
+            "size": batch_size,
+            "pause": pause_ms,
+            "change": change_id,
+            "step": step_key,
+        },
+    )
+    return cur.rowcount
+
+
+def backfills(conn: Conn, change_id: str | None = None) -> pd.DataFrame:
+    """The backfills (optionally of one change): progress counters, status and controls."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT change_id, step_key, table_name, status, rows_scanned, rows_updated, rows_estimate,"
+            " batches, paused, batch_size, pause_ms, started_at, updated_at, finished_at"
+            " FROM zdm.backfills WHERE %(change)s::text IS NULL OR change_id = %(change)s"
+            " ORDER BY change_id, step_key",
+            {"change": change_id},
+        )
+        names = [d.name for d in cur.description or ()]
+        return pd.DataFrame(cur.fetchall(), columns=names)

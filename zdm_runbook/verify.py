@@ -54,18 +54,20 @@ def verify(
     result = Verification(str(spec.table), key.columns)
     lower: Key | None = None
     while True:
-        cond, params = key.range(lower, None)
         query = sql.SQL(
             "WITH b AS MATERIALIZED"
-            " (SELECT {cols}, ({bad}) AS bad FROM {t} WHERE {cond} ORDER BY {asc} LIMIT %s)"
+            " (SELECT {cols}, ({bad}) AS bad FROM {t} WHERE {cond} ORDER BY {asc} LIMIT {size})"
             " SELECT (SELECT count(*) FROM b), (SELECT count(*) FROM b WHERE bad),"
             " (SELECT {text} FROM b ORDER BY {desc} LIMIT 1),"
-            " (SELECT array_agg(k) FROM (SELECT {text} AS k FROM b WHERE bad ORDER BY {asc} LIMIT %s) s)"
+            " (SELECT array_agg(k)"
+            "  FROM (SELECT {text} AS k FROM b WHERE bad ORDER BY {asc} LIMIT {sample}) s)"
         ).format(
             cols=sql.SQL(", ").join(sql.Identifier(c) for c in key.columns),
             bad=sql.SQL("coalesce({}, false)").format(spec.condition()),
             t=qname(spec.table),
-            cond=cond,
+            cond=key.range(lower, None),
+            size=sql.Literal(batch_size),
+            sample=sql.Literal(SAMPLE),
             asc=key.order(),
             text=key.as_text(),
             desc=key.order(desc=True),
@@ -75,7 +77,7 @@ def verify(
             conn.execute(
                 "SELECT set_config('statement_timeout', %s, true)", [str(round(statement_timeout * 1000))]
             )
-            row = conn.execute(query, [*params, batch_size, SAMPLE]).fetchone()
+            row = conn.execute(query).fetchone()
         if row is None or not row[0]:
             return result
         result.rows_checked += int(row[0])
