@@ -201,6 +201,11 @@ def test_e_bad_input_is_refused_before_the_first_batch(db: str) -> None:
         "backfill.pause",
     ]
     assert backfill_settings({"pause": 0}).pause == 0.0
+    assert backfill_settings({"max_batch_size": 1000}).start_batch_size == 1000  # the default follows
+    with pytest.raises(ParameterError, match=r"backfill.min_batch_size: must not exceed max_batch_size"):
+        backfill_settings({"min_batch_size": 500, "max_batch_size": 100})
+    with pytest.raises(ParameterError, match=r"backfill.busy_duty: must be a fraction"):
+        backfill_settings({"busy_duty": 1.5})
 
 
 def test_f_headless_log_line_and_end_chart(db: str) -> None:
@@ -268,3 +273,30 @@ def test_a_batch_that_meets_a_row_lock_is_retried_smaller(db: str) -> None:
     sizes = [b.size for b in state.batches]
     assert min(sizes) <= 1000, "a timed-out batch is retried at half the size"
     assert scalar(db, "SELECT count(*) FROM big WHERE w IS DISTINCT FROM v * 2 + 1") == 0
+
+
+def test_zdm_backfill_commands_steer_a_running_backfill(db: str) -> None:
+    from .test_cli import zdm  # noqa: PLC0415
+
+    _big(db, 40_000)
+    engine = _engine(db, max_batch_size=400, pause=0.01)
+    thread = threading.Thread(target=engine.run)
+    thread.start()
+    assert wait_for(lambda: len(engine.state.batches) >= 3)
+    env = {"ZDM_DSN": db}
+    done = zdm("backfill", "pause", "fill-w", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1 backfill of fill-w updated"
+    assert wait_for(lambda: engine.state.paused is not None)
+    status = zdm("backfill", "status", "fill-w", env=env)
+    assert "fill-w 01-backfill-backfill on public.big: running" in status.stdout
+    assert "PAUSED" in status.stdout
+    assert zdm("backfill", "set", "fill-w", "--batch-size", "250", env=env).returncode == 0
+    assert zdm("backfill", "set", "fill-w", env=env).returncode == 2  # nothing to set: usage error
+    assert zdm("backfill", "pause", "no-such-change", env=env).returncode == 2
+    assert zdm("backfill", "resume", "fill-w", env=env).returncode == 0
+    thread.join(timeout=120)
+    engine.close()
+    assert 250 in [b.size for b in engine.state.batches]
+    final = zdm("backfill", "status", "--json", env=env)
+    assert '"status": "done"' in final.stdout

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 Conn = psycopg.Connection[Any]
 SHRINK_ON = {"55P03", "57014"}  # lock_timeout, statement_timeout: retry the range, smaller
 GROWTH = 1.2
+CHECK_EVERY = 0.5  # seconds between checks of the controls, replica lag and the lock queue
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,15 @@ class BackfillSettings:
     """Batch sizing, throttling and timeouts of a backfill (durations in seconds)."""
 
     target_batch: float = 0.2
-    start_batch_size: int = 500
+    start_batch_size: int = 5000
     min_batch_size: int = 100
-    max_batch_size: int = 5000
+    max_batch_size: int = 20000
     pause: float = 0.0
     max_replay_lag: float = 30.0
     lock_timeout: float = 1.0
     statement_timeout: float = 30.0
+    busy_duty: float = 0.15
+    busy_max_batch_size: int = 500
     max_failures: int = 10
     reconnect_attempts: int = 10
     log_every: float = 5.0
@@ -62,9 +65,17 @@ def backfill_settings(values: Mapping[str, Any] | None, path: str = "backfill") 
         "max_batch_size": (1, 1_000_000),
         "max_failures": (1, 1000),
         "reconnect_attempts": (0, 1000),
+        "busy_max_batch_size": (1, 1_000_000),
     }
-    result, problems = read_settings(BackfillSettings(), values, path, ranges, frozenset({"pause"}))
-    if not problems and not result.min_batch_size <= result.start_batch_size <= result.max_batch_size:
+    result, problems = read_settings(
+        BackfillSettings(), values, path, ranges, frozenset({"pause"}), frozenset({"busy_duty"})
+    )
+    if not problems and "start_batch_size" not in (values or {}):  # the default follows the bounds
+        start = min(max(result.start_batch_size, result.min_batch_size), result.max_batch_size)
+        result = replace(result, start_batch_size=start)
+    if not problems and result.min_batch_size > result.max_batch_size:
+        problems.append(Problem(f"{path}.min_batch_size", "must not exceed max_batch_size"))
+    elif not problems and not result.min_batch_size <= result.start_batch_size <= result.max_batch_size:
         problems.append(
             Problem(f"{path}.start_batch_size", "must lie between min_batch_size and max_batch_size")
         )
@@ -107,6 +118,7 @@ class State:
     retries: int = 0
     reconnects: int = 0
     resumed_from: int = 0  # rows a previous run had already done: not part of this run's rate
+    app_busy: bool = False  # other sessions used the database in the last second: share it
 
     @property
     def elapsed(self) -> float:
@@ -160,6 +172,9 @@ class Backfill:
         self.key: TableKey | None = None
         self.state = State(str(self.spec.table), None)
         self.table_oid = 0
+        self._checked = float("-inf")
+        self._control: dict[str, Any] = {}
+        self._busy_seen = False
 
     # --- connection ---
 
@@ -274,8 +289,12 @@ class Backfill:
             failures = 0
             lower = batch.upper
             size = self._next_size(size, batch.seconds)
-            pause = control.get("pause_ms")
-            time.sleep(self.settings.pause if pause is None else pause / 1000)
+            pause_ms = control.get("pause_ms")
+            pause = self.settings.pause if pause_ms is None else pause_ms / 1000
+            if self.state.app_busy and pause_ms is None:  # share the server: run busy_duty of the time
+                size = min(size, self.settings.busy_max_batch_size)
+                pause = max(pause, batch.seconds * (1 / self.settings.busy_duty - 1))
+            time.sleep(pause)
         try:
             self._finish()
         except psycopg.OperationalError as exc:
@@ -290,20 +309,34 @@ class Backfill:
         return int(max(self.settings.min_batch_size, min(self.settings.max_batch_size, new)))
 
     def _throttle(self) -> tuple[float, dict[str, Any]]:
-        """Wait while paused, while replicas lag, or while sessions queue for a lock on the table."""
+        """Wait while paused, while replicas lag, or while sessions queue for a lock on the table.
+
+        Checked at most every ``CHECK_EVERY`` seconds (not per batch: one round trip fewer each)."""
+        now = time.monotonic()
+        if now - self._checked < CHECK_EVERY:
+            return 0.0, self._control
         waited = 0.0
         while True:
             conn = self._connect()
             row = conn.execute(
                 "SELECT b.paused, b.batch_size, b.pause_ms,"
                 " (SELECT count(*) FROM pg_locks l WHERE l.relation = %s::int8::oid AND NOT l.granted),"
-                " (SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication)::float8"
+                " (SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication)::float8,"
+                " (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = current_database()"
+                "   AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'"
+                "   AND a.application_name NOT LIKE 'zdm_runbook%%'"
+                "   AND (a.state <> 'idle' OR a.state_change > now() - interval '1 second'))"
                 " FROM zdm.backfills b WHERE b.change_id = %s AND b.step_key = %s",
                 [self.table_oid, self.change_id, self.step.key],
             ).fetchone()
             if row is None:
                 raise BackfillError(f"backfill {self.step.key}: its ledger row disappeared")
-            paused, batch_size, pause_ms, queued, lag = row
+            paused, batch_size, pause_ms, queued, lag, busy = row
+            # Hysteresis: the app counts as busy (or quiet) once two checks in a row agree.
+            busy_now = bool(busy) and self.settings.busy_duty < 1.0
+            if busy_now == self._busy_seen:
+                self.state.app_busy = busy_now
+            self._busy_seen = busy_now
             reason = None
             if paused:
                 reason = "paused (zdm.backfills.paused)"
@@ -313,7 +346,9 @@ class Backfill:
                 reason = f"{queued} session(s) queued for a lock on {self.spec.table}"
             self.state.paused = reason
             if reason is None:
-                return waited, {"batch_size": batch_size, "pause_ms": pause_ms}
+                self._checked = time.monotonic()
+                self._control = {"batch_size": batch_size, "pause_ms": pause_ms}
+                return waited, self._control
             if self.on_batch:
                 self.on_batch(self.state)
             time.sleep(0.5)
@@ -334,8 +369,12 @@ class Backfill:
                     str(round(self.settings.statement_timeout * 1000)),
                 ],
             )
-            row = conn.execute(self.key.next_batch(lower, upper, size)).fetchone()
-            scanned, end = (int(row[0]), row[1]) if row else (0, None)
+            row = conn.execute(self.key.batch_end(lower, upper, size)).fetchone()
+            if row is not None:
+                scanned, end = size, row[0]
+            else:
+                left = conn.execute(self.key.count(lower, upper)).fetchone()
+                scanned, end = (int(left[0]), upper) if left and left[0] else (0, None)
             if end is None:
                 return None
             updated = conn.execute(self.spec.update(self.key.range(lower, end))).rowcount

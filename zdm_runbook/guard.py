@@ -96,9 +96,11 @@ def read_settings(
     path: str,
     ranges: Mapping[str, tuple[int, int]],
     zero_ok: frozenset[str] = frozenset(),
+    fractions: frozenset[str] = frozenset(),
 ) -> tuple[T, list[Problem]]:
-    """``base`` (a settings dataclass) with ``values`` applied: float fields are durations, int
-    fields whole numbers within ``ranges``. Returns the result and every problem, by field path."""
+    """``base`` (a settings dataclass) with ``values`` applied: float fields are durations
+    (``zero_ok``: zero allowed) or ``fractions`` in (0, 1], int fields whole numbers within
+    ``ranges``. Returns the result and every problem, by field path."""
     problems: list[Problem] = []
     changes: dict[str, Any] = {}
     kinds = {f.name: type(getattr(base, f.name)) for f in fields(base)}  # type: ignore[arg-type]
@@ -106,6 +108,11 @@ def read_settings(
         where = f"{path}.{key}"
         if key not in kinds:
             problems.append(Problem(where, f"unknown setting; expected one of {', '.join(sorted(kinds))}"))
+        elif key in fractions:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+                problems.append(Problem(where, "must be a fraction greater than 0 and at most 1"))
+            else:
+                changes[key] = float(value)
         elif kinds[key] is int:
             low, high = ranges.get(key, (0, 2**31 - 1))
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

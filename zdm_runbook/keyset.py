@@ -78,20 +78,16 @@ class TableKey:
         cond = sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
         return sql.SQL("({})").format(cond)
 
-    def next_batch(self, lower: Key | None, upper: Key | None, size: int) -> sql.Composed:
-        """How many keys the next batch of up to ``size`` holds, and its last key (NULL when empty)."""
-        return sql.SQL(
-            "WITH b AS MATERIALIZED (SELECT {cols} FROM {t} WHERE {cond} ORDER BY {asc} LIMIT {size})"
-            " SELECT (SELECT count(*) FROM b), (SELECT {text} FROM b ORDER BY {desc} LIMIT 1)"
-        ).format(
-            cols=sql.SQL(", ").join(sql.Identifier(c) for c in self.columns),
-            t=qname(self.table),
-            cond=self.range(lower, upper),
-            asc=self.order(),
-            size=sql.Literal(size),
-            text=self.as_text(),
-            desc=self.order(desc=True),
+    def batch_end(self, lower: Key | None, upper: Key | None, size: int) -> sql.Composed:
+        """The key ``size`` rows after ``lower``: an index-only skip, one key turned to text.
+
+        No row means fewer than ``size`` remain: :meth:`count` then sizes the last batch."""
+        return sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET {} LIMIT 1").format(
+            self.as_text(), qname(self.table), self.range(lower, upper), self.order(), sql.Literal(size - 1)
         )
+
+    def count(self, lower: Key | None, upper: Key | None) -> sql.Composed:
+        return sql.SQL("SELECT count(*) FROM {} WHERE {}").format(qname(self.table), self.range(lower, upper))
 
     def last_key(self) -> sql.Composed:
         """The table's greatest key now: the backfill's upper bound, captured when it starts."""

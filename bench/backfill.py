@@ -1,0 +1,286 @@
+"""Backfill throughput and app impact, side by side in one run, on one table (1,000,000 rows).
+
+Variants, each filling ``w = v * 2 + 1`` on the whole table after it is reset:
+
+  single   one UPDATE of the whole table: the physical limit (and one long transaction)
+  pgroll   fixed 1,000-row keyset batches, no pause (pgroll's default)
+  gitlab   1,000-row batches in 100-row sub-batches with a 100 ms pause after each (GitLab's
+           batched background migrations); stopped after --max-seconds and rated on what it did
+  ours     zdm-runbook's engine with its defaults
+
+First without load: rows/s and the ratio to ``single``. Then with the app's load: pgbench (the
+embedded PostgreSQL's own client) runs a custom script of point reads and updates on the same
+table at a fixed rate, and the app's p99 latency while each variant runs is compared to its p99
+without a backfill. Last, the peak memory (max RSS) of the backfill process at two table sizes.
+
+    python bench/backfill.py                     # 1,000,000 rows, throw-away embedded PostgreSQL
+    python bench/backfill.py --rows 200000 --max-seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from zdm_runbook import ledger
+from zdm_runbook.backfill import Backfill, backfill_settings
+from zdm_runbook.embedded import LocalServer, embedded_bin_dir
+from zdm_runbook.plan import build_plan
+from zdm_runbook.spec import parse_change
+
+SPEC = 'change: bench-fill\noperations:\n  - backfill: {table: big, set: {w: "v * 2 + 1"}}\n'
+APP_SCRIPT = """\\set id random(1, {rows})
+SELECT v, w FROM big WHERE id = :id;
+UPDATE big SET hits = hits + 1 WHERE id = :id;
+"""
+SET_W = "UPDATE big SET w = v * 2 + 1 WHERE {cond} AND w IS DISTINCT FROM v * 2 + 1"
+
+
+def setup(dsn: str, rows: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("DROP TABLE IF EXISTS big")
+        c.execute(
+            "CREATE TABLE big (id bigint PRIMARY KEY, v int NOT NULL, w bigint, hits int NOT NULL DEFAULT 0)"
+        )
+        c.execute("INSERT INTO big (id, v) SELECT g, g %% 100000 FROM generate_series(1, %s) g", [rows])
+        c.execute("VACUUM ANALYZE big")
+
+
+def reset(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("UPDATE big SET w = NULL")
+        c.execute("VACUUM ANALYZE big")
+        c.execute("DROP SCHEMA IF EXISTS zdm CASCADE")
+        c.execute("CHECKPOINT")  # every variant starts right after one: equal full-page-write costs
+
+
+def single(dsn: str, deadline: float) -> int:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return c.execute(SET_W.format(cond="true")).rowcount
+
+
+def keyset(dsn: str, deadline: float, batch: int = 1000, sub: int | None = None, pause: float = 0.0) -> int:
+    """Fixed keyset batches (pgroll), or batches in sub-batches with a pause after each (GitLab)."""
+    done, last = 0, 0
+    with psycopg.connect(dsn, autocommit=True) as c:
+        while time.monotonic() < deadline:
+            row = c.execute(
+                "SELECT max(id), count(*) FROM (SELECT id FROM big WHERE id > %s ORDER BY id LIMIT %s) b",
+                [last, batch],
+            ).fetchone()
+            if row is None or row[0] is None:
+                break
+            upper = int(row[0])
+            step = sub or batch
+            low = last
+            while low < upper:
+                high = min(upper, low + step)
+                done += c.execute(
+                    "UPDATE big SET w = v * 2 + 1"
+                    " WHERE id > %s AND id <= %s AND w IS DISTINCT FROM v * 2 + 1",
+                    [low, high],
+                ).rowcount
+                low = high
+                if pause:
+                    time.sleep(pause)
+            last = upper
+    return done
+
+
+OURS_SETTINGS: dict[str, Any] = {}
+
+
+def ours(dsn: str, deadline: float) -> int:
+    plan = build_plan(parse_change(SPEC))
+    with psycopg.connect(dsn, autocommit=True) as c:
+        ledger.ensure(c)
+        ledger.record_change(c, "bench-fill", "", "bench")
+    engine = Backfill(dsn, "bench-fill", plan.steps[0], backfill_settings(OURS_SETTINGS))
+    try:
+        return engine.run().rows_updated
+    finally:
+        engine.close()
+
+
+VARIANTS: dict[str, Callable[[str, float], int]] = {
+    "single": single,
+    "pgroll": keyset,
+    "gitlab": lambda dsn, deadline: keyset(dsn, deadline, 1000, 100, 0.1),
+    "ours": ours,
+}
+
+
+def timed(dsn: str, name: str, max_seconds: float) -> dict[str, Any]:
+    started = time.monotonic()
+    rows = VARIANTS[name](dsn, started + max_seconds)
+    seconds = time.monotonic() - started
+    return {"variant": name, "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "t0": started}
+
+
+class App:
+    """pgbench at a fixed rate with a per-transaction log; latency = time + schedule lag (ms)."""
+
+    def __init__(self, dsn: str, rows: int, rate: int, seconds: float, folder: Path) -> None:
+        script = folder / "app.sql"
+        script.write_text(APP_SCRIPT.format(rows=rows))
+        self.folder = folder
+        self.started_epoch = time.time()
+        self.proc = subprocess.Popen(
+            [
+                str(embedded_bin_dir() / "pgbench"),
+                "-n",
+                "-f",
+                str(script),
+                "-c",
+                "2",
+                "-j",
+                "1",
+                "-R",
+                str(rate),
+                "-T",
+                str(int(seconds)),
+                "-l",
+                "--log-prefix",
+                str(folder / "applog"),
+                dsn,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def latencies(self, start_epoch: float, end_epoch: float) -> list[float]:
+        """Latencies (ms, schedule lag included) of transactions due within the window."""
+        self.proc.wait()
+        out = []
+        for log in self.folder.glob("applog.*"):
+            for line in log.read_text().splitlines():
+                parts = line.split()
+                lag = int(parts[6]) if len(parts) > 6 else 0
+                latency_us = int(parts[2]) + lag
+                due = int(parts[4]) + int(parts[5]) / 1e6 - latency_us / 1e6
+                if start_epoch <= due <= end_epoch:  # due while the variant ran, however late it ended
+                    out.append(latency_us / 1000)
+            log.unlink()
+        return out
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[int(0.99 * (len(ordered) - 1))] if ordered else float("nan")
+
+
+def under_load(dsn: str, name: str, rows: int, rate: int, max_seconds: float, folder: Path) -> dict[str, Any]:
+    """Run ``name`` (or nothing, for the baseline) while pgbench plays the app; the app's p99 during it."""
+    app = App(dsn, rows, rate, max_seconds + 4, folder)
+    time.sleep(2.0)
+    start = time.time()
+    result = timed(dsn, name, max_seconds) if name != "baseline" else (time.sleep(max_seconds) or {})
+    end = time.time()
+    lat = app.latencies(start, end)
+    return {
+        "variant": name,
+        **result,
+        "app_tx": len(lat),
+        "app_p99_ms": p99(lat),
+        "app_p50_ms": statistics.median(lat),
+    }
+
+
+def peak_memory(dsn: str, rows: int) -> float:
+    """Max RSS (MB) of a fresh process that runs our backfill on a table of ``rows`` rows."""
+    setup(dsn, rows)
+    reset(dsn)
+    code = (
+        "import resource, sys; sys.path.insert(0, sys.argv[2]); from backfill import ours;"
+        " ours(sys.argv[1], 0); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, dsn, str(Path(__file__).resolve().parent)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the table (1000000)")
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="stop a variant after this long (20)")
+    parser.add_argument(
+        "--app-rate", type=int, default=200, help="app transactions per second under load (200)"
+    )
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per variant without load; the median counts (3)"
+    )
+    parser.add_argument(
+        "--ours", default="{}", help='backfill settings for ours, as JSON (e.g. {"pause": "10ms"})'
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    args = parser.parse_args(argv)
+    OURS_SETTINGS.update(json.loads(args.ours))
+    server = LocalServer(Path(tempfile.mkdtemp(prefix="zdm-bench-")) / "pg", embedded_bin_dir())
+    dsn = server.start()
+    folder = Path(tempfile.mkdtemp(prefix="zdm-bench-app-"))
+    try:
+        with psycopg.connect(dsn) as c:
+            version = c.execute("SHOW server_version").fetchone()
+        print(f"backfill of {args.rows:,} rows on PostgreSQL {version[0] if version else '?'}", flush=True)
+        setup(dsn, args.rows)
+        chosen = [v for v in VARIANTS if v in args.variants.split(",")]
+        quiet = []
+        for name in chosen:  # the median of --repeat runs: single runs on 2 cores vary by ±10%
+            runs = []
+            for _ in range(args.repeat):
+                reset(dsn)
+                runs.append(timed(dsn, name, args.max_seconds))
+            quiet.append(sorted(runs, key=lambda r: r["rows_per_s"])[len(runs) // 2])
+        limit = quiet[0]["rows_per_s"]
+        print(f"\nwithout load (median of {args.repeat})")
+        print(f"  {'variant':<10}{'rows':>11}{'seconds':>9}{'rows/s':>10}{'vs single':>11}")
+        for r in quiet:
+            ratio = r["rows_per_s"] / limit
+            name, rows, secs, speed = r["variant"], r["rows"], r["seconds"], r["rows_per_s"]
+            print(f"  {name:<10}{rows:>11,}{secs:>9.1f}{speed:>10,.0f}{ratio:>10.2f}x")
+        loaded = []
+        for name in ["baseline", *chosen]:
+            reset(dsn)
+            loaded.append(under_load(dsn, name, args.rows, args.app_rate, args.max_seconds, folder))
+        base = loaded[0]["app_p99_ms"]
+        print(f"\nwith the app's load (pgbench, {args.app_rate} tx/s: point read + update, same table)")
+        print(
+            f"  {'variant':<10}{'rows/s':>10}{'app tx':>8}{'p50 ms':>9}{'p99 ms':>9}{'p99 vs baseline':>17}"
+        )
+        for r in loaded:
+            rate = f"{r['rows_per_s']:,.0f}" if "rows_per_s" in r else "-"
+            p50, p99_ms = r["app_p50_ms"], r["app_p99_ms"]
+            name, count = r["variant"], r["app_tx"]
+            print(f"  {name:<10}{rate:>10}{count:>8}{p50:>9.2f}{p99_ms:>9.2f}{p99_ms / base:>16.2f}x")
+        if not args.no_memory:
+            small, large = args.rows // 5, args.rows
+            mem_small, mem_large = peak_memory(dsn, small), peak_memory(dsn, large)
+            print(f"\npeak memory of the backfill process (max RSS): {small:,} rows {mem_small:.0f} MB,")
+            print(f"  {large:,} rows {mem_large:.0f} MB")
+    finally:
+        server.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

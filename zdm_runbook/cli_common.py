@@ -1,0 +1,50 @@
+"""What every ``zdm`` command shares: exit codes, error handling, argument callbacks."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from .connect import redact
+from .errors import ConfigError, SpecError, ZdmError
+from .guard import parse_duration
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_NO_GO = 3
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(redact(message), err=True)
+    sys.exit(code)
+
+
+def handles_errors(fn: F) -> F:
+    """Turn zdm-runbook's errors into a redacted message on stderr and the documented exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (SpecError, ConfigError) as exc:
+            _fail(f"error: {exc}", EXIT_BAD_INPUT)
+        except ZdmError as exc:
+            _fail(f"error: {exc}", EXIT_FAILED)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def duration_arg(ctx: click.Context, param: click.Parameter, value: str, allow_zero: bool = False) -> float:
+    try:
+        return parse_duration(value, allow_zero)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+DSN_ENV_HELP = "Environment variable holding the DSN (default ZDM_DSN, else libpq's PG* variables)."
