@@ -300,3 +300,29 @@ def test_zdm_backfill_commands_steer_a_running_backfill(db: str) -> None:
     assert 250 in [b.size for b in engine.state.batches]
     final = zdm("backfill", "status", "--json", env=env)
     assert '"status": "done"' in final.stdout
+
+
+def test_verification_counts_mismatches_and_samples_their_keys(db: str) -> None:
+    _big(db, 30_000)
+    engine = _engine(db)
+    engine.run()
+    engine.close()
+    scalar(db, "UPDATE big SET w = -1 WHERE id IN (7, 15000, 29999) RETURNING 1")
+    plan = build_plan(parse_change(SPEC))
+    with psycopg.connect(db, autocommit=True) as c:
+        check = verify(c, plan.steps[0].backfill, batch_size=4000)  # type: ignore[arg-type]
+    assert not check.ok
+    assert (check.rows_checked, check.mismatches) == (30_000, 3)
+    assert check.sample == [["7"], ["15000"], ["29999"]]
+    assert str(check).startswith("NOT verified public.big: 3 of 30,000 rows differ from their expression")
+
+
+def test_widget_progress_updates_its_bar_and_label() -> None:
+    from zdm_runbook.backfill import State  # noqa: PLC0415
+    from zdm_runbook.progress import WidgetProgress  # noqa: PLC0415
+
+    widget = WidgetProgress(chart_every=3600)
+    state = State("public.big", rows_estimate=1000, rows_scanned=250, rows_updated=200, batch_size=50)
+    widget(state)
+    assert widget.bar.value == 0.25
+    assert "250 / ~1,000 rows (25%)" in widget.label.value

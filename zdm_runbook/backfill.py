@@ -30,6 +30,7 @@ from .errors import ConfigError, DatabaseError, ParameterError, Problem, SpecErr
 from .guard import read_settings
 from .keyset import Key, TableKey, table_key
 from .steps import BackfillSpec, Step
+from .verify import verify
 
 log = logging.getLogger(__name__)
 Conn = psycopg.Connection[Any]
@@ -439,12 +440,20 @@ def runner(
     settings: BackfillSettings | None = None,
     on_batch: Listener | None = None,
 ) -> Callable[[Step], None]:
-    """What the guarded executor calls for a backfill step: run it to completion, then close."""
+    """What the guarded executor calls for a backfill step: run it to completion, print its
+    summary, then verify the whole table (a mismatch fails the step, with a sample of keys)."""
 
     def run(step: Step) -> None:
         engine = Backfill(dsn, change_id, step, settings, on_batch)
         try:
-            engine.run()
+            state = engine.run()
+            print(state.summary(), flush=True)
+            conn = engine._connect()
+            if step.backfill is not None:
+                check = verify(conn, step.backfill)
+                print(check, flush=True)
+                if not check.ok:
+                    raise BackfillError(f"backfill {step.key} done but {check}")
         finally:
             engine.close()
 
