@@ -192,6 +192,7 @@ class Executor:
             raise
         attempt = Attempt(1, "applied", time.monotonic() - started)
         self._finish(attempt_id, attempt)
+        self.event(f"{step.key}: applied (backfilled and verified, {attempt.seconds:.1f} s)")
         return StepResult(step.key, "applied", [attempt])
 
     def _attempt(self, step: Step, number: int, timeouts: dict[str, float]) -> Attempt:
