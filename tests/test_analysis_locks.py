@@ -1,0 +1,120 @@
+"""The analysis' claimed lock modes and rewrites, checked on a real server (18, and 15 where installed).
+
+Each statement runs inside an open transaction; the strongest lock this session then holds on the
+relation (``pg_locks``) must be the claimed mode, and the relation's file node must change exactly
+when a rewrite is claimed. Then the transaction is rolled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from zdm_runbook.analysis import LOCK_MODES, analyze
+
+pytestmark = pytest.mark.pg
+
+SCHEMA = """
+CREATE TABLE r (id int PRIMARY KEY);
+CREATE TABLE t (id int PRIMARY KEY, a int, b text, c varchar(10), d numeric(10, 2), e int NOT NULL DEFAULT 0);
+CREATE INDEX t_a_idx ON t (a);
+INSERT INTO r VALUES (1);
+INSERT INTO t SELECT g, 1, 'x', 'y', 1.5 FROM generate_series(1, 100) g;
+ALTER TABLE t ADD CONSTRAINT t_a_positive CHECK (a > 0) NOT VALID;
+ALTER TABLE t ADD CONSTRAINT t_a_fk FOREIGN KEY (a) REFERENCES r (id) NOT VALID;
+CREATE UNIQUE INDEX t_b_key_idx ON t (id, b);
+"""
+
+# (statement, relation to look at)
+CASES = [
+    ("ALTER TABLE t ADD COLUMN x int", "t"),
+    ("ALTER TABLE t ADD COLUMN x int DEFAULT 42", "t"),
+    ("ALTER TABLE t ADD COLUMN x text DEFAULT 'new' NOT NULL", "t"),
+    ("ALTER TABLE t ADD COLUMN x timestamptz DEFAULT now()", "t"),
+    ("ALTER TABLE t ADD COLUMN x float8 DEFAULT random()", "t"),
+    ("ALTER TABLE t ADD COLUMN x bigserial", "t"),
+    ("ALTER TABLE t ADD COLUMN x int GENERATED ALWAYS AS IDENTITY", "t"),
+    ("ALTER TABLE t ADD COLUMN x int GENERATED ALWAYS AS (a * 2) STORED", "t"),
+    ("ALTER TABLE t ALTER COLUMN a SET DEFAULT 7", "t"),
+    ("ALTER TABLE t ALTER COLUMN e DROP DEFAULT", "t"),
+    ("ALTER TABLE t ALTER COLUMN a SET NOT NULL", "t"),
+    ("ALTER TABLE t ALTER COLUMN e DROP NOT NULL", "t"),
+    ("ALTER TABLE t ALTER COLUMN a TYPE bigint", "t"),
+    ("ALTER TABLE t ALTER COLUMN d TYPE numeric(8, 2)", "t"),
+    ("ALTER TABLE t ALTER COLUMN a SET STATISTICS 500", "t"),
+    ("ALTER TABLE t ALTER COLUMN a SET (n_distinct = 10)", "t"),
+    ("ALTER TABLE t DROP COLUMN b", "t"),
+    ("ALTER TABLE t RENAME COLUMN b TO bb", "t"),
+    ("ALTER TABLE t RENAME TO t2", "t"),
+    ("ALTER TABLE t ADD CONSTRAINT t_e_check CHECK (e >= 0)", "t"),
+    ("ALTER TABLE t ADD CONSTRAINT t_e_check CHECK (e >= 0) NOT VALID", "t"),
+    ("ALTER TABLE t VALIDATE CONSTRAINT t_a_positive", "t"),
+    ("ALTER TABLE t VALIDATE CONSTRAINT t_a_fk", "t"),
+    ("ALTER TABLE t ADD CONSTRAINT t_e_fk FOREIGN KEY (e) REFERENCES r (id) NOT VALID", "t"),
+    ("ALTER TABLE t ADD CONSTRAINT t_e_fk FOREIGN KEY (e) REFERENCES r (id) NOT VALID", "r"),
+    ("ALTER TABLE t ADD CONSTRAINT t_b_key UNIQUE (id, b)", "t"),
+    ("ALTER TABLE t ADD CONSTRAINT t_b_key UNIQUE USING INDEX t_b_key_idx", "t"),
+    ("ALTER TABLE t DROP CONSTRAINT t_a_positive", "t"),
+    ("ALTER TABLE t SET (fillfactor = 80)", "t"),
+    ("ALTER TABLE t SET UNLOGGED", "t"),
+    ("ALTER TABLE t CLUSTER ON t_a_idx", "t"),
+    ("ALTER TABLE t DISABLE TRIGGER ALL", "t"),
+    ("CREATE INDEX t_b_idx ON t (b)", "t"),
+    ("CREATE UNIQUE INDEX t_id_b_idx ON t (id, b)", "t"),
+    ("DROP INDEX t_a_idx", "t_a_idx"),
+    ("REINDEX TABLE t", "t"),
+    ("CLUSTER t USING t_a_idx", "t"),
+    ("TRUNCATE t", "t"),
+    ("ANALYZE t", "t"),
+    ("LOCK TABLE t IN SHARE ROW EXCLUSIVE MODE", "t"),
+    (
+        "CREATE TRIGGER t_trg BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+        "t",
+    ),
+    ("UPDATE t SET a = a", "t"),
+    ("DELETE FROM t WHERE id = 1", "t"),
+    ("DROP TABLE t CASCADE", "t"),
+]
+
+
+@pytest.fixture
+def schema(any_pg_db: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with psycopg.connect(any_pg_db, autocommit=True) as conn:
+        conn.execute(SCHEMA)  # type: ignore[arg-type]
+        yield conn
+
+
+def _observe(conn: psycopg.Connection[tuple[object, ...]], statement: str, relation: str) -> tuple[str, bool]:
+    """Run ``statement`` in a transaction; return the strongest lock held on ``relation`` and
+    whether its file node changed (a rewrite; a dropped relation has none). Rolled back afterwards."""
+    with conn.transaction(force_rollback=True):
+        oid_row = conn.execute("SELECT %s::regclass::oid", [relation]).fetchone()
+        assert oid_row is not None
+        oid = oid_row[0]
+        before = conn.execute("SELECT pg_relation_filenode(%s)", [oid]).fetchone()
+        conn.execute(statement)  # type: ignore[arg-type]
+        modes = [
+            r[0]
+            for r in conn.execute(
+                "SELECT mode FROM pg_locks WHERE pid = pg_backend_pid() AND relation = %s AND granted", [oid]
+            ).fetchall()
+        ]
+        after = conn.execute("SELECT pg_relation_filenode(%s)", [oid]).fetchone()
+    strongest = max(modes, key=LOCK_MODES.index) if modes else "none"
+    dropped = after is None or after[0] is None
+    return strongest, before != after and not dropped
+
+
+@pytest.mark.parametrize(("statement", "relation"), CASES, ids=[f"{s} [{r}]" for s, r in CASES])
+def test_claimed_lock_and_rewrite_match_the_server(
+    schema: psycopg.Connection[tuple[object, ...]], statement: str, relation: str
+) -> None:
+    version_row = schema.execute("SHOW server_version_num").fetchone()
+    assert version_row is not None
+    version = int(str(version_row[0])) // 10000
+    (claim,) = analyze(statement, version)
+    effect = next(e for e in claim.effects if e.relation in (relation, f"public.{relation}"))
+    lock, rewritten = _observe(schema, statement, relation)
+    assert (effect.lock, effect.work == "rewrite") == (lock, rewritten)
