@@ -171,5 +171,67 @@ def db_url(data_dir: Path | None, pg_bin: Path | None) -> None:
     click.echo(server.dsn())
 
 
+@main.command("lint")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path)
+)
+@click.option(
+    "--pg-version", type=click.IntRange(11, 18), help="Server major version [default: 18, or the server's]."
+)
+@click.option(
+    "--phase", type=click.Choice([p.value for p in Phase]), help="Flag statements that do not belong here."
+)
+@click.option(
+    "--dsn-env", metavar="VAR", help="Read the server version from the database whose DSN is in $VAR."
+)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--explain", is_flag=True, help="Also print each statement's locks, work and transaction mode.")
+@handles_errors
+def lint_cmd(
+    files: tuple[Path, ...],
+    pg_version: int | None,
+    phase: str | None,
+    dsn_env: str | None,
+    fmt: str,
+    explain: bool,
+) -> None:
+    """Check SQL migration FILES: what each statement locks, rewrites or breaks, in file order.
+
+    Exit 0: nothing above info; 1: errors or warnings; 2: unusable input (a parse error names the
+    line). Silence a rule for one statement with a comment in it: -- zdm: ignore RULE
+    """
+    from .lint import lint_text  # noqa: PLC0415 - pglast loads only for lint
+
+    version = pg_version or 18
+    if dsn_env and not pg_version:
+        with connect(env=dsn_env) as conn:
+            row = conn.execute("SHOW server_version_num").fetchone()
+        version = int(str(row[0])) // 10000 if row else 18
+    all_findings = []
+    for path in files:
+        analyses, findings = lint_text(path.read_text(), str(path), version, phase)
+        all_findings += findings
+        if explain and fmt == "text":
+            for a in analyses:
+                locks = "; ".join(
+                    f"{e.relation} {e.lock} ({e.work}{', blocks reads' if e.blocks_reads else ''}"
+                    f"{', blocks writes' if e.blocks_writes else ''})"
+                    for e in a.effects
+                )
+                mode = "" if a.in_transaction_ok else ", not in a transaction block"
+                click.echo(f"{path}:{a.line}: #{a.index} {a.kind}: {locks or 'no table lock'}{mode}")
+    if fmt == "json":
+        click.echo(json.dumps([f.to_dict() for f in all_findings], indent=2))
+    else:
+        for f in all_findings:
+            where = f" [{f.relation}: {f.lock_mode}{', rewrite' if f.rewrites else ''}]" if f.relation else ""
+            click.echo(f"{f.file}:{f.line}: {f.severity} {f.rule}: {f.message}{where}")
+            click.echo(f"    instead: {f.safe_alternative}")
+        failing = sum(f.severity != "info" for f in all_findings)
+        click.echo(f"{len(files)} file(s), {failing} finding(s) above info", err=True)
+    if any(f.severity != "info" for f in all_findings):
+        sys.exit(EXIT_FAILED)
+
+
 main.add_command(locks_cmd)
 main.add_command(backfill_group)
