@@ -62,6 +62,12 @@ _NOT_NULL = (
     "ADD CONSTRAINT … CHECK (col IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT in its own transaction;"
     " then SET NOT NULL (no scan, PostgreSQL 12+) and drop the check"
 )
+_APP_VISIBLE = {
+    ObjectType.OBJECT_COLUMN,
+    ObjectType.OBJECT_TABLE,
+    ObjectType.OBJECT_VIEW,
+    ObjectType.OBJECT_MATVIEW,
+}
 _EXPAND_CONTRACT = (
     "expand and contract: add the new column, dual-write, backfill, switch reads, drop the old one"
 )
@@ -153,6 +159,13 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
                         "this constraint builds its index under AccessExclusiveLock",
                         "CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT … USING INDEX",
                     )
+            elif sub == "AT_DetachPartition" and not getattr(cmd.def_, "concurrent", False):
+                add(
+                    "detach-partition-blocking",
+                    "error",
+                    "DETACH PARTITION takes AccessExclusiveLock on the parent table",
+                    "DETACH PARTITION … CONCURRENTLY (PostgreSQL 14+), outside a transaction block",
+                )
             elif sub == "AT_DropColumn":
                 add(
                     "drop-column",
@@ -227,13 +240,14 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
             "TRUNCATE deletes every row under AccessExclusiveLock",
             "never on a live table",
         )
-    elif isinstance(node, ast.RenameStmt):
+    elif isinstance(node, ast.RenameStmt) and ObjectType(int(node.renameType or 0)) in _APP_VISIBLE:
         add("rename", "error", "renaming breaks the old app that uses the old name", _EXPAND_CONTRACT)
     elif isinstance(node, ast.LockStmt):
+        blocks = bool(main and main.blocks_writes)
         add(
             "explicit-lock",
-            "warning",
-            "an explicit LOCK TABLE holds its lock until commit",
+            "error" if blocks else "warning",
+            "an explicit LOCK TABLE holds its lock until commit" + (", blocking writes" if blocks else ""),
             "rely on the statements' own locks",
         )
     elif isinstance(node, ast.UpdateStmt | ast.DeleteStmt) and node.whereClause is None:

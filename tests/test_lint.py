@@ -1,0 +1,92 @@
+"""zdm lint on the labelled corpus, on file-order rules, phases, suppression and the command itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zdm_runbook.lint import SqlFileError, lint_text
+
+from .lint_corpus import CORPUS
+from .test_cli import zdm
+
+PRELUDE = "SET lock_timeout = '1s';\nSET statement_timeout = '1min';\n"
+
+
+def _unsafe(sql: str) -> bool:
+    _, findings = lint_text(PRELUDE + sql + ";\n", "corpus.sql")
+    return any(f.severity == "error" for f in findings)
+
+
+def test_the_corpus_is_large_and_balanced() -> None:
+    unsafe = sum(label for _, label in CORPUS)
+    assert len(CORPUS) >= 120
+    assert unsafe >= 50 and len(CORPUS) - unsafe >= 50
+
+
+@pytest.mark.parametrize(("sql", "unsafe"), CORPUS, ids=[s[:70] for s, _ in CORPUS])
+def test_corpus_statement_is_judged_as_labelled(sql: str, unsafe: bool) -> None:
+    assert _unsafe(sql) == unsafe
+
+
+def test_a_lock_taking_statement_needs_lock_timeout_first() -> None:
+    _, findings = lint_text(
+        "ALTER TABLE t ADD COLUMN c int;\nSET lock_timeout = '1s';\nALTER TABLE t ADD COLUMN d int;"
+    )
+    rules = [(f.line, f.rule, f.severity) for f in findings]
+    assert rules == [(1, "missing-lock-timeout", "error"), (3, "missing-statement-timeout", "warning")]
+
+
+def test_phase_awareness() -> None:
+    sql = PRELUDE + "ALTER TABLE t DROP COLUMN c;\nUPDATE t SET a = 1 WHERE id < 10;\n"
+    _, in_expand = lint_text(sql, phase="expand")
+    assert [f.rule for f in in_expand if f.rule == "phase"] == ["phase", "phase"]
+    _, in_contract = lint_text(sql, phase="contract")
+    assert [f.message for f in in_contract if f.rule == "phase"] == [
+        "data changes (backfills) belong in migrate, not contract"
+    ]
+
+
+def test_suppression_comment_silences_one_rule_for_one_statement() -> None:
+    sql = PRELUDE + "-- zdm: ignore drop-column\nALTER TABLE t DROP COLUMN c;\nALTER TABLE t DROP COLUMN d;\n"
+    _, findings = lint_text(sql)
+    assert [(f.rule, f.line) for f in findings] == [("drop-column", 5)]
+
+
+def test_a_parse_error_names_the_file_and_line() -> None:
+    with pytest.raises(SqlFileError, match=r"m\.sql:3: cannot parse: syntax error at or near"):
+        lint_text("SELECT 1;\n\nALTER TABLE t ADD COLUM x int;", "m.sql")
+
+
+def test_version_awareness() -> None:
+    old = lint_text(PRELUDE + "ALTER TABLE t ADD COLUMN c int DEFAULT 0;", version=10)[1]
+    assert [f.rule for f in old] == ["add-column-rewrite"]
+    assert (
+        lint_text(PRELUDE + "REINDEX INDEX CONCURRENTLY i;", version=11)[1][0].rule
+        == "reindex-concurrently-version"
+    )
+
+
+def test_zdm_lint_exit_codes_and_json(tmp_path: Path) -> None:
+    clean = tmp_path / "clean.sql"
+    clean.write_text(PRELUDE + "ALTER TABLE orders ADD COLUMN c uuid;\n")
+    bad = tmp_path / "bad.sql"
+    bad.write_text("CREATE INDEX i ON orders (c);\n")
+    broken = tmp_path / "broken.sql"
+    broken.write_text("ALTER TABLE x ADD COLUM y int;\n")
+    ok = zdm("lint", str(clean), "--explain")
+    assert ok.returncode == 0, ok.stderr
+    assert "#2 AlterTableStmt: orders AccessExclusiveLock (catalog, blocks reads, blocks writes)" in ok.stdout
+    found = zdm("lint", str(bad), "--format", "json")
+    assert found.returncode == 1
+    rows = json.loads(found.stdout)
+    assert {r["rule"] for r in rows} == {"create-index-blocking", "missing-lock-timeout"}
+    assert set(rows[0]) == {
+        "file", "line", "column", "statement_index", "rule", "severity", "relation", "lock_mode",
+        "rewrites", "blocks_reads", "blocks_writes", "message", "safe_alternative",
+    }  # fmt: skip
+    unusable = zdm("lint", str(broken))
+    assert unusable.returncode == 2
+    assert "broken.sql:1: cannot parse" in unusable.stderr
