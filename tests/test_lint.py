@@ -90,3 +90,15 @@ def test_zdm_lint_exit_codes_and_json(tmp_path: Path) -> None:
     unusable = zdm("lint", str(broken))
     assert unusable.returncode == 2
     assert "broken.sql:1: cannot parse" in unusable.stderr
+
+
+def test_zdm_plan_shows_each_steps_locks() -> None:
+    out = zdm(
+        "plan", str(Path(__file__).resolve().parent.parent / "zdm_runbook/examples/orders-customer-ref.yaml")
+    )
+    assert out.returncode == 0, out.stderr
+    locks = [line.strip() for line in out.stdout.splitlines() if line.strip().startswith("-- locks:")]
+    assert "-- locks: public.orders AccessExclusiveLock (catalog)" in locks
+    assert "-- locks: public.orders ShareUpdateExclusiveLock (index build)" in locks
+    assert any("in short keyset batches" in line for line in locks)
+    assert "-- locks: public.orders ShareUpdateExclusiveLock (scan)" in locks  # VALIDATE

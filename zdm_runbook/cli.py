@@ -23,6 +23,7 @@ from .embedded import DEBIAN_PG15_BIN, LocalServer
 from .errors import DatabaseError, SpecError
 from .plan import Plan, build_plan
 from .spec import Phase, load_change
+from .steps import Step
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,7 +85,24 @@ def format_plan(plan: Plan, only: Phase | None = None) -> str:
             mode = "outside a transaction" if not step.transactional else "in one transaction"
             lines.append(f"{n:>2}. {step.description}  [{step.key}, {mode}]")
             lines.extend(f"      {line}" for line in step.render().splitlines())
+            lines.append(f"      -- {step_locks(step)}")
     return "\n".join(lines)
+
+
+def step_locks(step: Step) -> str:
+    """What the step locks and does under the lock, from :mod:`zdm_runbook.analysis`."""
+    from .analysis import analyze  # noqa: PLC0415 - pglast's tree walk only when printing
+
+    if step.backfill is not None:
+        return "locks: RowExclusiveLock per batch, in short keyset batches (the backfill engine)"
+    effects = {(e.relation, e.lock, e.work) for a in analyze(step.render()) for e in a.effects}
+    if step.key.endswith(
+        "-set-not-null"
+    ):  # the planner validated a CHECK (c IS NOT NULL) first: 12+ skips the scan
+        effects = {(rel, lock, "catalog, proven by the validated check") for rel, lock, _ in effects}
+    if not effects:
+        return "locks: no table lock"
+    return "locks: " + "; ".join(f"{rel} {lock} ({work})" for rel, lock, work in sorted(effects))
 
 
 @main.group("db")
