@@ -162,9 +162,13 @@ def _alter_table(stmt: ast.AlterTableStmt, version: int) -> list[Effect]:
     lock, work = "ShareUpdateExclusiveLock", "catalog"
     extra: list[Effect] = []
     for cmd in stmt.cmds or ():
-        sub = AlterTableType(cmd.subtype).name
+        sub = AlterTableType(_int(cmd.subtype)).name
         mode = _AT_LOCKS.get(sub, "AccessExclusiveLock")
         step_work = _AT_WORK.get(sub, "catalog")
+        if sub == "AT_AttachPartition" and version < 12:  # the weaker lock on the parent came in 12
+            mode = "AccessExclusiveLock"
+        if sub == "AT_DetachPartition" and getattr(cmd.def_, "concurrent", False):  # 14+
+            mode = "ShareUpdateExclusiveLock"
         if (
             sub == "AT_AddColumn"
             and isinstance(cmd.def_, ast.ColumnDef)
@@ -192,7 +196,12 @@ def _alter_table(stmt: ast.AlterTableStmt, version: int) -> list[Effect]:
 def _effects(node: Any, version: int) -> tuple[list[Effect], bool]:
     """The effects of one parsed statement, and whether it may run in a transaction block."""
     if isinstance(node, ast.AlterTableStmt):
-        return _alter_table(node, version), True
+        concurrent = any(
+            getattr(c.def_, "concurrent", False)
+            for c in node.cmds or ()
+            if AlterTableType(_int(c.subtype)).name == "AT_DetachPartition"
+        )
+        return _alter_table(node, version), not concurrent
     if isinstance(node, ast.IndexStmt):
         table = _name(node.relation)
         if node.concurrent:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -189,6 +190,20 @@ def db_url(data_dir: Path | None, pg_bin: Path | None) -> None:
     click.echo(server.dsn())
 
 
+def explain_lines(path: Path, analyses: list[Any]) -> list[str]:
+    """``--explain``: one line per statement with its locks, the work under them, and its mode."""
+    out = []
+    for a in analyses:
+        locks = "; ".join(
+            f"{e.relation} {e.lock} ({e.work}{', blocks reads' if e.blocks_reads else ''}"
+            f"{', blocks writes' if e.blocks_writes else ''})"
+            for e in a.effects
+        )
+        mode = "" if a.in_transaction_ok else ", not in a transaction block"
+        out.append(f"{path}:{a.line}: #{a.index} {a.kind}: {locks or 'no table lock'}{mode}")
+    return out
+
+
 @main.command("lint")
 @click.argument(
     "files", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path)
@@ -221,23 +236,20 @@ def lint_cmd(
     from .lint import lint_text  # noqa: PLC0415 - pglast loads only for lint
 
     version = pg_version or 18
-    if dsn_env and not pg_version:
-        with connect(env=dsn_env) as conn:
-            row = conn.execute("SHOW server_version_num").fetchone()
-        version = int(str(row[0])) // 10000 if row else 18
+    conn = connect(env=dsn_env, autocommit=True) if dsn_env else None
     all_findings = []
-    for path in files:
-        analyses, findings = lint_text(path.read_text(), str(path), version, phase)
-        all_findings += findings
-        if explain and fmt == "text":
-            for a in analyses:
-                locks = "; ".join(
-                    f"{e.relation} {e.lock} ({e.work}{', blocks reads' if e.blocks_reads else ''}"
-                    f"{', blocks writes' if e.blocks_writes else ''})"
-                    for e in a.effects
-                )
-                mode = "" if a.in_transaction_ok else ", not in a transaction block"
-                click.echo(f"{path}:{a.line}: #{a.index} {a.kind}: {locks or 'no table lock'}{mode}")
+    try:
+        if conn is not None and not pg_version:
+            row = conn.execute("SHOW server_version_num").fetchone()
+            version = int(str(row[0])) // 10000 if row else 18
+        for path in files:
+            analyses, findings = lint_text(path.read_text(), str(path), version, phase, conn)
+            all_findings += findings
+            if explain and fmt == "text":
+                click.echo("\n".join(explain_lines(path, analyses)))
+    finally:
+        if conn is not None:
+            conn.close()
     if fmt == "json":
         click.echo(json.dumps([f.to_dict() for f in all_findings], indent=2))
     else:

@@ -159,6 +159,13 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
                         "this constraint builds its index under AccessExclusiveLock",
                         "CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT … USING INDEX",
                     )
+            elif sub == "AT_DetachPartition" and getattr(cmd.def_, "concurrent", False) and version < 14:
+                add(
+                    "detach-concurrently-version",
+                    "error",
+                    "DETACH PARTITION CONCURRENTLY needs PostgreSQL 14",
+                    "upgrade first, or detach in a quiet window with lock_timeout set",
+                )
             elif sub == "AT_DetachPartition" and not getattr(cmd.def_, "concurrent", False):
                 add(
                     "detach-partition-blocking",

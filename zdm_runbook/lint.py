@@ -230,9 +230,11 @@ _BATCHED = "backfill in its own batched transactions (zdm migrate)"
 
 
 def lint_text(
-    text: str, file: str = "<sql>", version: int = 18, phase: str | None = None
+    text: str, file: str = "<sql>", version: int = 18, phase: str | None = None, conn: Any = None
 ) -> tuple[list[Analysis], list[Finding]]:
-    """Analyse and lint one file's text; a parse error is a :class:`SqlFileError` naming the line."""
+    """Analyse and lint one file's text; a parse error is a :class:`SqlFileError` naming the line.
+
+    With ``conn``, the catalog corrects what text alone cannot know (see :mod:`zdm_runbook.lintdb`)."""
     try:
         raws = parse_sql(text)
     except ParseError as exc:
@@ -253,5 +255,9 @@ def lint_text(
         found = statement_hazards(a, raw.stmt, file, version) + walk.rules(a, raw.stmt)
         if phase:
             found += _phase_rules(a, raw.stmt, phase, file)
+        if conn is not None:
+            from .lintdb import refine  # noqa: PLC0415
+
+            found = refine(conn, a, raw.stmt, found, version)
         findings += [f for f in found if f.rule not in ignored]
     return analyses, findings
