@@ -137,6 +137,8 @@ CORPUS: list[tuple[str, bool]] = [
     ("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')", SAFE),
     ("ALTER TYPE mood ADD VALUE 'great'", SAFE),
     ("CREATE DOMAIN positive_int AS int CHECK (VALUE > 0)", SAFE),
+    ("ALTER DOMAIN positive_int ADD CONSTRAINT below_max CHECK (VALUE < 1000000)", UNSAFE),
+    ("ALTER DOMAIN positive_int ADD CONSTRAINT below_max CHECK (VALUE < 1000000) NOT VALID", SAFE),
     ("COMMENT ON TABLE orders IS 'customer orders'", SAFE),
     ("COMMENT ON COLUMN orders.note IS 'free text'", SAFE),
     ("GRANT SELECT ON orders TO reporting", SAFE),

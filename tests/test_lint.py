@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from zdm_runbook.analysis import analyze
 from zdm_runbook.lint import SqlFileError, lint_text
 
 from .lint_corpus import CORPUS
@@ -67,6 +68,14 @@ def test_version_awareness() -> None:
         lint_text(PRELUDE + "REINDEX INDEX CONCURRENTLY i;", version=11)[1][0].rule
         == "reindex-concurrently-version"
     )
+    detach = "ALTER TABLE events DETACH PARTITION events_2020 CONCURRENTLY;"
+    assert [f.rule for f in lint_text(PRELUDE + detach, version=13)[1]] == ["detach-concurrently-version"]
+    assert lint_text(PRELUDE + detach, version=14)[1] == []
+    in_tx = lint_text(PRELUDE + "BEGIN;\n" + detach + "\nCOMMIT;", version=18)[1]
+    assert [f.rule for f in in_tx] == ["concurrently-in-transaction"]
+    attach = "ALTER TABLE events ATTACH PARTITION e2 FOR VALUES FROM (1) TO (2);"
+    assert analyze(attach, 11)[0].strongest == "AccessExclusiveLock"
+    assert analyze(attach, 12)[0].strongest == "ShareUpdateExclusiveLock"
 
 
 def test_zdm_lint_exit_codes_and_json(tmp_path: Path) -> None:
@@ -102,3 +111,25 @@ def test_zdm_plan_shows_each_steps_locks() -> None:
     assert "-- locks: public.orders ShareUpdateExclusiveLock (index build)" in locks
     assert any("in short keyset batches" in line for line in locks)
     assert "-- locks: public.orders ShareUpdateExclusiveLock (scan)" in locks  # VALIDATE
+
+
+@pytest.mark.parametrize(
+    ("sql", "destructive", "phase"),
+    [
+        ("ALTER TABLE t ADD COLUMN c int", False, "expand"),
+        ("CREATE INDEX CONCURRENTLY i ON t (c)", False, "expand"),
+        ("UPDATE t SET c = 1 WHERE id < 100", False, "migrate"),
+        ("ALTER TABLE t ADD CONSTRAINT k CHECK (c > 0) NOT VALID", False, "switch"),
+        ("ALTER TABLE t VALIDATE CONSTRAINT k", False, "switch"),
+        ("ALTER TABLE t ALTER COLUMN c SET NOT NULL", False, "switch"),
+        ("ALTER TABLE t DROP COLUMN c", True, "contract"),
+        ("DROP INDEX CONCURRENTLY i", True, "contract"),
+        ("ALTER TABLE t ALTER COLUMN c TYPE bigint", True, None),
+        ("ALTER TABLE t RENAME COLUMN c TO d", True, None),
+    ],
+)
+def test_each_statement_is_classified_additive_or_destructive_with_its_phase(
+    sql: str, destructive: bool, phase: str | None
+) -> None:
+    (a,) = analyze(sql)
+    assert (a.destructive, a.phase) == (destructive, phase)

@@ -94,6 +94,8 @@ class Analysis:
     kind: str
     effects: tuple[Effect, ...]
     in_transaction_ok: bool = True
+    destructive: bool = False  # removes or changes what the old app uses
+    phase: str | None = None  # where it belongs in expand/migrate/switch/contract (None: nowhere in place)
 
     @property
     def strongest(self) -> str | None:
@@ -263,5 +265,35 @@ def analyze(text: str, version: int = 18) -> list[Analysis]:
         body = text[start:end].strip()
         line = text.count("\n", 0, start + (len(text[start:end]) - len(text[start:end].lstrip()))) + 1
         effects, tx_ok = _effects(raw.stmt, version)
-        out.append(Analysis(i, line, body, type(raw.stmt).__name__, tuple(effects), tx_ok))
+        destructive, phase = classify(raw.stmt)
+        out.append(
+            Analysis(i, line, body, type(raw.stmt).__name__, tuple(effects), tx_ok, destructive, phase)
+        )
     return out
+
+
+_CONTRACT_SUBS = {"AT_DropColumn", "AT_DropConstraint", "AT_DropNotNull", "AT_DetachPartition"}
+_SWITCH_SUBS = {"AT_SetNotNull", "AT_ValidateConstraint", "AT_AddIndexConstraint"}
+
+
+def classify(node: Any) -> tuple[bool, str | None]:
+    """``(destructive, phase)``: whether the statement takes away what the old app uses, and the
+    expand-and-contract phase it belongs to (None for an in-place type change: it belongs nowhere)."""
+    if isinstance(node, ast.DropStmt | ast.TruncateStmt):
+        return True, "contract"
+    if isinstance(node, ast.RenameStmt):
+        return True, None  # a rename is add-new + dual-write + backfill + drop-old, never in place
+    if isinstance(node, ast.UpdateStmt | ast.DeleteStmt):
+        return isinstance(node, ast.DeleteStmt), "migrate"
+    if isinstance(node, ast.AlterTableStmt):
+        subs = {AlterTableType(_int(c.subtype)).name for c in node.cmds or ()}
+        if "AT_AlterColumnType" in subs:
+            return True, None
+        if subs & _CONTRACT_SUBS:
+            return True, "contract"
+        constraints = [c.def_ for c in node.cmds or () if isinstance(c.def_, ast.Constraint)]
+        if subs & _SWITCH_SUBS or any(c.indexname or not c.skip_validation for c in constraints):
+            return False, "switch"
+        if constraints:
+            return False, "switch"
+    return False, "expand"

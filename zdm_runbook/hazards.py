@@ -247,6 +247,18 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
             "TRUNCATE deletes every row under AccessExclusiveLock",
             "never on a live table",
         )
+    elif (
+        isinstance(node, ast.AlterDomainStmt)
+        and node.subtype == "C"
+        and isinstance(node.def_, ast.Constraint)
+    ):
+        if not node.def_.skip_validation:
+            add(
+                "domain-constraint-validated",
+                "error",
+                "adding a domain constraint checks every column of that domain in every table, under locks",
+                "ADD CONSTRAINT … NOT VALID, then VALIDATE CONSTRAINT in a separate transaction",
+            )
     elif isinstance(node, ast.RenameStmt) and ObjectType(int(node.renameType or 0)) in _APP_VISIBLE:
         add("rename", "error", "renaming breaks the old app that uses the old name", _EXPAND_CONTRACT)
     elif isinstance(node, ast.LockStmt):
