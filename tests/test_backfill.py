@@ -318,8 +318,7 @@ def test_verification_counts_mismatches_and_samples_their_keys(db: str) -> None:
 
 
 def test_widget_progress_updates_its_bar_and_label() -> None:
-    from zdm_runbook.backfill import State  # noqa: PLC0415
-    from zdm_runbook.progress import WidgetProgress  # noqa: PLC0415
+    from zdm_runbook.progress import State, WidgetProgress  # noqa: PLC0415
 
     widget = WidgetProgress(chart_every=3600)
     state = State("public.big", rows_estimate=1000, rows_scanned=250, rows_updated=200, batch_size=50)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -29,6 +29,7 @@ from .connect import connect, redact
 from .errors import ConfigError, DatabaseError, ParameterError, Problem, SpecError
 from .guard import read_settings
 from .keyset import Key, TableKey, table_key
+from .progress import Batch, State
 from .steps import BackfillSpec, Step
 from .verify import verify
 
@@ -85,64 +86,6 @@ def backfill_settings(values: Mapping[str, Any] | None, path: str = "backfill") 
     if problems:
         raise ParameterError(problems)
     return result
-
-
-@dataclass
-class Batch:
-    """One committed batch, as the ledger records it."""
-
-    number: int
-    lower: Key | None
-    upper: Key
-    rows_scanned: int
-    rows_updated: int
-    size: int
-    seconds: float
-    retries: int
-    throttled_s: float
-    at: float
-
-
-@dataclass
-class State:
-    """Where a backfill stands; what progress displays and charts read."""
-
-    table: str
-    rows_estimate: int | None
-    rows_scanned: int = 0
-    rows_updated: int = 0
-    batch_size: int = 0
-    started: float = field(default_factory=time.monotonic)
-    finished: float | None = None
-    paused: str | None = None
-    batches: list[Batch] = field(default_factory=list)
-    retries: int = 0
-    reconnects: int = 0
-    resumed_from: int = 0  # rows a previous run had already done: not part of this run's rate
-    app_busy: bool = False  # other sessions used the database in the last second: share it
-
-    @property
-    def elapsed(self) -> float:
-        return (self.finished or time.monotonic()) - self.started
-
-    @property
-    def rate(self) -> float:
-        done = self.rows_scanned - self.resumed_from
-        return done / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def eta(self) -> float | None:
-        if not self.rows_estimate or not self.rate or self.finished:
-            return None
-        return max(0.0, self.rows_estimate - self.rows_scanned) / self.rate
-
-    def summary(self) -> str:
-        """The one-line text summary printed at the end."""
-        return (
-            f"backfill of {self.table}: {self.rows_scanned:,} rows scanned, {self.rows_updated:,} updated"
-            f" in {len(self.batches)} batches, {self.elapsed:.1f} s, {self.rate:,.0f} rows/s;"
-            f" {self.retries} batch retries, {self.reconnects} reconnects"
-        )
 
 
 Listener = Callable[[State], None]
