@@ -73,6 +73,12 @@ def test_version_awareness() -> None:
     assert lint_text(PRELUDE + detach, version=14)[1] == []
     in_tx = lint_text(PRELUDE + "BEGIN;\n" + detach + "\nCOMMIT;", version=18)[1]
     assert [f.rule for f in in_tx] == ["concurrently-in-transaction"]
+    for pg18_only in (
+        "ALTER TABLE t ADD CONSTRAINT t_a_nn NOT NULL a NOT VALID;",
+        "ALTER TABLE t ADD COLUMN v int GENERATED ALWAYS AS (a * 2) VIRTUAL;",
+    ):
+        assert [f.rule for f in lint_text(PRELUDE + pg18_only, version=17)[1]] == ["needs-postgresql-18"]
+        assert lint_text(PRELUDE + pg18_only, version=18)[1] == []
     attach = "ALTER TABLE events ATTACH PARTITION e2 FOR VALUES FROM (1) TO (2);"
     assert analyze(attach, 11)[0].strongest == "AccessExclusiveLock"
     assert analyze(attach, 12)[0].strongest == "ShareUpdateExclusiveLock"

@@ -62,6 +62,20 @@ _NOT_NULL = (
     "ADD CONSTRAINT … CHECK (col IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT in its own transaction;"
     " then SET NOT NULL (no scan, PostgreSQL 12+) and drop the check"
 )
+
+
+def _needs_18(cmd: Any) -> bool:
+    """A VIRTUAL generated column, or NOT NULL … NOT VALID: both new in PostgreSQL 18."""
+    d = cmd.def_
+    if isinstance(d, ast.ColumnDef):
+        return any(getattr(c, "generated_kind", None) == "v" for c in d.constraints or ())
+    return (
+        isinstance(d, ast.Constraint)
+        and ConstrType(int(d.contype or 0)) == ConstrType.CONSTR_NOTNULL
+        and bool(d.skip_validation)
+    )
+
+
 _APP_VISIBLE = {
     ObjectType.OBJECT_COLUMN,
     ObjectType.OBJECT_TABLE,
@@ -83,6 +97,16 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
     if isinstance(node, ast.AlterTableStmt):
         for cmd in node.cmds or ():
             sub = AlterTableType(int(cmd.subtype or 0)).name
+            if version < 18 and _needs_18(cmd):
+                add(
+                    "needs-postgresql-18",
+                    "error",
+                    f"{'virtual generated columns' if sub == 'AT_AddColumn' else 'NOT NULL … NOT VALID'} need"
+                    f" PostgreSQL 18 (this server: {version}): it fails as written",
+                    "on older servers: " + _NOT_NULL
+                    if sub != "AT_AddColumn"
+                    else "a stored column, added empty",
+                )
             if sub == "AT_AddColumn" and isinstance(cmd.def_, ast.ColumnDef):
                 kinds = {ConstrType(int(c.contype or 0)) for c in cmd.def_.constraints or ()}
                 if main and main.work == "rewrite":
