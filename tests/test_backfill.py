@@ -291,6 +291,7 @@ def test_zdm_backfill_commands_steer_a_running_backfill(db: str) -> None:
     status = zdm("backfill", "status", "fill-w", env=env)
     assert "fill-w 01-backfill-backfill on public.big: running" in status.stdout
     assert "PAUSED" in status.stdout
+    assert "; last batch " in status.stdout and " ago" in status.stdout
     assert zdm("backfill", "set", "fill-w", "--batch-size", "250", env=env).returncode == 0
     assert zdm("backfill", "set", "fill-w", env=env).returncode == 2  # nothing to set: usage error
     assert zdm("backfill", "pause", "no-such-change", env=env).returncode == 2
@@ -325,3 +326,25 @@ def test_widget_progress_updates_its_bar_and_label() -> None:
     widget(state)
     assert widget.bar.value == 0.25
     assert "250 / ~1,000 rows (25%)" in widget.label.value
+
+
+def test_a_failed_backfill_is_marked_failed_and_resumes_on_the_next_run(db: str) -> None:
+    from zdm_runbook.backfill import BackfillError  # noqa: PLC0415
+
+    from .sessions import Blocker  # noqa: PLC0415
+
+    _big(db, 20_000)
+    stuck = _engine(db, max_batch_size=1000, min_batch_size=1000, lock_timeout=0.1, max_failures=1)
+    with Blocker(db, "SELECT * FROM big WHERE id = 5000 FOR UPDATE", app="app-txn"):
+        with pytest.raises(BackfillError, match="2 batches in a row failed"):
+            stuck.run()
+        stuck.close()
+        assert scalar(db, "SELECT status FROM zdm.backfills") == "failed"
+    done_before = scalar(db, "SELECT rows_scanned FROM zdm.backfills")
+    assert 0 < done_before < 20_000
+    again = _engine(db)
+    state = again.run()
+    again.close()
+    assert state.resumed_from == done_before
+    assert scalar(db, "SELECT status FROM zdm.backfills") == "done"
+    assert sum(b[4] for b in _batches(db, "fill-w")) == 20_000

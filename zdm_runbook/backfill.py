@@ -167,7 +167,13 @@ class Backfill:
             " WHERE change_id = %s AND step_key = %s",
             [self.change_id, self.step.key],
         ).fetchone()
-        if row is not None and row[0] != "done":
+        if row is not None and row[0] != "done":  # running (interrupted) or failed: resume
+            if row[0] == "failed":
+                conn.execute(
+                    "UPDATE zdm.backfills SET status = 'running', updated_at = now()"
+                    " WHERE change_id = %s AND step_key = %s",
+                    [self.change_id, self.step.key],
+                )
             self.state.rows_scanned, self.state.rows_updated = int(row[3]), int(row[4])
             self.state.resumed_from = self.state.rows_scanned
             self._estimate(conn)
@@ -197,7 +203,27 @@ class Backfill:
     # --- the loop ---
 
     def run(self) -> State:
-        """Batch until the captured upper bound is passed; return the final state."""
+        """Batch until the captured upper bound is passed; return the final state.
+
+        A :class:`BackfillError` marks the ledger row ``failed`` (what is committed stays; a re-run
+        resumes from the checkpoint)."""
+        try:
+            return self._run()
+        except BackfillError:
+            self._mark_failed()
+            raise
+
+    def _mark_failed(self) -> None:
+        try:
+            self._connect().execute(
+                "UPDATE zdm.backfills SET status = 'failed', updated_at = now()"
+                " WHERE change_id = %s AND step_key = %s AND status = 'running'",
+                [self.change_id, self.step.key],
+            )
+        except (psycopg.Error, DatabaseError):  # the error being raised says more than this one
+            log.warning("backfill %s: could not mark the ledger row failed", self.step.key)
+
+    def _run(self) -> State:
         lower, upper = self.prepare()
         size = self.settings.start_batch_size
         failures = 0

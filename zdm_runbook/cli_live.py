@@ -116,6 +116,15 @@ def format_snapshot(snap: dict[str, Any], long_after: float) -> str:
     return "\n".join(lines)
 
 
+def _ago(when: Any) -> str:
+    """How long ago ``when`` was, as a DBA says it (a running backfill silent for long has died)."""
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from .locks import human_seconds  # noqa: PLC0415
+
+    return human_seconds((datetime.now(UTC) - when).total_seconds())
+
+
 @click.group("backfill")
 def backfill_group() -> None:
     """See and steer running backfills (through the ledger in the target database).
@@ -179,6 +188,7 @@ def backfill_status(change: str | None, as_json: bool, dsn_env: str | None) -> N
             f"{r['change_id']} {r['step_key']} on {r['table_name']}: {r['status']}, {r['rows_scanned']:,}"
             f"{f' / ~{total:,}' if total else ''} rows{share}, {r['rows_updated']:,} updated,"
             f" {r['batches']} batches{'; ' + controls if controls else ''}"
+            + (f"; last batch {_ago(r['updated_at'])} ago" if r["status"] == "running" else "")
         )
 
 
