@@ -18,7 +18,7 @@ import click
 from . import __version__
 from .catalog import check_change
 from .cli_common import EXIT_FAILED, handles_errors
-from .cli_live import backfill_group, locks_cmd
+from .cli_live import backfill_group, locks_cmd, signoff_cmd, status_cmd
 from .connect import connect
 from .embedded import DEBIAN_PG15_BIN, LocalServer
 from .errors import DatabaseError, SpecError
@@ -265,3 +265,5 @@ def lint_cmd(
 
 main.add_command(locks_cmd)
 main.add_command(backfill_group)
+main.add_command(signoff_cmd)
+main.add_command(status_cmd)

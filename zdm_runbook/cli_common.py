@@ -8,10 +8,22 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import click
+import psycopg
 
 from .connect import redact
 from .errors import ConfigError, SpecError, ZdmError
 from .guard import parse_duration
+from .ledger import Conn, ensure
+
+
+def ledger_ready(conn: Conn) -> bool:
+    """True when this database has a ledger, brought up to date; False (nothing created) when not."""
+    row = conn.execute("SELECT to_regnamespace('zdm') IS NOT NULL").fetchone()
+    if not (row and row[0]):
+        return False
+    ensure(conn)
+    return True
+
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -35,6 +47,8 @@ def handles_errors(fn: F) -> F:
             _fail(f"error: {exc}", EXIT_BAD_INPUT)
         except ZdmError as exc:
             _fail(f"error: {exc}", EXIT_FAILED)
+        except psycopg.Error as exc:  # a server error no module turned into a ZdmError
+            _fail(f"error: {str(exc).strip()} [SQLSTATE {exc.sqlstate}]", EXIT_FAILED)
         return None
 
     return wrapper  # type: ignore[return-value]

@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
-from .cli_common import DSN_ENV_HELP, EXIT_NO_GO, duration_arg, handles_errors
+from .cli_common import DSN_ENV_HELP, EXIT_NO_GO, duration_arg, handles_errors, ledger_ready
 from .connect import connect, describe, redact, resolve_dsn
-from .errors import ConfigError
+from .errors import ConfigError, ZdmError
 
 
 @click.command("locks")
@@ -150,6 +150,8 @@ def _control(change: str, step: str | None, dsn_env: str | None, **values: Any) 
     from .ledger import control_backfill  # noqa: PLC0415
 
     with connect(env=dsn_env, autocommit=True) as conn:
+        if not ledger_ready(conn):
+            raise ConfigError("no backfill has run in this database: it has no ledger (schema zdm)")
         reached = control_backfill(conn, change, step, **values)
     if not reached:
         raise ConfigError(f"no backfill of change {change}{f' step {step}' if step else ''} in the ledger")
@@ -166,6 +168,9 @@ def backfill_status(change: str | None, as_json: bool, dsn_env: str | None) -> N
     from .ledger import backfills  # noqa: PLC0415
 
     with connect(env=dsn_env, autocommit=True) as conn:
+        if not ledger_ready(conn):
+            click.echo("no backfills recorded (this database has no ledger)")
+            return
         frame = backfills(conn, change)
     if as_json:
         click.echo(json.dumps(frame.to_dict("records"), indent=2, default=str))
@@ -240,3 +245,88 @@ def backfill_set(
         raise click.UsageError("give --batch-size, --pause or --auto")
     pause_ms = None if pause is None else round(pause * 1000)
     _control(change, step, dsn_env, batch_size=batch_size, pause_ms=pause_ms, clear=auto)
+
+
+@click.command("signoff")
+@click.argument("change")
+@click.argument("phase", type=click.Choice(["expand", "migrate", "switch", "contract"]))
+@click.option("--by", "by", required=True, help="Who approves (after reading the phase's archived run).")
+@click.option("--ticket", help="A change ticket to record with the sign-off.")
+@click.option("--notes", help="Free text to record with the sign-off.")
+@click.option("--dsn-env", metavar="VAR", help=DSN_ENV_HELP)
+@handles_errors
+def signoff_cmd(
+    change: str, phase: str, by: str, ticket: str | None, notes: str | None, dsn_env: str | None
+) -> None:
+    """Sign off PHASE of CHANGE: it opens the next phase's gate. Refused unless the phase is complete."""
+    from .signoff import sign_off  # noqa: PLC0415
+
+    with connect(env=dsn_env, autocommit=True) as conn:
+        if not ledger_ready(conn):
+            raise ZdmError(
+                f"change {change} is not in the ledger of this database: no phase of it has run here"
+            )
+        record = sign_off(conn, change, phase, by, ticket, notes)
+    click.echo(f"{change} {phase} signed off by {record.by} at {record.at:%Y-%m-%d %H:%M:%S %Z}")
+
+
+@click.command("status")
+@click.argument("change", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--dsn-env", metavar="VAR", help=DSN_ENV_HELP)
+@handles_errors
+def status_cmd(change: str | None, as_json: bool, dsn_env: str | None) -> None:
+    """Where each change stands (or CHANGE): phases done and signed off, the next gate, backfills."""
+    from .gates import check_gate  # noqa: PLC0415
+    from .signoff import phase_state  # noqa: PLC0415
+    from .spec import Phase  # noqa: PLC0415
+
+    report: list[dict[str, Any]] = []
+    with connect(env=dsn_env, autocommit=True) as conn:
+        if not ledger_ready(conn):
+            raise ConfigError("no change has run in this database yet: it has no ledger (schema zdm)")
+        rows = conn.execute(
+            "SELECT change_id, description FROM zdm.changes WHERE %(c)s::text IS NULL OR change_id = %(c)s"
+            " ORDER BY change_id",
+            {"c": change},
+        ).fetchall()
+        if change and not rows:
+            raise ConfigError(f"change {change} is not in the ledger of this database")
+        for change_id, description in rows:
+            phases: list[dict[str, Any]] = []
+            for phase in Phase:
+                st = phase_state(conn, str(change_id), phase)
+                gate = check_gate(conn, str(change_id), phase)
+                signed = st.signoff
+                phases.append(
+                    {
+                        "phase": phase.value,
+                        "steps_done": st.done,
+                        "steps": st.steps,
+                        "complete": st.complete,
+                        "failed_steps": list(st.failed_steps),
+                        "signed_off_by": signed.by if signed else None,
+                        "signed_off_at": signed.at.isoformat() if signed else None,
+                        "gate": gate.to_dict(),
+                    }
+                )
+            report.append({"change": change_id, "description": description, "phases": phases})
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for item in report:
+        click.echo(f"{item['change']}: {item['description']}".rstrip(": "))
+        for ph in item["phases"]:
+            progress = (
+                "complete"
+                if ph["complete"]
+                else f"{ph['steps_done']}/{ph['steps']} steps"
+                if ph["steps"]
+                else "not run"
+            )
+            by = f", signed off by {ph['signed_off_by']}" if ph["signed_off_by"] else ""
+            closed = (
+                "" if ph["complete"] or ph["gate"]["ok"] else f", gate closed: {ph['gate']['reasons'][0]}"
+            )
+            failures = f", failed: {', '.join(ph['failed_steps'])}" if ph["failed_steps"] else ""
+            click.echo(f"  {ph['phase']:<9}{progress}{by}{failures}{closed}")

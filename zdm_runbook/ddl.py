@@ -387,19 +387,22 @@ def execute_phase(
         connect(conninfo, phase=f"{p.value}:control", autocommit=True) as control,
     ):
         ledger.ensure(control)
-        ledger.record_change(control, plan.change.id, plan.change.description, plan_digest(plan))
+        steps = {ph.value: [st.key for st in plan.for_phase(ph)] for ph in Phase}
+        ledger.record_change(control, plan.change.id, plan.change.description, plan_digest(plan), steps)
         ledger.lock_change(control, plan.change.id)
+        executor = Executor(
+            worker, control, plan, settings=base, step_settings=per_step, backfill=backfill, on_event=on_event
+        )
+        ledger.start_phase_run(control, executor.run_id, plan.change.id, p.value, {"guard": base.to_dict()})
+        outcome, message = "interrupted", None
         try:
-            executor = Executor(
-                worker,
-                control,
-                plan,
-                settings=base,
-                step_settings=per_step,
-                backfill=backfill,
-                on_event=on_event,
-            )
-            return executor.run_phase(p)
+            results = executor.run_phase(p)
+            outcome = "succeeded"
+            return results
+        except ZdmError as exc:
+            outcome, message = "failed", str(exc)
+            raise
         finally:
             if not control.closed:
+                ledger.finish_phase_run(control, executor.run_id, outcome, message)
                 ledger.unlock_change(control, plan.change.id)

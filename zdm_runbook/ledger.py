@@ -101,10 +101,41 @@ _V2 = (
         FOREIGN KEY (change_id, step_key) REFERENCES zdm.backfills)""",
 )
 
+_V3 = (
+    # One row per run of a phase (notebook or command), and the sign-offs that open the next gate.
+    """CREATE TABLE zdm.phase_runs (
+        run_id uuid PRIMARY KEY,
+        change_id text NOT NULL REFERENCES zdm.changes,
+        phase text NOT NULL CHECK (phase IN ('expand', 'migrate', 'switch', 'contract')),
+        started_at timestamptz NOT NULL DEFAULT now(),
+        ended_at timestamptz,
+        outcome text NOT NULL DEFAULT 'running'
+            CHECK (outcome IN ('running', 'succeeded', 'failed', 'refused', 'interrupted')),
+        parameters jsonb NOT NULL DEFAULT '{}',
+        server_version text,
+        operator text,
+        notebook_path text,
+        notebook_sha256 text,
+        message text)""",
+    """CREATE TABLE zdm.signoffs (
+        signoff_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        change_id text NOT NULL REFERENCES zdm.changes,
+        phase text NOT NULL CHECK (phase IN ('expand', 'migrate', 'switch', 'contract')),
+        by_name text NOT NULL CHECK (by_name <> ''),
+        ticket text,
+        notes text,
+        signed_at timestamptz NOT NULL DEFAULT now(),
+        evidence jsonb NOT NULL DEFAULT '{}')""",
+    "CREATE INDEX signoffs_change_phase ON zdm.signoffs (change_id, phase)",
+    # The plan's step keys per phase, so status and sign-off need only the change id.
+    "ALTER TABLE zdm.changes ADD COLUMN steps jsonb NOT NULL DEFAULT '{}'",
+)
+
 # (version, what it adds, statements). Append only: a released version is never edited.
 VERSIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
     (1, "changes and step attempts", _V1),
     (2, "backfill checkpoints, batches and controls", _V2),
+    (3, "phase runs and sign-offs", _V3),
 )
 
 
@@ -149,13 +180,37 @@ def ensure(conn: Conn) -> int:
     return current
 
 
-def record_change(conn: Conn, change_id: str, description: str, plan_sha256: str) -> None:
-    """Upsert the change's row (its plan digest is refreshed on every run)."""
+def record_change(
+    conn: Conn,
+    change_id: str,
+    description: str,
+    plan_sha256: str,
+    steps: Mapping[str, Sequence[str]] | None = None,
+) -> None:
+    """Upsert the change's row: its plan digest and step keys per phase are refreshed on every run."""
     conn.execute(
-        "INSERT INTO zdm.changes (change_id, description, plan_sha256) VALUES (%s, %s, %s)"
+        "INSERT INTO zdm.changes (change_id, description, plan_sha256, steps) VALUES (%s, %s, %s, %s)"
         " ON CONFLICT (change_id) DO UPDATE SET description = excluded.description,"
-        " plan_sha256 = excluded.plan_sha256, last_seen = now()",
-        [change_id, description, plan_sha256],
+        " plan_sha256 = excluded.plan_sha256, steps = excluded.steps, last_seen = now()",
+        [change_id, description, plan_sha256, Jsonb({k: list(v) for k, v in (steps or {}).items()})],
+    )
+
+
+def start_phase_run(
+    conn: Conn, run_id: uuid.UUID, change_id: str, phase: str, parameters: Mapping[str, Any]
+) -> None:
+    """Record the start of a phase run: who (the database role), on which server, with what parameters."""
+    conn.execute(
+        "INSERT INTO zdm.phase_runs (run_id, change_id, phase, parameters, server_version, operator)"
+        " VALUES (%s, %s, %s, %s, current_setting('server_version'), current_user)",
+        [run_id, change_id, phase, Jsonb(json.loads(redact(json.dumps(dict(parameters), default=str))))],
+    )
+
+
+def finish_phase_run(conn: Conn, run_id: uuid.UUID, outcome: str, message: str | None = None) -> None:
+    conn.execute(
+        "UPDATE zdm.phase_runs SET ended_at = now(), outcome = %s, message = %s WHERE run_id = %s",
+        [outcome, redact(message) if message else None, run_id],
     )
 
 
