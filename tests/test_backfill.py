@@ -326,6 +326,13 @@ def test_widget_progress_updates_its_bar_and_label() -> None:
     widget(state)
     assert widget.bar.value == 0.25
     assert "250 / ~1,000 rows (25%)" in widget.label.value
+    from zdm_runbook.charts import show  # noqa: PLC0415
+    from zdm_runbook.progress import LogProgress, reporter  # noqa: PLC0415
+
+    assert isinstance(reporter(interactive=False), LogProgress)
+    assert isinstance(reporter(interactive=True), WidgetProgress)
+    image = show(backfill_figure(frame(state), state.table))
+    assert image.data.startswith(b"\x89PNG")
 
 
 def test_a_failed_backfill_is_marked_failed_and_resumes_on_the_next_run(db: str) -> None:

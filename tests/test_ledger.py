@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 
 import psycopg
 import pytest
@@ -48,7 +49,7 @@ def test_a_newer_ledger_is_refused(conn: psycopg.Connection[tuple[object, ...]])
 def test_attempts_round_trip_and_redact(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     ledger.ensure(conn)
     ledger.record_change(conn, "c1", "demo", "abc")
-    run = ledger.new_run_id()
+    run = uuid.uuid4()
     aid = ledger.start_attempt(conn, run, "c1", "expand", "01-x", 1, {"lock_timeout": 1.0}, 123)
     blockers = [{"pid": 9, "query": "ALTER ROLE app PASSWORD 'hunter2'"}]
     ledger.finish_attempt(

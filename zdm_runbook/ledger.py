@@ -214,10 +214,6 @@ def finish_phase_run(conn: Conn, run_id: uuid.UUID, outcome: str, message: str |
     )
 
 
-def new_run_id() -> uuid.UUID:
-    return uuid.uuid4()
-
-
 def start_attempt(
     conn: Conn,
     run_id: uuid.UUID,
