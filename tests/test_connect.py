@@ -79,3 +79,25 @@ def test_describe_names_no_password() -> None:
 def test_psycopg_accepts_what_resolve_returns(db: str) -> None:
     with psycopg.connect(resolve_dsn(db)) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_find_secrets_names_each_kind_by_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zdm_runbook.connect import find_secrets  # noqa: PLC0415
+
+    monkeypatch.setenv("SECRET_DSN", "host=db user=app password=Tr0ub4dor&3")
+    resolve_dsn(env="SECRET_DSN")
+    text = (
+        "ok line\n"
+        "postgresql://app:s3cr3t@db.example/shop\n"
+        "host=db password=hunter2 dbname=x\n"
+        "ALTER ROLE app PASSWORD 'opensesame'\n"
+        "the value Tr0ub4dor&3 leaked in a log\n"
+        "already masked: postgresql://app:***@db.example/shop password=***\n"
+    )
+    assert find_secrets(text) == [
+        (2, "URI password"),
+        (3, "password keyword"),
+        (4, "SQL PASSWORD literal"),
+        (5, "the connection's password"),
+    ]
+    assert find_secrets(redact(text)) == []

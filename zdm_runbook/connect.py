@@ -55,6 +55,30 @@ def redact(text: str) -> str:
     return out
 
 
+def find_secrets(text: str) -> list[tuple[int, str]]:
+    """``(line, kind)`` of every password in ``text`` that :func:`redact` would hide.
+
+    The archive scan uses it: an output notebook or HTML holding one fails the run loudly.
+    Already-masked values (``***``) are not secrets."""
+    found: list[tuple[int, str]] = []
+    patterns = (
+        ("URI password", _URI_PASSWORD),
+        ("password= parameter", _QUERY_PASSWORD),
+        ("password keyword", _KEYWORD_PASSWORD),
+        ("SQL PASSWORD literal", _SQL_PASSWORD),
+    )
+    for kind, pattern in patterns:
+        for m in pattern.finditer(text):
+            if m["secret"].strip("'\"") != MASK:
+                found.append((text.count("\n", 0, m.start()) + 1, kind))
+    for secret in _known_secrets:
+        start = text.find(secret)
+        while start != -1:
+            found.append((text.count("\n", 0, start) + 1, "the connection's password"))
+            start = text.find(secret, start + 1)
+    return sorted(set(found))
+
+
 def resolve_dsn(dsn: str | None = None, env: str | None = None) -> str:
     """Return the DSN to use: ``dsn`` if given, else ``$env`` (default ``ZDM_DSN``), else ``""``.
 
