@@ -70,7 +70,8 @@ def rows(conn: Conn, query: str, params: Sequence[Any] | None = None) -> list[di
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def _frame(records: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+def frame(records: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    """Rows (as :func:`rows` and the ``*_rows`` functions return them) as a DataFrame with ``columns``."""
     return pd.DataFrame(records, columns=list(columns))
 
 
@@ -105,12 +106,12 @@ def human_seconds(seconds: float | None) -> str:
 
 def sessions(conn: Conn) -> pd.DataFrame:
     """Every other session of this database: state, wait, ages and the pids blocking it."""
-    return _frame(rows(conn, _ACTIVITY), _SESSION_COLUMNS)
+    return frame(rows(conn, _ACTIVITY), _SESSION_COLUMNS)
 
 
 def locks(conn: Conn) -> pd.DataFrame:
     """Every lock entry of other sessions in this database (relation, row/transaction, granted or not)."""
-    return _frame(rows(conn, _LOCKS), _LOCK_COLUMNS)
+    return frame(rows(conn, _LOCKS), _LOCK_COLUMNS)
 
 
 def _wants(lock_rows: list[dict[str, Any]], pid: int) -> str:
@@ -188,7 +189,7 @@ def blocking_tree(conn: Conn) -> pd.DataFrame:
         visit(root, 0, root)
     for pid in sorted(children):  # a cycle (a deadlock about to be broken) has no root
         visit(pid, 0, pid)
-    return _frame(out, _TREE_COLUMNS)
+    return frame(out, _TREE_COLUMNS)
 
 
 def waiting_sessions(conn: Conn) -> pd.DataFrame:
@@ -207,7 +208,7 @@ def waiting_sessions(conn: Conn) -> pd.DataFrame:
         for w in lock_rows
         if not w["granted"] and w["pid"] in acts
     ]
-    return _frame(out, ("pid", "application_name", "waits_for", "wait_s", "blocked_by", "query"))
+    return frame(out, ("pid", "application_name", "waits_for", "wait_s", "blocked_by", "query"))
 
 
 def long_running_rows(conn: Conn, threshold_s: float = 60.0) -> list[dict[str, Any]]:
@@ -219,14 +220,16 @@ def long_running_rows(conn: Conn, threshold_s: float = 60.0) -> list[dict[str, A
     ]
 
 
+LONG_RUNNING_COLUMNS = ("pid", "user", "application_name", "state", "xact_age_s", "state_age_s", "query")
+
+
 def long_running(conn: Conn, threshold_s: float = 60.0) -> pd.DataFrame:
     """Sessions whose transaction is older than ``threshold_s``, idle in transaction or not.
 
     They hold locks and snapshots: a DDL queues behind their locks, and CREATE INDEX CONCURRENTLY
     waits for their snapshots.
     """
-    columns = ("pid", "user", "application_name", "state", "xact_age_s", "state_age_s", "query")
-    return _frame(long_running_rows(conn, threshold_s), columns)
+    return frame(long_running_rows(conn, threshold_s), LONG_RUNNING_COLUMNS)
 
 
 def resolve_tables(conn: Conn, tables: Iterable[Table | str]) -> dict[str, int | None]:
@@ -241,7 +244,7 @@ def resolve_tables(conn: Conn, tables: Iterable[Table | str]) -> dict[str, int |
     return out
 
 
-_TABLE_LOCK_COLUMNS = (
+TABLE_LOCK_COLUMNS = (
     "relation",
     "pid",
     "mode",
@@ -263,16 +266,16 @@ def table_lock_rows(conn: Conn, tables: Iterable[Table | str]) -> list[dict[str,
     for lock in rows(conn, _LOCKS):
         if lock["relation_oid"] in oids:
             act = acts.get(lock["pid"], {})
-            out.append({c: lock[c] if c in lock else act.get(c) for c in _TABLE_LOCK_COLUMNS})
+            out.append({c: lock[c] if c in lock else act.get(c) for c in TABLE_LOCK_COLUMNS})
     return sorted(out, key=lambda r: (r["relation"], not r["granted"], r["pid"]))
 
 
 def table_locks(conn: Conn, tables: Iterable[Table | str]) -> pd.DataFrame:
     """Locks held and queued on the given tables: mode, granted or waiting, and the session's details."""
-    return _frame(table_lock_rows(conn, tables), _TABLE_LOCK_COLUMNS)
+    return frame(table_lock_rows(conn, tables), TABLE_LOCK_COLUMNS)
 
 
-_VACUUM_COLUMNS = ("pid", "table", "phase", "wraparound", "running_s", "heap_blks_total", "heap_blks_scanned")
+VACUUM_COLUMNS = ("pid", "table", "phase", "wraparound", "running_s", "heap_blks_total", "heap_blks_scanned")
 
 
 def autovacuum_rows(conn: Conn, tables: Iterable[Table | str] | None = None) -> list[dict[str, Any]]:
@@ -285,10 +288,10 @@ def autovacuum_rows(conn: Conn, tables: Iterable[Table | str] | None = None) -> 
 
 def autovacuum(conn: Conn, tables: Iterable[Table | str] | None = None) -> pd.DataFrame:
     """(Auto)vacuum running now, per table; ``wraparound`` ones do not yield their lock to DDL."""
-    return _frame(autovacuum_rows(conn, tables), _VACUUM_COLUMNS)
+    return frame(autovacuum_rows(conn, tables), VACUUM_COLUMNS)
 
 
-_REPLICA_COLUMNS = (
+REPLICA_COLUMNS = (
     "application_name",
     "client_addr",
     "state",
@@ -305,4 +308,4 @@ def replication_rows(conn: Conn) -> list[dict[str, Any]]:
 
 def replication_lag(conn: Conn) -> pd.DataFrame:
     """One row per streaming replica of this server with its replay lag; empty without replicas."""
-    return _frame(replication_rows(conn), _REPLICA_COLUMNS)
+    return frame(replication_rows(conn), REPLICA_COLUMNS)

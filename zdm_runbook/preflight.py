@@ -143,11 +143,11 @@ def preflight(
                     " catch up first",
                 )
             )
-    frames = {
-        "table_locks": lk.table_locks(conn, names),
-        "long_running": lk.long_running(conn, long_after_s),
-        "autovacuum": lk.autovacuum(conn, names),
-        "replication": lk.replication_lag(conn),
+    frames = {  # the very rows the reasons were read from: one moment, one set of queries
+        "table_locks": lk.frame(held, lk.TABLE_LOCK_COLUMNS),
+        "long_running": lk.frame(old, lk.LONG_RUNNING_COLUMNS),
+        "autovacuum": lk.frame(vac, lk.VACUUM_COLUMNS),
+        "replication": lk.frame(lag, lk.REPLICA_COLUMNS),
     }
     return Verdict(
         go=not any(r.level == "no-go" for r in reasons),
@@ -168,14 +168,13 @@ def snapshot(
         "version": f"PostgreSQL {row[0] if row else '?'}",
         "blocking_tree": lk.blocking_tree(conn),
         "waiting": lk.waiting_sessions(conn),
-        "long_running": lk.long_running(conn, long_after_s),
-        "autovacuum": lk.autovacuum(conn, names or None),
-        "replication": lk.replication_lag(conn),
         "verdict": None,
     }
     if names:
         verdict = preflight(conn, names, long_after_s=long_after_s)
-        snap["tables"] = verdict.tables
-        snap["table_locks"] = verdict.frames["table_locks"]
-        snap["verdict"] = verdict
+        snap.update(verdict.frames, tables=verdict.tables, verdict=verdict)
+    else:
+        snap["long_running"] = lk.long_running(conn, long_after_s)
+        snap["autovacuum"] = lk.autovacuum(conn)
+        snap["replication"] = lk.replication_lag(conn)
     return snap
