@@ -9,7 +9,7 @@ The claimed modes are checked empirically against ``pg_locks`` on PostgreSQL 18 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,10 +256,12 @@ def _effects(node: Any, version: int) -> tuple[list[Effect], bool]:
     return [], True
 
 
-def analyze(text: str, version: int = 18) -> list[Analysis]:
-    """Every statement of ``text``, in order, with its effects (pglast raises on a parse error)."""
+def analyze(text: str, version: int = 18, parsed: Sequence[Any] | None = None) -> list[Analysis]:
+    """Every statement of ``text``, in order, with its effects (pglast raises on a parse error).
+
+    ``parsed``: pglast's statements of ``text``, when the caller has parsed it already."""
     out = []
-    for i, raw in enumerate(parse_sql(text)):
+    for i, raw in enumerate(parse_sql(text) if parsed is None else parsed):
         start = raw.stmt_location or 0
         end = start + raw.stmt_len if raw.stmt_len else len(text)
         body = text[start:end].strip()

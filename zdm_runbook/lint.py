@@ -241,7 +241,7 @@ def lint_text(
         where = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
         line = text.count("\n", 0, max(0, where - 1)) + 1
         raise SqlFileError([Problem(f"{file}:{line}", f"cannot parse: {exc.args[0]}")]) from None
-    analyses = analyze(text, version)
+    analyses = analyze(text, version, raws)
     walk = _Walk(file)
     findings: list[Finding] = []
     prev_end = 0
