@@ -381,7 +381,9 @@ def execute_phase(
     fill_settings = engine.backfill_settings(backfill_settings)
     conninfo = resolve_dsn(dsn, env)
     if backfill is None:
-        backfill = engine.runner(conninfo, plan.change.id, fill_settings, on_batch or LogProgress())
+        backfill = engine.runner(
+            conninfo, plan.change.id, fill_settings, on_batch or LogProgress(fill_settings.log_every)
+        )
     with (
         connect(conninfo, phase=p.value, autocommit=True) as worker,
         connect(conninfo, phase=f"{p.value}:control", autocommit=True) as control,
