@@ -65,44 +65,24 @@ def _phase_rules(a: Analysis, node: Any, phase: str, file: str) -> list[Finding]
         else set()
     )
     destructive |= bool(subs & {"AT_DropColumn", "AT_DropConstraint"})
-    out = []
+    misplaced = []
     if destructive and phase != "contract":
-        out.append(
-            finding(
-                a,
-                a.effects[0] if a.effects else None,
-                file,
-                "phase",
-                "error",
-                f"a drop or rename belongs in contract, not {phase}",
-                "move it to the contract phase",
-            )
+        misplaced.append(
+            (f"a drop or rename belongs in contract, not {phase}", "move it to the contract phase")
         )
     if subs & {"AT_SetNotNull", "AT_AlterColumnType"} and phase not in ("switch", "contract"):
-        out.append(
-            finding(
-                a,
-                a.effects[0] if a.effects else None,
-                file,
-                "phase",
-                "error",
+        misplaced.append(
+            (
                 f"NOT NULL and type changes belong in switch or contract, not {phase}",
                 "move it to switch (or contract)",
             )
         )
     if isinstance(node, ast.UpdateStmt | ast.DeleteStmt) and phase != "migrate":
-        out.append(
-            finding(
-                a,
-                a.effects[0] if a.effects else None,
-                file,
-                "phase",
-                "error",
-                f"data changes (backfills) belong in migrate, not {phase}",
-                "move it to the migrate phase",
-            )
+        misplaced.append(
+            (f"data changes (backfills) belong in migrate, not {phase}", "move it to the migrate phase")
         )
-    return out
+    first = a.effects[0] if a.effects else None
+    return [finding(a, first, file, "phase", "error", message, alt) for message, alt in misplaced]
 
 
 @dataclass

@@ -79,7 +79,7 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2)
 
 
-def _expand_op(change: Change, b: StepBuilder) -> None:  # noqa: PLR0915 - one branch per primitive
+def _expand_op(change: Change, b: StepBuilder) -> None:
     op = b.op
     if isinstance(op, CreateTable):
         cols = []
@@ -189,17 +189,8 @@ def _expand_op(change: Change, b: StepBuilder) -> None:  # noqa: PLR0915 - one b
             Q("{} IS DISTINCT FROM ({})").format(sql.Identifier(col), e.sql) for col, e in op.assignments
         )
         fill = BackfillSpec(op.table, tuple((c, e.sql) for c, e in op.assignments), pending, op.where)
-        cond = pending if op.where is None else Q("({}) AND ({})").format(op.where.sql, pending)
         targets = ", ".join(c for c, _ in op.assignments)
-        b.add(
-            "backfill",
-            Phase.MIGRATE,
-            f"backfill {op.table} ({targets}) in batches",
-            fill.update(),
-            s.no_rows(op.table, cond),
-            (op.table,),
-            backfill=fill,
-        )
+        b.add_backfill(f"backfill {op.table} ({targets}) in batches", fill)
     elif isinstance(op, DropColumn):
         b.add(
             "drop",

@@ -89,15 +89,8 @@ def dual_write_steps(
         )
     pending = Q("{} IS DISTINCT FROM ({})").format(sql.Identifier(new), to_new[1])
     fill = BackfillSpec(table, ((new, to_new[1]),), pending)
-    b.add(
-        "backfill",
-        Phase.MIGRATE,
-        f"backfill {table}.{new} from {old} in batches",
-        fill.update(),
-        s.no_rows(table, pending),
-        (table,),
-        backfill=fill,
-        superseded_when=s.column_absent(table, old),
+    b.add_backfill(
+        f"backfill {table}.{new} from {old} in batches", fill, superseded_when=s.column_absent(table, old)
     )
     if not_null:
         not_null_steps(b, Phase.SWITCH, table, new)
@@ -154,15 +147,7 @@ def plan_recipe(change: Change, b: StepBuilder) -> None:
         )
         pending = Q("{} IS NULL").format(sql.Identifier(op.column))
         fill = BackfillSpec(op.table, ((op.column, op.backfill.sql),), pending)
-        b.add(
-            "backfill",
-            Phase.MIGRATE,
-            f"backfill {op.table}.{op.column} where NULL, in batches",
-            fill.update(),
-            s.no_rows(op.table, pending),
-            (op.table,),
-            backfill=fill,
-        )
+        b.add_backfill(f"backfill {op.table}.{op.column} where NULL, in batches", fill)
         if op.default is not None:
             not_null_steps(b, Phase.SWITCH, op.table, op.column)
         else:

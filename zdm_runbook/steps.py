@@ -119,6 +119,19 @@ class StepBuilder:
             )
         )
 
+    def add_backfill(self, description: str, fill: BackfillSpec, **extra: Any) -> None:
+        """The migrate step of a backfill: done when no row still matches ``fill``'s condition."""
+        self.add(
+            "backfill",
+            Phase.MIGRATE,
+            description,
+            fill.update(),
+            no_rows(fill.table, fill.condition()),
+            (fill.table,),
+            backfill=fill,
+            **extra,
+        )
+
 
 def qname(table: Table) -> sql.Identifier:
     return sql.Identifier(table.schema, table.name)
