@@ -33,7 +33,7 @@ from zdm_runbook.spec import Phase, parse_change
 from zdm_runbook.verify import verify
 
 from .backfill_child import SPEC
-from .helpers import scalar
+from .helpers import scalar, zdm
 from .sessions import AppProbe, wait_for
 
 pytestmark = pytest.mark.pg
@@ -229,7 +229,8 @@ def test_f_headless_log_line_and_end_chart(db: str) -> None:
 
 def test_pause_resume_and_batch_size_from_another_session(db: str) -> None:
     _big(db, 40_000)
-    engine = _engine(db, max_batch_size=400, pause=0.01)
+    # 100 batches of 400 rows with 50 ms pauses: at least 5 s, so the commands surely meet it running.
+    engine = _engine(db, max_batch_size=400, pause=0.05)
     thread = threading.Thread(target=engine.run)
     thread.start()
     assert wait_for(lambda: len(engine.state.batches) >= 3)
@@ -276,10 +277,9 @@ def test_a_batch_that_meets_a_row_lock_is_retried_smaller(db: str) -> None:
 
 
 def test_zdm_backfill_commands_steer_a_running_backfill(db: str) -> None:
-    from .test_cli import zdm  # noqa: PLC0415
-
     _big(db, 40_000)
-    engine = _engine(db, max_batch_size=400, pause=0.01)
+    # 100 batches of 400 rows with 50 ms pauses: at least 5 s, so the commands surely meet it running.
+    engine = _engine(db, max_batch_size=400, pause=0.05)
     thread = threading.Thread(target=engine.run)
     thread.start()
     assert wait_for(lambda: len(engine.state.batches) >= 3)

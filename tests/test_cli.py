@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from .helpers import zdm
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "zdm_runbook" / "examples"
-
-
-def zdm(
-    *args: str, env: dict[str, str] | None = None, user: int | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "zdm_runbook", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-        user=user,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize("spec", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.stem)

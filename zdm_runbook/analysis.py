@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pglast import ast, parse_sql
 from pglast.enums.parsenodes import AlterTableType, ConstrType, ObjectType, ReindexObjectType
 
 from .sqltext import VOLATILE_FUNCTIONS
+
+if TYPE_CHECKING:
+    from .steps import Step
 
 # Weakest to strongest; a mode blocks reads when it conflicts with AccessShareLock, writes when it
 # conflicts with RowExclusiveLock (https://www.postgresql.org/docs/current/explicit-locking.html).
@@ -299,3 +302,17 @@ def classify(node: Any) -> tuple[bool, str | None]:
         if constraints:
             return False, "switch"
     return False, "expand"
+
+
+def step_locks(step: Step) -> str:
+    """What the step locks and does under the lock, from :mod:`zdm_runbook.analysis`."""
+    if step.backfill is not None:
+        return "locks: RowExclusiveLock per batch, in short keyset batches (the backfill engine)"
+    effects = {(e.relation, e.lock, e.work) for a in analyze(step.render()) for e in a.effects}
+    if step.key.endswith(
+        "-set-not-null"
+    ):  # the planner validated a CHECK (c IS NOT NULL) first: 12+ skips the scan
+        effects = {(rel, lock, "catalog, proven by the validated check") for rel, lock, _ in effects}
+    if not effects:
+        return "locks: no table lock"
+    return "locks: " + "; ".join(f"{rel} {lock} ({work})" for rel, lock, work in sorted(effects))

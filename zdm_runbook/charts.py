@@ -45,12 +45,12 @@ def png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def show(fig: Figure) -> Any:
+def show(fig: Figure, alt: str = "backfill progress chart") -> Any:
     """Display the figure as a PNG image in a notebook (kept by the archived HTML); return it."""
     from IPython.display import Image, display  # noqa: PLC0415 - only in a notebook
 
     show_: Callable[..., Any] = display
     make_image: Callable[..., Any] = Image
-    image = make_image(data=png(fig), format="png")
+    image = make_image(data=png(fig), format="png", alt=alt)
     show_(image)
     return image

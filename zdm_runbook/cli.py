@@ -16,15 +16,16 @@ from typing import Any
 import click
 
 from . import __version__
+from .analysis import step_locks
 from .catalog import check_change
 from .cli_common import EXIT_FAILED, handles_errors
 from .cli_live import backfill_group, locks_cmd, signoff_cmd, status_cmd
+from .cli_run import prepare_cmd, run_cmd
 from .connect import connect
 from .embedded import DEBIAN_PG15_BIN, LocalServer
 from .errors import DatabaseError, SpecError
 from .plan import Plan, build_plan
 from .spec import Phase, load_change
-from .steps import Step
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,22 +89,6 @@ def format_plan(plan: Plan, only: Phase | None = None) -> str:
             lines.extend(f"      {line}" for line in step.render().splitlines())
             lines.append(f"      -- {step_locks(step)}")
     return "\n".join(lines)
-
-
-def step_locks(step: Step) -> str:
-    """What the step locks and does under the lock, from :mod:`zdm_runbook.analysis`."""
-    from .analysis import analyze  # noqa: PLC0415 - pglast's tree walk only when printing
-
-    if step.backfill is not None:
-        return "locks: RowExclusiveLock per batch, in short keyset batches (the backfill engine)"
-    effects = {(e.relation, e.lock, e.work) for a in analyze(step.render()) for e in a.effects}
-    if step.key.endswith(
-        "-set-not-null"
-    ):  # the planner validated a CHECK (c IS NOT NULL) first: 12+ skips the scan
-        effects = {(rel, lock, "catalog, proven by the validated check") for rel, lock, _ in effects}
-    if not effects:
-        return "locks: no table lock"
-    return "locks: " + "; ".join(f"{rel} {lock} ({work})" for rel, lock, work in sorted(effects))
 
 
 @main.group("db")
@@ -267,3 +252,5 @@ main.add_command(locks_cmd)
 main.add_command(backfill_group)
 main.add_command(signoff_cmd)
 main.add_command(status_cmd)
+main.add_command(run_cmd)
+main.add_command(prepare_cmd)

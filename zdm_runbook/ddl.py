@@ -10,7 +10,6 @@ attempt is written to the ledger with who blocked it, sampled from a second sess
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import time
@@ -26,10 +25,11 @@ from psycopg.pq import TransactionStatus
 from . import ledger
 from . import steps as s
 from .blockers import BlockerWatch, describe, holders
-from .connect import connect, redact, resolve_dsn
+from .connect import redact, resolve_dsn
 from .errors import ConfigError, DatabaseError, ZdmError
 from .guard import GuardSettings, settings_from, step_settings_from
 from .plan import Plan
+from .session import PhaseSession
 from .spec import Phase
 from .steps import Step
 
@@ -71,10 +71,6 @@ class StepFailed(DatabaseError):
         self.results: list[StepResult] = []
 
 
-def plan_digest(plan: Plan) -> str:
-    return hashlib.sha256(plan.to_json().encode()).hexdigest()
-
-
 def _ms(seconds: float) -> str:
     return str(max(1, round(seconds * 1000)))
 
@@ -94,6 +90,7 @@ class Executor:
         on_event: Callable[[str], None] | None = None,
         sample_every: float = 0.1,
         rng: random.Random | None = None,
+        run_id: uuid.UUID | None = None,
     ) -> None:
         for name, c in (("worker", worker), ("control", control)):
             if not c.autocommit:
@@ -105,7 +102,7 @@ class Executor:
         self.on_event = on_event
         self.sample_every = sample_every
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self.run_id = uuid.uuid4()
+        self.run_id = run_id or uuid.uuid4()
         self.worker_pid = worker.info.backend_pid
 
     def event(self, text: str) -> None:
@@ -384,27 +381,15 @@ def execute_phase(
         backfill = engine.runner(
             conninfo, plan.change.id, fill_settings, on_batch or LogProgress(fill_settings.log_every)
         )
-    with (
-        connect(conninfo, phase=p.value, autocommit=True) as worker,
-        connect(conninfo, phase=f"{p.value}:control", autocommit=True) as control,
-    ):
-        ledger.ensure(control)
-        steps = {ph.value: [st.key for st in plan.for_phase(ph)] for ph in Phase}
-        ledger.record_change(control, plan.change.id, plan.change.description, plan_digest(plan), steps)
-        ledger.lock_change(control, plan.change.id)
+    with PhaseSession(plan, p, conninfo, parameters={"guard": base.to_dict()}) as session:
         executor = Executor(
-            worker, control, plan, settings=base, step_settings=per_step, backfill=backfill, on_event=on_event
+            session.worker,
+            session.control,
+            plan,
+            settings=base,
+            step_settings=per_step,
+            backfill=backfill,
+            on_event=on_event,
+            run_id=session.run_id,
         )
-        ledger.start_phase_run(control, executor.run_id, plan.change.id, p.value, {"guard": base.to_dict()})
-        outcome, message = "interrupted", None
-        try:
-            results = executor.run_phase(p)
-            outcome = "succeeded"
-            return results
-        except ZdmError as exc:
-            outcome, message = "failed", str(exc)
-            raise
-        finally:
-            if not control.closed:
-                ledger.finish_phase_run(control, executor.run_id, outcome, message)
-                ledger.unlock_change(control, plan.change.id)
+        return executor.run_phase(p)

@@ -64,8 +64,9 @@ def check_gate(
     before = _BEFORE[p]
     state = phase_state(conn, change_id, before)
     reasons = []
-    if not state.complete and state.steps == 0:
-        reasons.append(f"{before.value} has not run yet (it has no schema steps, but its run is the record)")
+    if not state.complete and not state.ran:
+        why = " (it has no schema steps, but its run is the record)" if state.steps == 0 else ""
+        reasons.append(f"{before.value} has not run yet{why}: zdm run {before.value} SPEC")
     elif not state.complete:
         failed = f" (failed: {', '.join(state.failed_steps)})" if state.failed_steps else ""
         reasons.append(f"{before.value} is not complete: {state.done} of {state.steps} steps done{failed}")

@@ -131,11 +131,19 @@ _V3 = (
     "ALTER TABLE zdm.changes ADD COLUMN steps jsonb NOT NULL DEFAULT '{}'",
 )
 
+_V4 = (
+    # A dry run (gate, preflight and plan shown, nothing executed) is recorded as such.
+    "ALTER TABLE zdm.phase_runs DROP CONSTRAINT phase_runs_outcome_check",
+    """ALTER TABLE zdm.phase_runs ADD CONSTRAINT phase_runs_outcome_check
+        CHECK (outcome IN ('running', 'succeeded', 'failed', 'refused', 'interrupted', 'dry_run'))""",
+)
+
 # (version, what it adds, statements). Append only: a released version is never edited.
 VERSIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
     (1, "changes and step attempts", _V1),
     (2, "backfill checkpoints, batches and controls", _V2),
     (3, "phase runs and sign-offs", _V3),
+    (4, "dry runs", _V4),
 )
 
 
@@ -212,6 +220,20 @@ def finish_phase_run(conn: Conn, run_id: uuid.UUID, outcome: str, message: str |
         "UPDATE zdm.phase_runs SET ended_at = now(), outcome = %s, message = %s WHERE run_id = %s",
         [outcome, redact(message) if message else None, run_id],
     )
+
+
+def record_notebook(conn: Conn, run_id: uuid.UUID, path: str, sha256: str, message: str | None) -> str | None:
+    """Attach the archived notebook to its phase run; a run the kernel never finished (killed,
+    crashed) is closed as ``failed`` with ``message``. Returns the run's outcome (None: no such run)."""
+    row = conn.execute(
+        "UPDATE zdm.phase_runs SET notebook_path = %s, notebook_sha256 = %s,"
+        " ended_at = coalesce(ended_at, now()),"
+        " message = CASE WHEN outcome = 'running' THEN %s ELSE message END,"
+        " outcome = CASE WHEN outcome = 'running' THEN 'failed' ELSE outcome END"
+        " WHERE run_id = %s RETURNING outcome",
+        [path, sha256, redact(message or "the notebook stopped before the run was recorded"), run_id],
+    ).fetchone()
+    return str(row[0]) if row else None
 
 
 def start_attempt(
