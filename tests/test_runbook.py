@@ -24,7 +24,6 @@ from zdm_runbook.templates import build, template_path
 from .helpers import columns, fingerprint, scalar, zdm
 from .test_recipes import ORDERS  # 500 orders, customer_id and note
 
-
 # Every recipe in one change, so each template runs each recipe's steps.
 ALL_RECIPES = """
 change: all-recipes
