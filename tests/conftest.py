@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from tests.helpers import ORDERS
 from zdm_runbook.embedded import DEBIAN_PG15_BIN, LocalServer, embedded_bin_dir
 
 _servers: dict[str, LocalServer] = {}
@@ -103,3 +104,13 @@ def conn(db: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """An autocommit connection to the fresh database of ``db``."""
     with psycopg.connect(db, autocommit=True) as c:
         yield c
+
+
+@pytest.fixture
+def orders_env(db: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A fresh database with the ``orders`` table, its DSN in ``$ZDM_DSN``, run from ``tmp_path``."""
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute(ORDERS)
+    monkeypatch.setenv("ZDM_DSN", db)
+    monkeypatch.chdir(tmp_path)
+    return db

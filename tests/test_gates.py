@@ -97,8 +97,11 @@ def test_zdm_status_and_signoff(orders: str) -> None:
     lines = status.stdout.splitlines()
     assert lines[0] == "rename-note: note becomes remark"
     assert lines[1].startswith("  expand   complete, signed off by dba")
-    assert lines[2] == "  migrate  0/1 steps"
-    assert "gate closed: migrate has not run yet: zdm run migrate SPEC" in lines[3]
+    assert lines[2].startswith("           last run succeeded at ") and lines[2].endswith(
+        ": (not a notebook run)"
+    )
+    assert lines[3] == "  migrate  0/1 steps"
+    assert "gate closed: migrate has not run yet: zdm run migrate SPEC" in lines[4]
     data = json.loads(zdm("status", "rename-note", "--json", env=env).stdout)
     assert data[0]["phases"][0]["signed_off_by"] == "dba"
     assert data[0]["phases"][1]["gate"]["ok"] is True

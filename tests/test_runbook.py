@@ -21,8 +21,7 @@ from zdm_runbook.parameters import PARAMETERS, declared
 from zdm_runbook.spec import Phase
 from zdm_runbook.templates import build, template_path
 
-from .helpers import columns, fingerprint, scalar, zdm
-from .test_recipes import ORDERS  # 500 orders, customer_id and note
+from .helpers import ORDERS, columns, fingerprint, scalar, zdm
 
 # Every recipe in one change, so each template runs each recipe's steps.
 ALL_RECIPES = """
@@ -47,15 +46,6 @@ operations:
 
 SIGN = {"signoff_by": "alice", "signoff_ticket": "CHG-1"}
 CONTRACT = {"deploy_cycle_override": "test: no old app runs", "usage_window": "0s"}
-
-
-@pytest.fixture
-def orders(db: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(ORDERS)
-    monkeypatch.setenv("ZDM_DSN", db)
-    monkeypatch.chdir(tmp_path)
-    return db
 
 
 def _spec(tmp_path: Path, text: str, name: str = "change.yaml") -> Path:
@@ -149,6 +139,8 @@ def test_every_recipe_through_all_four_templates(
     cols = columns(dsn, "orders")
     assert "customer_id" not in cols and "note" not in cols
     assert cols["customer_ref"] == ("bigint", True) and cols["region"] == ("text", True)
+    status = json.loads(zdm("status", "all-recipes", "--json", env={"ZDM_DSN": dsn}).stdout)[0]
+    assert [f["status"] for f in status["backfills"]] == ["done"] * 4 and not status["last_failures"]
     runs = _phase_runs(dsn, "all-recipes")
     assert [(r[0], r[1]) for r in runs] == [(p.value, "succeeded") for p in Phase]
     files = sorted(p.name.rsplit("-", 1)[0] + p.suffix for p in (archive / "all-recipes").iterdir())
@@ -158,7 +150,7 @@ def test_every_recipe_through_all_four_templates(
         assert params["headless"] is True and "run_id" not in params
 
 
-def test_archived_html_holds_plan_lock_report_chart_and_signoff(orders: str, tmp_path: Path) -> None:
+def test_archived_html_holds_plan_lock_report_chart_and_signoff(orders_env: str, tmp_path: Path) -> None:
     spec, archive = _spec(tmp_path, REF), tmp_path / "archive"
     assert _run("expand", spec, archive, **SIGN).exit_code == 0
     result = _run("migrate", spec, archive, **SIGN)
@@ -169,29 +161,30 @@ def test_archived_html_holds_plan_lock_report_chart_and_signoff(orders: str, tmp
     assert "RowExclusiveLock per batch" in page  # what it locks
     assert "GO: preflight on orders" in page  # the lock report
     assert page.count("data:image/png;base64,") >= 1  # the backfill chart
+    assert page.count('alt="backfill chart of orders-ref 01-change_type-backfill: public.orders"') == 1
     assert "signed off by alice" in page and "CHG-1" in page
     assert "PostgreSQL 1" in page  # the server version in the header
 
 
-def test_gate_refuses_out_of_order_and_changes_nothing(orders: str, tmp_path: Path) -> None:
+def test_gate_refuses_out_of_order_and_changes_nothing(orders_env: str, tmp_path: Path) -> None:
     spec, archive = _spec(tmp_path, REF), tmp_path / "archive"
-    before = fingerprint(orders)
+    before = fingerprint(orders_env)
     done = zdm("run", "switch", str(spec), "--archive", str(archive), "--quiet")
     assert done.returncode == 3, done.stderr
     assert "gate to switch: closed" in done.stderr and "migrate has not run yet" in done.stderr
-    assert fingerprint(orders) == before
+    assert fingerprint(orders_env) == before
     [notebook] = (archive / "orders-ref").glob("switch-*.ipynb")
     assert "GateRefused" in _outputs(notebook)
-    assert [(r[0], r[1]) for r in _phase_runs(orders, "orders-ref")] == [("switch", "refused")]
+    assert [(r[0], r[1]) for r in _phase_runs(orders_env, "orders-ref")] == [("switch", "refused")]
 
     # expand without a sign-off: migrate stays closed, and says how to open it.
     assert _run("expand", spec, archive).exit_code == 0
     refused = _run("migrate", spec, archive)
     assert refused.exit_code == 3 and "zdm signoff orders-ref expand --by NAME" in refused.message
-    assert scalar(orders, "SELECT count(*) FROM orders WHERE customer_ref IS NOT NULL") == 0
+    assert scalar(orders_env, "SELECT count(*) FROM orders WHERE customer_ref IS NOT NULL") == 0
 
 
-def test_failing_step_is_archived_with_the_error_and_exit_1(orders: str, tmp_path: Path) -> None:
+def test_failing_step_is_archived_with_the_error_and_exit_1(orders_env: str, tmp_path: Path) -> None:
     spec = _spec(
         tmp_path,
         "change: bad-unique\noperations:\n  - create_index: {table: orders, name: orders_customer_uq, columns: [customer_id], unique: true}\n",
@@ -202,18 +195,22 @@ def test_failing_step_is_archived_with_the_error_and_exit_1(orders: str, tmp_pat
     text = _outputs(result.notebook)
     assert "StepFailed" in text and "23505" in text  # the step, and the SQLSTATE
     assert "Not applied" in text
-    [(phase, outcome, path, sha, _)] = _phase_runs(orders, "bad-unique")
+    [(phase, outcome, path, sha, _)] = _phase_runs(orders_env, "bad-unique")
     assert (phase, outcome) == ("expand", "failed") and path == str(result.notebook.resolve()) and sha
+    status = zdm("status", "bad-unique")
+    assert status.returncode == 0, status.stderr
+    assert "last run failed at " in status.stdout and str(result.notebook.resolve()) in status.stdout
+    assert "last failure of 01-create_index-create (failed" in status.stdout and "23505" in status.stdout
 
 
-def test_rerun_of_a_completed_phase_changes_nothing(orders: str, tmp_path: Path) -> None:
+def test_rerun_of_a_completed_phase_changes_nothing(orders_env: str, tmp_path: Path) -> None:
     spec, archive = _spec(tmp_path, REF), tmp_path / "archive"
     assert _run("expand", spec, archive).exit_code == 0
-    before = fingerprint(orders)
+    before = fingerprint(orders_env)
     again = _run("expand", spec, archive)
     assert again.exit_code == 0
-    assert fingerprint(orders) == before
-    with psycopg.connect(orders) as conn:
+    assert fingerprint(orders_env) == before
+    with psycopg.connect(orders_env) as conn:
         outcomes = conn.execute(
             "SELECT DISTINCT outcome FROM zdm.step_attempts WHERE run_id = %s",
             [again.run_id],
@@ -221,11 +218,11 @@ def test_rerun_of_a_completed_phase_changes_nothing(orders: str, tmp_path: Path)
     assert outcomes == [("skipped",)]
 
 
-def test_two_concurrent_runs_of_one_change_one_is_refused(orders: str, tmp_path: Path) -> None:
+def test_two_concurrent_runs_of_one_change_one_is_refused(orders_env: str, tmp_path: Path) -> None:
     spec, archive = _spec(tmp_path, REF), tmp_path / "archive"
     results: list[runner.RunResult] = []
     # The first run waits on a row lock the test holds, so the second surely overlaps it.
-    with psycopg.connect(orders) as holder:
+    with psycopg.connect(orders_env) as holder:
         holder.execute("LOCK TABLE orders IN SHARE MODE")
         first = threading.Thread(
             target=lambda: results.append(
@@ -235,7 +232,7 @@ def test_two_concurrent_runs_of_one_change_one_is_refused(orders: str, tmp_path:
         first.start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not scalar(
-            orders, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'zdm_runbook:expand'"
+            orders_env, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'zdm_runbook:expand'"
         ):
             time.sleep(0.2)
         second = _run("expand", spec, archive)
@@ -246,18 +243,18 @@ def test_two_concurrent_runs_of_one_change_one_is_refused(orders: str, tmp_path:
     assert results and results[0].exit_code == 0, results
 
 
-def test_dry_run_shows_the_plan_and_executes_nothing(orders: str, tmp_path: Path) -> None:
-    before = fingerprint(orders)
+def test_dry_run_shows_the_plan_and_executes_nothing(orders_env: str, tmp_path: Path) -> None:
+    before = fingerprint(orders_env)
     result = _run("expand", _spec(tmp_path, REF), tmp_path / "archive", dry_run="true")
     assert result.exit_code == 0 and result.outcome == "dry run"
-    assert fingerprint(orders) == before
+    assert fingerprint(orders_env) == before
     assert "ADD COLUMN IF NOT EXISTS" in _outputs(result.notebook)  # type: ignore[arg-type]
-    assert [(r[0], r[1]) for r in _phase_runs(orders, "orders-ref")] == [("expand", "dry_run")]
+    assert [(r[0], r[1]) for r in _phase_runs(orders_env, "orders-ref")] == [("expand", "dry_run")]
 
 
-def test_bad_parameters_exit_2_before_anything_runs(orders: str, tmp_path: Path) -> None:
+def test_bad_parameters_exit_2_before_anything_runs(orders_env: str, tmp_path: Path) -> None:
     spec, archive = _spec(tmp_path, REF), tmp_path / "archive"
-    before = fingerprint(orders)
+    before = fingerprint(orders_env)
     cases = [
         (["-p", "lock_timout", "2s"], "lock_timout: unknown parameter of the expand notebook"),
         (["-p", "max_attempts", "many"], "max_attempts: 'many' is not a valid int"),
@@ -278,7 +275,7 @@ def test_bad_parameters_exit_2_before_anything_runs(orders: str, tmp_path: Path)
     missing = zdm("run", "expand", "nope.yaml")
     assert missing.returncode == 2 and "spec: no such file: nope.yaml" in missing.stderr
     assert not archive.exists()
-    assert fingerprint(orders) == before
+    assert fingerprint(orders_env) == before
 
 
 def test_password_in_the_dsn_never_reaches_the_archive_or_the_logs(
@@ -334,8 +331,8 @@ def test_password_in_the_dsn_never_reaches_the_archive_or_the_logs(
             conn.execute("DROP ROLE zdm_pw_user")
 
 
-def test_contract_gate_refuses_while_the_old_column_is_still_queried(orders: str, tmp_path: Path) -> None:
-    with psycopg.connect(orders, autocommit=True) as conn:
+def test_contract_gate_refuses_while_the_old_column_is_still_queried(orders_env: str, tmp_path: Path) -> None:
+    with psycopg.connect(orders_env, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     spec, archive = _spec(tmp_path, REF), tmp_path / "archive"
     for phase in ("expand", "migrate", "switch"):
@@ -343,7 +340,7 @@ def test_contract_gate_refuses_while_the_old_column_is_still_queried(orders: str
     stop = threading.Event()
 
     def old_app() -> None:
-        with psycopg.connect(orders, autocommit=True, application_name="old-app") as conn:
+        with psycopg.connect(orders_env, autocommit=True, application_name="old-app") as conn:
             while not stop.is_set():
                 conn.execute("SELECT customer_id FROM orders WHERE id = %s", [7]).fetchone()
                 time.sleep(0.05)
@@ -359,15 +356,15 @@ def test_contract_gate_refuses_while_the_old_column_is_still_queried(orders: str
     assert (
         "column orders.customer_id" in refused.message and "SELECT customer_id FROM orders" in refused.message
     )
-    assert "customer_id" in columns(orders, "orders")
+    assert "customer_id" in columns(orders_env, "orders")
     # The old app is gone: the same gate opens, and contract drops the column.
     done = _run("contract", spec, archive, deploy_cycle_override="test", usage_window="1s")
     assert done.exit_code == 0, done
-    assert "customer_id" not in columns(orders, "orders")
+    assert "customer_id" not in columns(orders_env, "orders")
     assert "pg_stat_statements, watched for 1 s" in _outputs(done.notebook)  # type: ignore[arg-type]
 
 
-def test_prepare_writes_a_notebook_with_the_parameters_filled_in(orders: str, tmp_path: Path) -> None:
+def test_prepare_writes_a_notebook_with_the_parameters_filled_in(orders_env: str, tmp_path: Path) -> None:
     spec = _spec(tmp_path, REF)
     out = tmp_path / "mine.ipynb"
     done = zdm("prepare", "migrate", str(spec), "-p", "batch_size", "250", "-o", str(out))
@@ -393,7 +390,7 @@ def test_a_password_in_the_archive_fails_the_run_loudly_and_is_masked(tmp_path: 
         assert "Hunter2pw" not in path.read_text() and "***" in path.read_text()
 
 
-def test_interactive_sign_off_form_records_the_approval(orders: str, tmp_path: Path) -> None:
+def test_interactive_sign_off_form_records_the_approval(orders_env: str, tmp_path: Path) -> None:
     """In JupyterLab the last cell shows a form; clicking Approve writes the same record."""
     spec = _spec(tmp_path, REF)
     book = runbook.start("expand", {"spec": str(spec)})
@@ -408,7 +405,7 @@ def test_interactive_sign_off_form_records_the_approval(orders: str, tmp_path: P
     button.click()
     assert button.disabled
     book.session.close()
-    with psycopg.connect(orders) as conn:
+    with psycopg.connect(orders_env) as conn:
         row = conn.execute(
             "SELECT by_name, ticket, notes FROM zdm.signoffs WHERE change_id = 'orders-ref'"
         ).fetchone()

@@ -11,6 +11,7 @@ import click
 from .cli_common import DSN_ENV_HELP, EXIT_NO_GO, duration_arg, handles_errors, ledger_ready
 from .connect import connect, describe, redact, resolve_dsn
 from .errors import ConfigError, ZdmError
+from .ledger import Conn
 
 
 @click.command("locks")
@@ -310,7 +311,14 @@ def status_cmd(change: str | None, as_json: bool, dsn_env: str | None) -> None:
                         "gate": gate.to_dict(),
                     }
                 )
-            report.append({"change": change_id, "description": description, "phases": phases})
+            report.append(
+                {
+                    "change": change_id,
+                    "description": description,
+                    "phases": phases,
+                    **_details(conn, str(change_id)),
+                }
+            )
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -330,3 +338,59 @@ def status_cmd(change: str | None, as_json: bool, dsn_env: str | None) -> None:
             )
             failures = f", failed: {', '.join(ph['failed_steps'])}" if ph["failed_steps"] else ""
             click.echo(f"  {ph['phase']:<9}{progress}{by}{failures}{closed}")
+            run = item["last_runs"].get(ph["phase"])
+            if run:
+                at = run["started_at"][:19].replace("T", " ")
+                click.echo(
+                    f"{'':11}last run {run['outcome']} at {at}: {run['notebook'] or '(not a notebook run)'}"
+                )
+        for fill in item["backfills"]:
+            share = f" ({fill['rows_scanned'] / fill['rows_estimate']:.0%})" if fill["rows_estimate"] else ""
+            click.echo(
+                f"  backfill {fill['step']}: {fill['status']}{' PAUSED' if fill['paused'] else ''},"
+                f" {fill['rows_scanned']:,} of ~{fill['rows_estimate'] or 0:,} rows{share}"
+            )
+        for fail in item["last_failures"]:
+            code = f"SQLSTATE {fail['sqlstate']}, " if fail["sqlstate"] else ""
+            at = fail["at"][:19].replace("T", " ")
+            click.echo(f"  last failure of {fail['step']} ({fail['outcome']}, {code}{at}): {fail['message']}")
+
+
+def _details(conn: Conn, change_id: str) -> dict[str, Any]:
+    """Backfill progress, each phase's last run (and its notebook), steps whose last attempt failed."""
+    fills = conn.execute(
+        "SELECT step_key, status, rows_scanned, rows_estimate, paused FROM zdm.backfills"
+        " WHERE change_id = %s ORDER BY step_key",
+        [change_id],
+    ).fetchall()
+    runs = conn.execute(
+        "SELECT DISTINCT ON (phase) phase, outcome, started_at, notebook_path FROM zdm.phase_runs"
+        " WHERE change_id = %s ORDER BY phase, started_at DESC",
+        [change_id],
+    ).fetchall()
+    failures = conn.execute(
+        "SELECT step_key, outcome, sqlstate, started_at, message FROM (SELECT DISTINCT ON (step_key)"
+        " step_key, outcome, sqlstate, started_at, message FROM zdm.step_attempts WHERE change_id = %s"
+        " ORDER BY step_key, attempt_id DESC) s"
+        " WHERE outcome NOT IN ('applied', 'skipped', 'running') ORDER BY started_at",
+        [change_id],
+    ).fetchall()
+    return {
+        "backfills": [
+            {"step": k, "status": st, "rows_scanned": n, "rows_estimate": est, "paused": bool(p)}
+            for k, st, n, est, p in fills
+        ],
+        "last_runs": {
+            ph: {"outcome": o, "started_at": at.isoformat(), "notebook": nb} for ph, o, at, nb in runs
+        },
+        "last_failures": [
+            {
+                "step": k,
+                "outcome": o,
+                "sqlstate": code,
+                "at": at.isoformat(),
+                "message": _one_line(redact(m or ""), 160),
+            }
+            for k, o, code, at, m in failures
+        ],
+    }

@@ -11,7 +11,10 @@ gate (or the preflight) refused.
 from __future__ import annotations
 
 import hashlib
+import html
+import logging
 import os
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -156,9 +159,32 @@ def export_html(notebook: Path, target: Path) -> Path:
     from nbconvert import HTMLExporter  # noqa: PLC0415
 
     nb = nbformat.read(notebook, as_version=4)  # type: ignore[no-untyped-call]
-    body, _ = HTMLExporter().from_notebook_node(nb)  # type: ignore[no-untyped-call]
-    target.write_text(body, encoding="utf-8")
+    exporter = HTMLExporter()  # type: ignore[no-untyped-call]
+    exporter.log = _QUIET  # it warns about the alt texts that _alt_texts() puts back
+    body, _ = exporter.from_notebook_node(nb)
+    target.write_text(_alt_texts(nb, body), encoding="utf-8")
     return target
+
+
+_QUIET = logging.getLogger("zdm_runbook.html")
+_QUIET.setLevel(logging.ERROR)
+_NO_ALT = 'alt="No description has been provided for this image"'
+
+
+def _alt_texts(nb: Any, body: str) -> str:
+    """nbconvert's HTML template drops the ``alt`` an image output carries; put each one back."""
+    alts = iter(
+        str(out.get("metadata", {}).get("image/png", {}).get("alt") or "")
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
+        if "image/png" in out.get("data", {})
+    )
+
+    def put_back(match: re.Match[str]) -> str:
+        alt = next(alts, "")
+        return f'alt="{html.escape(alt)}"' if alt else match[0]
+
+    return re.sub(_NO_ALT, put_back, body)
 
 
 def _scan(result: RunResult) -> None:

@@ -1,7 +1,7 @@
 """The four phase notebooks: where they are, and how they are written.
 
-The templates in ``templates/`` are generated from this module (``python -m
-zdm_runbook.templates`` rewrites them) so their ``parameters`` cells always match
+The templates in ``templates/`` and the DBA notebooks in ``notebooks/`` are generated from this
+module (``python -m zdm_runbook.templates`` rewrites them) so their ``parameters`` cells always match
 :data:`zdm_runbook.parameters.PARAMETERS`; a test checks that the committed files are what this
 module writes. Every code cell is one or two lines that call :mod:`zdm_runbook.runbook`.
 """
@@ -21,7 +21,7 @@ from .spec import Phase
 
 _HERE = Path(__file__).resolve().parent
 # Installed wheels carry the templates inside the package; a source checkout keeps them beside it.
-_SEARCH = (_HERE / "templates", _HERE.parent / "templates")
+_SEARCH = (_HERE / "phase_templates", _HERE.parent / "templates")
 
 ABOUT = {
     Phase.EXPAND: (
@@ -104,6 +104,38 @@ CELLS = (
 )
 
 
+# The DBA notebooks in notebooks/: (title and purpose, parameters cell, [(heading, code)]).
+DBA_NOTEBOOKS = {
+    "lock-inspector": (
+        "# Lock inspector\n\nWho blocks whom right now, with each session's query; sessions waiting"
+        " for locks; long-running and idle-in-transaction sessions; and, for the tables you name, the"
+        " locks held and queued on them with the preflight's go / no-go. Read only. In JupyterLab the"
+        " Refresh button re-reads everything; elsewhere re-run the last cell.",
+        'dsn_env = "ZDM_DSN"  # NAME of the environment variable holding the DSN (never the DSN)\n'
+        'tables = ""  # comma-separated tables to check, e.g. "orders, public.customers"\n'
+        'long_after = "30s"  # a transaction older than this counts as long-running\n'
+        "interactive = True  # False under papermill: no button",
+        [
+            (
+                "Live view",
+                "from zdm_runbook.dashboards import LockInspector\n\n"
+                "LockInspector(dsn_env, tables, long_after).refresh(interactive)",
+            )
+        ],
+    ),
+    "overview": (
+        "# Changes overview\n\nEvery change in this database's ledger (schema `zdm`): each phase's"
+        " steps, last run with its archived notebook, and sign-off; then the chart of every backfill,"
+        " drawn from its committed batches. Read only.",
+        'dsn_env = "ZDM_DSN"  # NAME of the environment variable holding the DSN (never the DSN)',
+        [
+            ("Changes", "from zdm_runbook import dashboards\n\ndashboards.overview(dsn_env)"),
+            ("Backfills", "dashboards.backfill_charts(dsn_env);"),
+        ],
+    ),
+}
+
+
 def template_path(phase: Phase | str) -> Path:
     """The template notebook of ``phase``."""
     name = f"{Phase(phase).value}.ipynb"
@@ -136,25 +168,40 @@ def build(phase: Phase | str) -> Any:
     for heading, text, code in CELLS:
         cells.append(v4.new_markdown_cell(f"## {heading}\n\n{text}"))
         cells.append(v4.new_code_cell(code.format(phase=p.value)))
-    nb = v4.new_notebook(cells=cells)
+    return _finish(v4.new_notebook(cells=cells), p.value)
+
+
+def build_dba(name: str) -> Any:
+    """The DBA notebook ``name`` of ``notebooks/``, without outputs."""
+    intro, parameters, cells = DBA_NOTEBOOKS[name]
+    v4: Any = nbformat.v4
+    nb = v4.new_notebook(
+        cells=[v4.new_markdown_cell(intro), v4.new_code_cell(parameters, metadata={"tags": ["parameters"]})]
+    )
+    for heading, code in cells:
+        nb.cells += [v4.new_markdown_cell(f"## {heading}"), v4.new_code_cell(code)]
+    return _finish(nb, name)
+
+
+def _finish(nb: Any, prefix: str) -> Any:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     for n, cell in enumerate(nb.cells):
-        cell["id"] = f"{p.value}-{n}"
+        cell["id"] = f"{prefix}-{n}"
     return nb
 
 
-def write(folder: Path) -> list[Path]:
-    """(Re)write the four templates into ``folder``."""
+def write(root: Path) -> list[Path]:
+    """(Re)write the four templates into ``root/templates`` and the DBA notebooks into ``root/notebooks``."""
     written = []
-    for p in Phase:
-        path = folder / f"{p.value}.ipynb"
-        nbformat.write(build(p), path)  # type: ignore[no-untyped-call]
+    notebooks = [(root / "templates" / f"{p.value}.ipynb", build(p)) for p in Phase]
+    notebooks += [(root / "notebooks" / f"{name}.ipynb", build_dba(name)) for name in DBA_NOTEBOOKS]
+    for path, nb in notebooks:
+        nbformat.write(nb, path)  # type: ignore[no-untyped-call]
         written.append(path)
     return written
 
 
 if __name__ == "__main__":  # pragma: no cover - a maintainer's command
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else _HERE.parent / "templates"
-    for path in write(target):
+    for path in write(Path(sys.argv[1]) if len(sys.argv) > 1 else _HERE.parent):
         print(path)
