@@ -91,6 +91,7 @@ class Executor:
         sample_every: float = 0.1,
         rng: random.Random | None = None,
         run_id: uuid.UUID | None = None,
+        after_step: Callable[[Step], None] | None = None,
     ) -> None:
         for name, c in (("worker", worker), ("control", control)):
             if not c.autocommit:
@@ -103,6 +104,7 @@ class Executor:
         self.sample_every = sample_every
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.run_id = run_id or uuid.uuid4()
+        self.after_step = after_step  # e.g. the compatibility check after each applied step
         self.worker_pid = worker.info.backend_pid
 
     def event(self, text: str) -> None:
@@ -125,6 +127,8 @@ class Executor:
             except StepFailed as exc:
                 exc.results = [*results, StepResult(step.key, "failed", exc.attempts)]
                 raise
+            if self.after_step is not None and results[-1].outcome == "applied":
+                self.after_step(step)
         return results
 
     # --- one step ---

@@ -68,8 +68,7 @@ def check_gate(
         why = " (it has no schema steps, but its run is the record)" if state.steps == 0 else ""
         reasons.append(f"{before.value} has not run yet{why}: zdm run {before.value} SPEC")
     elif not state.complete:
-        failed = f" (failed: {', '.join(state.failed_steps)})" if state.failed_steps else ""
-        reasons.append(f"{before.value} is not complete: {state.done} of {state.steps} steps done{failed}")
+        reasons.append(f"{before.value} is not complete: {state.why_not()}")
     if state.signoff is None:
         reasons.append(
             f"{before.value} is not signed off: read its archived run, then"

@@ -60,6 +60,7 @@ PARAMETERS: tuple[Param, ...] = (
         "watch pg_stat_statements this long for apps still using what contract drops; 0s skips",
         (Phase.CONTRACT,),
     ),
+    Param("compat_each_step", False, "run the app query sets after every applied step, not only at the end"),
     Param("require_go", True, "stop before any DDL when the preflight lock report says no-go"),
     Param("dry_run", False, "show the gate, the preflight and the plan; execute nothing"),
     Param("headless", False, "True under `zdm run`: no widgets, progress as log lines"),

@@ -46,7 +46,14 @@ class Verdict:
         head = "GO" if self.go else "NO-GO"
         scope = ", ".join(self.tables) or "no tables"
         lines = [f"{head}: preflight on {scope} at {self.checked_at:%Y-%m-%d %H:%M:%S} UTC"]
-        lines += [f"  {r}" for r in self.reasons] or ["  nothing holds or waits for a lock on these tables"]
+        held = self.frames.get("table_locks")
+        quiet = (
+            f"  {len(held)} lock(s) held on these tables, none by a long transaction and none queued:"
+            " a DDL waits at most lock_timeout per attempt"
+            if held is not None and len(held)
+            else "  nothing holds or waits for a lock on these tables"
+        )
+        lines += [f"  {r}" for r in self.reasons] or [quiet]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

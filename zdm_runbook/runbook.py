@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from . import backfill as engine
-from . import usage
+from . import compat, usage
 from .analysis import step_locks
 from .charts import backfill_figure, show
 from .connect import redact
@@ -255,6 +255,7 @@ class Runbook:
             backfill=run_fill,
             on_event=lambda text: print(text, flush=True),
             run_id=session.run_id,
+            after_step=self._after_step if self.params.values["compat_each_step"] else None,
         )
         try:
             self.results = executor.run_phase(self.phase)
@@ -267,6 +268,10 @@ class Runbook:
                 title = f"{self.change_id} {key}: {state.table}"
                 show(backfill_figure(frame(state), title), alt=f"backfill chart of {title}")
         display(self.outcomes())
+
+    def _after_step(self, step: Step) -> None:
+        if self.plan.change.compat is not None:
+            self._compat(f"after step {step.key}")
 
     def outcomes(self) -> pd.DataFrame:
         """One row per step: outcome, attempts, time waited for locks, last error."""
@@ -289,9 +294,22 @@ class Runbook:
             rows, columns=["step", "outcome", "attempts", "lock wait (s)", "seconds", "last error"]
         )
 
+    @_records_failure
     def compat(self) -> None:
-        """The old and new app's query sets against the new schema (the spec's ``compat:`` section)."""
-        print("the spec has no compat section: no app query sets to check")
+        """The old and new app's statements against the schema as it is now (the spec's ``compat:``)."""
+        if self.plan.change.compat is None:
+            print("the spec has no compat section: no app statements to check")
+            return
+        self._compat(f"after {self.phase.value}", show_all=True)
+
+    def _compat(self, when: str, show_all: bool = False) -> None:
+        results = compat.check(self.session.control, self.plan.change.compat, self.phase)
+        must = " and ".join(f"the {v} app" for v in compat.MUST_WORK[self.phase])
+        bad = sum(r.required and not r.ok for r in results)
+        print(f"compatibility {when}: {len(results)} statements, {bad} failed; {must} must work", flush=True)
+        if show_all or bad:
+            display(compat.frame(results))
+        compat.raise_failures(results, when)
 
     @_records_failure
     def summary(self) -> None:

@@ -129,6 +129,9 @@ def run(
             cwd=os.getcwd(),
             # Unix sockets between runner and kernel, not TCP on localhost (no plain-text traffic).
             config=_ipc_config(),
+            # jupyter_client interrupts the kernel before shutting it down; ipykernel would log
+            # that as an ERROR on our stderr. Real failures reach us as the cell's exception.
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
     except PapermillExecutionError as exc:
         result.exit_code = EXIT_BY_ERROR.get(exc.ename, EXIT_FAILED)

@@ -42,10 +42,18 @@ class PhaseState:
     failed_steps: tuple[str, ...]
     signoff: SignOff | None
     ran: bool = True  # a phase without steps is complete once a run of it succeeded
+    last_failure: str | None = None  # the latest run failed after its steps (a compat check, ...)
 
     @property
     def complete(self) -> bool:
-        return self.done == self.steps and (self.steps > 0 or self.ran)
+        return self.done == self.steps and (self.steps > 0 or self.ran) and self.last_failure is None
+
+    def why_not(self) -> str:
+        """Why the phase is not complete, in one line."""
+        if self.done == self.steps and self.last_failure is not None:
+            return f"its last run failed: {self.last_failure[:300]}; fix it and re-run the phase"
+        failed = f" (failed: {', '.join(self.failed_steps)})" if self.failed_steps else ""
+        return f"{self.done} of {self.steps} steps are done{failed}"
 
 
 def phase_state(conn: Conn, change_id: str, phase: Phase | str) -> PhaseState:
@@ -68,7 +76,13 @@ def phase_state(conn: Conn, change_id: str, phase: Phase | str) -> PhaseState:
     done = sum(latest.get(k) in ("applied", "skipped") for k in keys)
     failed = tuple(k for k in keys if latest.get(k) not in (None, "applied", "skipped", "running"))
     ran = bool(rows) or (not keys and _phase_ran(conn, change_id, p))
-    return PhaseState(p.value, len(keys), done, failed, latest_signoff(conn, change_id, p), ran)
+    last = conn.execute(
+        "SELECT outcome, message FROM zdm.phase_runs WHERE change_id = %s AND phase = %s"
+        " AND outcome IN ('succeeded', 'failed') ORDER BY started_at DESC LIMIT 1",
+        [change_id, p.value],
+    ).fetchone()
+    failure = str(last[1] or "no message") if last and last[0] == "failed" else None
+    return PhaseState(p.value, len(keys), done, failed, latest_signoff(conn, change_id, p), ran, failure)
 
 
 def _phase_ran(conn: Conn, change_id: str, phase: Phase) -> bool:
@@ -105,9 +119,8 @@ def sign_off(
     state = phase_state(conn, change_id, p)
     if not state.complete:
         raise ZdmError(
-            f"cannot sign off {p.value} of {change_id}: {state.done} of {state.steps} steps are done"
-            + (f" (failed: {', '.join(state.failed_steps)})" if state.failed_steps else "")
-            + f"; run the phase first: zdm run {p.value} SPEC"
+            f"cannot sign off {p.value} of {change_id}: {state.why_not()};"
+            f" run the phase: zdm run {p.value} SPEC"
         )
     row = conn.execute(
         "INSERT INTO zdm.signoffs (change_id, phase, by_name, ticket, notes, evidence)"

@@ -247,6 +247,7 @@ class Change:
     dual_write: str
     operations: tuple[Any, ...]
     source: str | None = None
+    compat: Any = None  # compat.Compat: the app versions' statements (optional)
 
 
 def load_change(source: str | Path) -> Change:
@@ -282,7 +283,8 @@ def parse_change(text: str, source: str | None = None) -> Change:
 
 def change_from_data(data: object, source: str | None = None) -> Change:
     """Validate a spec already loaded into Python data."""
-    from .readers import read_operations  # noqa: PLC0415 - readers build on this module's Reader
+    from .compat import read_compat  # noqa: PLC0415 - both build on this module's Reader
+    from .readers import read_operations  # noqa: PLC0415
 
     problems: list[Problem] = []
     top = Reader(data, "", problems)
@@ -293,7 +295,8 @@ def change_from_data(data: object, source: str | None = None) -> Change:
     description = top.text("description", required=False) or ""
     dual_write = top.choice("dual_write", ("trigger", "app"), default="trigger")
     operations = read_operations(top, problems)
+    compat = read_compat(top, problems, Path(source).parent if source else None)
     top.finish()
     if problems or change_id is None or dual_write is None:
         raise SpecError(problems or [Problem("", "unusable spec")], source)
-    return Change(change_id, description, dual_write, tuple(operations), source)
+    return Change(change_id, description, dual_write, tuple(operations), source, compat)
