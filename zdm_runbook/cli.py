@@ -20,7 +20,7 @@ from .analysis import step_locks
 from .catalog import check_change
 from .cli_common import EXIT_FAILED, handles_errors
 from .cli_live import backfill_group, locks_cmd, signoff_cmd, status_cmd
-from .cli_run import prepare_cmd, run_cmd
+from .cli_run import demo_cmd, prepare_cmd, run_cmd
 from .connect import connect
 from .embedded import DEBIAN_PG15_BIN, LocalServer
 from .errors import DatabaseError, SpecError
@@ -254,3 +254,4 @@ main.add_command(signoff_cmd)
 main.add_command(status_cmd)
 main.add_command(run_cmd)
 main.add_command(prepare_cmd)
+main.add_command(demo_cmd)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -22,6 +24,20 @@ _PARAM = click.option(
     metavar="NAME VALUE",
     help="Set a notebook parameter (repeatable); see the list below.",
 )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _archive(default: Path) -> Callable[[F], F]:
+    return click.option(
+        "--archive",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=default,
+        show_default=True,
+        help="Folder of the archive: each run is written to ARCHIVE/<change>/<phase>-<UTC time>.ipynb"
+        " and .html.",
+    )
 
 
 def _parameter_help() -> str:
@@ -47,13 +63,7 @@ def _as_dict(parameters: tuple[tuple[str, str], ...]) -> dict[str, str]:
 @_PHASE
 @_SPEC
 @_PARAM
-@click.option(
-    "--archive",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("archive"),
-    show_default=True,
-    help="Folder of the archive: each run is written to ARCHIVE/<change>/<phase>-<UTC time>.ipynb and .html.",
-)
+@_archive(Path("archive"))
 @click.option("--quiet", is_flag=True, help="Do not stream the notebook's output while it runs.")
 @handles_errors
 def run_cmd(
@@ -96,3 +106,28 @@ def prepare_cmd(phase: str, spec: Path, parameters: tuple[tuple[str, str], ...],
 
     path = prepare(phase, spec, _as_dict(parameters), output)
     click.echo(f"{path}\nopen it with: jupyter lab {path}")
+
+
+@click.command("demo")
+@click.option(
+    "--rows",
+    type=click.IntRange(1000, 50_000_000),
+    default=200_000,
+    show_default=True,
+    help="Orders to create.",
+)
+@_archive(Path("zdm-demo-archive"))
+@click.option("--keep", is_flag=True, help="Leave the demo database running, and print how to connect.")
+@handles_errors
+def demo_cmd(rows: int, archive: Path, keep: bool) -> None:
+    """Run a whole change, all four phases through zdm run, under live traffic.
+
+    On a throw-away embedded PostgreSQL: customers and orders, a change that moves
+    orders.customer_id (int) to customer_ref (bigint) and adds a NOT NULL currency. An old-app and
+    (after expand) a new-app generator insert, update and select throughout, and pgbench adds
+    read load; the old app stops before contract. Exit 0 only with every phase succeeded,
+    0 app errors, 0 pgbench failures and every acknowledged write present.
+    """
+    from .demo import Demo  # noqa: PLC0415 - papermill and pandas load slowly
+
+    sys.exit(Demo(rows, archive, keep, echo=click.echo).run())
