@@ -307,7 +307,8 @@ def test_password_in_the_dsn_never_reaches_the_archive_or_the_logs(
         unreachable = zdm("run", "expand", str(spec), *where)
         assert unreachable.returncode == 1 and "cannot connect" in unreachable.stderr, unreachable.stderr
         files = list(archive.rglob("*"))
-        assert len([f for f in files if f.suffix == ".ipynb"]) == 3
+        # The unreachable server is found before the kernel starts: two runs archived, not three.
+        assert len([f for f in files if f.suffix == ".ipynb"]) == 2
         for f in files:
             if f.is_file():
                 assert secret not in f.read_text(), f

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .errors import Problem
+from .errors import Problem, SpecError
 from .operations import (
     AddCheck,
     AddColumn,
@@ -119,6 +119,17 @@ def check_change(conn: psycopg.Connection[Any], change: Change) -> list[Problem]
             except _Bad as exc:
                 problems.append(Problem(path, str(exc)))
     return problems
+
+
+def require_valid(conninfo: str, change: Change) -> None:
+    """Refuse (``SpecError``, every problem) a change whose tables, columns, types or expressions do
+    not resolve in this database: checked read-only before a phase runs anything."""
+    from .connect import connect  # noqa: PLC0415 - connect imports nothing of ours but errors
+
+    with connect(conninfo, phase="check", autocommit=True) as conn:
+        problems = check_change(conn, change)
+    if problems:
+        raise SpecError(problems, change.source)
 
 
 def _need_table(state: _State, table: Table, path: str, problems: list[Problem]) -> dict[str, str] | None:

@@ -128,6 +128,14 @@ def connect(
     conninfo = resolve_dsn(dsn, env)
     app = f"{APPLICATION_NAME}:{phase}" if phase else APPLICATION_NAME
     try:
+        conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:  # not a DSN at all: bad input, not a server problem
+        where = f"the variable {env or DEFAULT_DSN_ENV}" if not dsn else "the DSN given"
+        raise ConfigError(
+            f"{where} does not hold a connection string (postgresql://… or key=value …):"
+            f" {redact(str(exc)).strip()}"
+        ) from None
+    try:
         return psycopg.connect(
             conninfo,
             autocommit=autocommit,

@@ -21,8 +21,9 @@ import pandas as pd
 from . import backfill as engine
 from . import compat, usage
 from .analysis import step_locks
+from .catalog import require_valid
 from .charts import backfill_figure, show
-from .connect import redact
+from .connect import redact, resolve_dsn
 from .ddl import Executor, StepFailed, StepResult
 from .errors import ZdmError
 from .gates import GateRefused, check_gate
@@ -86,6 +87,7 @@ def start(phase: str, namespace: Mapping[str, Any]) -> Runbook:
     """Check the notebook's parameters (read by name from ``namespace``), connect, lock the
     change against a concurrent run, record the run, and show where it runs."""
     params = validate(phase, {n: namespace[n] for n in declared(phase) if n in namespace})
+    require_valid(resolve_dsn(env=params.values["dsn_env"]), params.plan.change)
     session = PhaseSession(
         params.plan,
         params.phase,

@@ -25,6 +25,7 @@ from typing import IO, Any
 import psycopg
 
 from . import ledger
+from .catalog import require_valid
 from .connect import connect, find_secrets, redact, resolve_dsn
 from .errors import ParameterError, Problem, ZdmError
 from .parameters import RunParameters, coerce, validate
@@ -107,11 +108,13 @@ def run(
     kernel_name: str = "python3",
 ) -> RunResult:
     """Run one phase headless and archive it; bad input raises before anything is written."""
-    import papermill  # noqa: PLC0415 - papermill and nbconvert load slowly; only here
+    params = check(phase, spec, raw)
+    # An unset variable, or tables, columns, types or expressions this database does not have, are
+    # bad input: refused before the kernel starts, with nothing written.
+    require_valid(resolve_dsn(env=params.values["dsn_env"]), params.plan.change)
+    import papermill  # noqa: PLC0415 - papermill and nbconvert load slowly: only once input is good
     from papermill.exceptions import PapermillExecutionError  # noqa: PLC0415
 
-    params = check(phase, spec, raw)
-    resolve_dsn(env=params.values["dsn_env"])  # an unset variable is bad input, before anything runs
     notebook, html = archive_paths(archive, params.plan.change.id, params.phase)
     notebook.parent.mkdir(parents=True, exist_ok=True)
     given = {k: v for k, v in params.values.items() if k in raw or k in ("spec", *SET_BY_RUNNER)}

@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import nbformat
-
 from .errors import ConfigError
 from .parameters import declared
 from .spec import Phase
@@ -157,6 +155,8 @@ def build(phase: Phase | str) -> Any:
     """The template notebook of ``phase``, without outputs."""
     p = Phase(phase)
     title, about, checklist = ABOUT[p]
+    import nbformat  # noqa: PLC0415 - slow to import (jsonschema); only to write notebooks
+
     v4: Any = nbformat.v4  # nbformat is untyped
     cells = [
         v4.new_markdown_cell(
@@ -174,6 +174,8 @@ def build(phase: Phase | str) -> Any:
 def build_dba(name: str) -> Any:
     """The DBA notebook ``name`` of ``notebooks/``, without outputs."""
     intro, parameters, cells = DBA_NOTEBOOKS[name]
+    import nbformat  # noqa: PLC0415
+
     v4: Any = nbformat.v4
     nb = v4.new_notebook(
         cells=[v4.new_markdown_cell(intro), v4.new_code_cell(parameters, metadata={"tags": ["parameters"]})]
@@ -193,6 +195,8 @@ def _finish(nb: Any, prefix: str) -> Any:
 
 def write(root: Path) -> list[Path]:
     """(Re)write the four templates into ``root/templates`` and the DBA notebooks into ``root/notebooks``."""
+    import nbformat  # noqa: PLC0415
+
     written = []
     notebooks = [(root / "templates" / f"{p.value}.ipynb", build(p)) for p in Phase]
     notebooks += [(root / "notebooks" / f"{name}.ipynb", build_dba(name)) for name in DBA_NOTEBOOKS]
