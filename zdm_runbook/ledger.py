@@ -215,6 +215,18 @@ def start_phase_run(
     )
 
 
+def close_abandoned_runs(conn: Conn, change_id: str, run_id: uuid.UUID) -> int:
+    """Runs of ``change_id`` still ``running`` while we hold its lock died without recording their
+    end (a SIGKILL, a lost machine): record them as ``interrupted``. Returns how many."""
+    cur = conn.execute(
+        "UPDATE zdm.phase_runs SET outcome = 'interrupted', ended_at = now(),"
+        " message = 'stopped without recording its end (killed?); found by run ' || %s::text"
+        " WHERE change_id = %s AND outcome = 'running' AND run_id <> %s",
+        [run_id, change_id, run_id],
+    )
+    return cur.rowcount
+
+
 def finish_phase_run(conn: Conn, run_id: uuid.UUID, outcome: str, message: str | None = None) -> None:
     conn.execute(
         "UPDATE zdm.phase_runs SET ended_at = now(), outcome = %s, message = %s WHERE run_id = %s",

@@ -89,6 +89,7 @@ class PhaseSession:
                 self.control, change.id, change.description, plan_digest(self.plan), plan_steps(self.plan)
             )
             ledger.lock_change(self.control, change.id)
+            ledger.close_abandoned_runs(self.control, change.id, self.run_id)
             ledger.start_phase_run(self.control, self.run_id, change.id, self.phase.value, self.parameters)
             self._worker = connect(self.conninfo, phase=self.phase.value, autocommit=True)
         except BaseException as exc:
