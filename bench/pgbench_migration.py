@@ -1,0 +1,187 @@
+"""A change on ``pgbench_accounts`` while pgbench's own TPC-B-like script runs: ours vs naive.
+
+The change: a new NOT NULL column ``abalance_cents`` backfilled from ``abalance``, with its index,
+and ``filler`` (which pgbench's script never reads) retyped to text by ``change_type``. Three runs
+on a freshly initialised database each (``pgbench -i -s SCALE``), pgbench running throughout with
+``--clients`` clients at full speed in 2 s rounds whose per-transaction latencies are logged:
+
+  baseline   no change: pgbench alone, for as long as ours took
+  ours       the four phases with zdm-runbook's guarded executor and backfill engine
+  naive      the same change as plain statements: ADD COLUMN; one UPDATE; SET NOT NULL;
+             CREATE INDEX (not concurrently); ALTER COLUMN filler TYPE text (a rewrite)
+
+Printed: pgbench's failed transactions (goal 0), and per phase its p50 / p99 latency against the
+baseline's, side by side, with the ratios.
+
+    python bench/pgbench_migration.py                # scale 10 (1,000,000 accounts)
+    python bench/pgbench_migration.py --scale 2 --clients 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+
+from zdm_runbook.ddl import execute_phase
+from zdm_runbook.embedded import LocalServer, embedded_bin_dir
+from zdm_runbook.pgbench import PgBench
+from zdm_runbook.plan import build_plan
+from zdm_runbook.spec import Phase, parse_change
+
+SPEC = """
+change: pgbench-cents
+operations:
+  - add_not_null_column: {table: pgbench_accounts, column: abalance_cents, type: bigint, default: "0",
+                          backfill: "abalance::bigint * 100"}
+  - create_index: {table: pgbench_accounts, name: pgbench_accounts_cents_idx, columns: [abalance_cents]}
+  - change_type: {table: pgbench_accounts, column: filler, new_column: filler_text, type: text,
+                  using: "filler::text", reverse: "filler_text::character(84)"}
+"""
+NAIVE = [
+    ("add column", "ALTER TABLE pgbench_accounts ADD COLUMN abalance_cents bigint"),
+    ("update all rows", "UPDATE pgbench_accounts SET abalance_cents = abalance::bigint * 100"),
+    ("set not null", "ALTER TABLE pgbench_accounts ALTER COLUMN abalance_cents SET NOT NULL"),
+    ("create index", "CREATE INDEX pgbench_accounts_cents_idx ON pgbench_accounts (abalance_cents)"),
+    ("retype (rewrite)", "ALTER TABLE pgbench_accounts ALTER COLUMN filler TYPE text"),
+]
+
+
+def init(server: LocalServer, dbname: str, scale: int) -> str:
+    admin = server.dsn()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {dbname}")
+    subprocess.run(
+        [
+            str(server.bin_dir / "pgbench"),
+            "-i",
+            "-q",
+            "-s",
+            str(scale),
+            "-h",
+            str(server.socket_dir),
+            "-p",
+            str(server.port),
+            "-U",
+            "postgres",
+            dbname,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return server.dsn(dbname)
+
+
+Windows = list[tuple[str, float, float]]
+
+
+def under_pgbench(
+    server: LocalServer, dbname: str, scale: int, clients: int, work: Callable[[Windows], None]
+) -> tuple[PgBench, Windows]:
+    """Run ``work`` while pgbench runs; ``work`` appends a (label, start, end) window per step."""
+    windows: Windows = []
+    bench = PgBench(
+        server, dbname, scale * 100_000, lambda: "run", clients=clients, rate=None, builtin="tpcb-like"
+    )
+    bench.start()
+    time.sleep(4)  # warm-up, not measured
+    try:
+        work(windows)
+    finally:
+        time.sleep(2.5)
+        bench.stop()
+    return bench, windows
+
+
+def _timed(windows: Windows, label: str, step: Callable[[], object]) -> None:
+    start = time.time()
+    step()
+    windows.append((label, start, time.time()))
+
+
+def ours(dsn: str) -> Callable[[Windows], None]:
+    plan = build_plan(parse_change(SPEC))
+
+    def run(windows: Windows) -> None:
+        for phase in Phase:
+            _timed(
+                windows, phase.value, lambda p=phase: execute_phase(plan, p, dsn, on_batch=lambda state: None)
+            )
+
+    return run
+
+
+def naive(dsn: str) -> Callable[[Windows], None]:
+    def run(windows: Windows) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for label, statement in NAIVE:
+                _timed(windows, label, lambda s=statement: conn.execute(s))  # type: ignore[misc]
+
+    return run
+
+
+def idle(seconds: float) -> Callable[[Windows], None]:
+    def run(windows: Windows) -> None:
+        _timed(windows, "baseline", lambda: time.sleep(seconds))
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scale", type=int, default=10, help="pgbench scale: 100,000 accounts each (10)")
+    parser.add_argument("--clients", type=int, default=4, help="pgbench clients (4)")
+    parser.add_argument("--pg-bin", type=Path, default=None, help="PostgreSQL binaries (embedded 18)")
+    args = parser.parse_args(argv)
+    runs: dict[str, tuple[PgBench, Windows]] = {}
+    with tempfile.TemporaryDirectory(prefix="zdm-bench-") as folder:
+        server = LocalServer(data_dir=Path(folder) / "pg", bin_dir=args.pg_bin or embedded_bin_dir())
+        server.start()
+        try:
+            accounts = args.scale * 100_000
+            print(f"{server.version()}, scale {args.scale} ({accounts:,} accounts), {args.clients} clients")
+            for name, make in (("ours", ours), ("naive", naive)):
+                dsn = init(server, f"b_{name}", args.scale)
+                runs[name] = under_pgbench(server, f"b_{name}", args.scale, args.clients, make(dsn))
+            took = runs["ours"][1][-1][2] - runs["ours"][1][0][1]
+            init(server, "b_base", args.scale)
+            runs["baseline"] = under_pgbench(server, "b_base", args.scale, args.clients, idle(max(took, 10)))
+        finally:
+            server.destroy()
+    report(runs)
+    return 0
+
+
+def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
+    base, windows = runs["baseline"]
+    b_n, b50, b99 = base.by_window(windows)["baseline"]
+    print(f"\nbaseline (no change): {b_n:,} transactions, p50 {b50:.2f} ms, p99 {b99:.2f} ms")
+    print(f"  failed transactions: {base.failed}")
+    for name in ("ours", "naive"):
+        bench, steps = runs[name]
+        whole = steps[-1][2] - steps[0][1]
+        worst = 0.0
+        print(f"\n{name}: the change took {whole:.1f} s; pgbench failed transactions: {bench.failed}")
+        print(
+            f"  {'step':<20} {'seconds':>8} {'tx':>8} {'p50 ms':>9} {'p99 ms':>9} {'p50 x':>7} {'p99 x':>7}"
+        )
+        for label, (n, p50, p99) in bench.by_window(steps).items():
+            seconds = next(end - start for lab, start, end in steps if lab == label)
+            worst = max(worst, p99)
+            ratio50, ratio99 = (p50 / b50, p99 / b99) if n else (0.0, 0.0)
+            row = f"{n:>8,} {p50:>9.2f} {p99:>9.2f} {ratio50:>7.2f} {ratio99:>7.2f}"
+            print(f"  {label:<20} {seconds:>8.1f} {row}")
+        print(f"  worst step p99: {worst:.1f} ms = {worst / b99:.1f}x the baseline's")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
