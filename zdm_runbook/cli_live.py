@@ -346,10 +346,14 @@ def status_cmd(change: str | None, as_json: bool, dsn_env: str | None) -> None:
                 )
         for fill in item["backfills"]:
             share = f" ({fill['rows_scanned'] / fill['rows_estimate']:.0%})" if fill["rows_estimate"] else ""
-            click.echo(
-                f"  backfill {fill['step']}: {fill['status']}{' PAUSED' if fill['paused'] else ''},"
-                f" {fill['rows_scanned']:,} of ~{fill['rows_estimate'] or 0:,} rows{share}"
+            # Rows added while it ran are scanned too: once done, the estimate says nothing more.
+            progress = (
+                f"{fill['rows_scanned']:,} rows scanned"
+                if fill["status"] == "done"
+                else f"{fill['rows_scanned']:,} of ~{fill['rows_estimate'] or 0:,} rows{share}"
             )
+            paused = " PAUSED" if fill["paused"] else ""
+            click.echo(f"  backfill {fill['step']}: {fill['status']}{paused}, {progress}")
         for fail in item["last_failures"]:
             code = f"SQLSTATE {fail['sqlstate']}, " if fail["sqlstate"] else ""
             at = fail["at"][:19].replace("T", " ")
