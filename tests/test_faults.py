@@ -13,8 +13,8 @@ from pathlib import Path
 import nbformat
 import psycopg
 
-from .helpers import scalar
-from .sessions import AppProbe, Blocker, wait_for
+from .helpers import fingerprint, scalar
+from .sessions import AppProbe, Background, Blocker, wait_for
 
 REF = """
 change: orders-ref
@@ -138,3 +138,36 @@ def test_blocker_during_expand_bounded_waits_named_in_the_archive(orders_env: st
         ).fetchone()
     assert timeouts and timeouts[0] >= 2 and timeouts[1] < 1.0, timeouts
     assert os.path.getsize(notebook.with_suffix(".html")) > 10_000
+
+
+def test_preflight_no_go_stops_before_any_ddl_with_exit_3(orders_env: str, tmp_path: Path) -> None:
+    """A lock queue already on the table: the preflight says no-go and nothing runs."""
+    dsn = orders_env
+    spec, archive = tmp_path / "change.yaml", tmp_path / "archive"
+    spec.write_text(REF)
+    before = fingerprint(dsn)
+    with Blocker(dsn, "SELECT count(*) FROM orders", app="nightly-report"):
+        queued = Background(
+            dsn, "BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE; COMMIT", app="maintenance"
+        )
+        assert wait_for(
+            lambda: (
+                _sessions(dsn, "maintenance") == 1
+                and bool(
+                    scalar(
+                        dsn,
+                        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'orders'::regclass",
+                    )
+                )
+            )
+        )
+        runner = _zdm_run("expand", str(spec), "--archive", str(archive), "--quiet")
+        out, _ = runner.communicate(timeout=180)
+    queued.join()
+    assert runner.returncode == 3, out[-3000:]
+    assert "PreflightRefused" in out and "a lock queue already exists on orders" in out
+    assert "(maintenance)" in out
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM zdm.step_attempts").fetchone() == (0,)
+        assert conn.execute("SELECT outcome FROM zdm.phase_runs").fetchall() == [("refused",)]
+    assert fingerprint(dsn) == before
