@@ -47,10 +47,11 @@ def png(fig: Figure) -> bytes:
 
 def show(fig: Figure, alt: str = "backfill progress chart") -> Any:
     """Display the figure as a PNG image in a notebook (kept by the archived HTML); return it."""
-    from IPython.display import Image, display  # noqa: PLC0415 - only in a notebook
+    from IPython.display import Image  # noqa: PLC0415 - only in a notebook
 
-    show_: Callable[..., Any] = display
+    from .progress import display  # noqa: PLC0415 - progress draws with this module too
+
     make_image: Callable[..., Any] = Image
     image = make_image(data=png(fig), format="png", alt=alt)
-    show_(image)
+    display(image)
     return image

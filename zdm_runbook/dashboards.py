@@ -21,7 +21,8 @@ from .cli_common import ledger_ready
 from .connect import connect, describe, resolve_dsn
 from .guard import parse_duration
 from .preflight import snapshot
-from .runbook import display, show_html
+from .progress import display
+from .runbook import show_html
 
 VIEWS = (
     ("blocking_tree", "Blocking tree: who blocks whom (roots first)"),

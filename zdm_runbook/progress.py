@@ -138,10 +138,14 @@ class LogProgress:
             self.emit(("done: " if state.finished is not None else "") + line(state))
 
 
-def _display(obj: Any) -> None:
-    from IPython.display import display  # noqa: PLC0415 - only in a notebook
-
-    display(obj)  # type: ignore[no-untyped-call]
+def display(obj: Any) -> None:
+    """Show ``obj`` in the notebook (HTML tables, images, widgets); print it elsewhere."""
+    try:
+        from IPython.display import display as ipy_display  # noqa: PLC0415 - only in a notebook
+    except ImportError:  # pragma: no cover - IPython comes with jupyter
+        print(obj)
+        return
+    ipy_display(obj)  # type: ignore[no-untyped-call]
 
 
 class WidgetProgress:
@@ -154,7 +158,7 @@ class WidgetProgress:
         self.label = widgets.HTML()
         self.chart = widgets.Output()
         self.chart_every, self._last = chart_every, 0.0
-        _display(widgets.VBox([widgets.HBox([self.bar, self.label]), self.chart]))
+        display(widgets.VBox([widgets.HBox([self.bar, self.label]), self.chart]))
 
     def __call__(self, state: State) -> None:
         total = state.rows_estimate or max(state.rows_scanned, 1)
@@ -166,15 +170,11 @@ class WidgetProgress:
             self._redraw(state)
 
     def _redraw(self, state: State) -> None:
-        from IPython.display import Image  # noqa: PLC0415
+        from .charts import backfill_figure, show  # noqa: PLC0415 - matplotlib only when drawing
 
-        from .charts import backfill_figure, png  # noqa: PLC0415
-
-        make_image: Callable[..., Any] = Image
-        image = make_image(data=png(backfill_figure(frame(state), state.table)), format="png")
         with self.chart:
             self.chart.clear_output(wait=True)
-            _display(image)
+            show(backfill_figure(frame(state), state.table), alt=f"backfill of {state.table} so far")
 
 
 def reporter(interactive: bool, every: float = 5.0) -> Callable[[State], Any]:

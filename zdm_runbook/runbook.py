@@ -29,7 +29,7 @@ from .errors import ZdmError
 from .gates import GateRefused, check_gate
 from .parameters import RunParameters, declared, for_ledger, validate
 from .preflight import Verdict, preflight
-from .progress import LogProgress, State, WidgetProgress, frame
+from .progress import LogProgress, State, WidgetProgress, display, frame
 from .session import PhaseSession
 from .signoff import SignOff, phase_state, sign_off
 from .spec import Phase
@@ -47,16 +47,6 @@ class PreflightRefused(ZdmError):
             " (or set require_go to False to rely on the lock timeouts alone)."
         )
         self.verdict = verdict
-
-
-def display(obj: Any) -> None:
-    """Show ``obj`` in the notebook (HTML tables, images); print it elsewhere."""
-    try:
-        from IPython.display import display as ipy_display  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - IPython comes with jupyter
-        print(obj)
-        return
-    ipy_display(obj)  # type: ignore[no-untyped-call]
 
 
 def show_html(markup: str) -> None:
