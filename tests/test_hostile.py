@@ -221,6 +221,7 @@ CASES: list[tuple[str, str | None, list[str], int, str]] = [
         "dry_run is given twice",
     ),
     ("parameter-set-by-runner", None, ["-p", "run_id", "x"], 2, "run_id: is set by zdm run itself"),
+    ("parameter-spec-twice", None, ["-p", "spec", "other.yaml"], 2, "spec: give it as the SPEC argument"),
     # the environment
     (
         "dsn-variable-unset",

@@ -74,9 +74,11 @@ def check(phase: Phase | str, spec: Path, raw: Mapping[str, str], *, headless: b
     ``SpecError`` list every problem. ``headless`` and ``run_id`` are the runner's to set."""
     p = Phase(phase)
     problems = [Problem(n, "is set by zdm run itself") for n in raw if n in SET_BY_RUNNER]
+    if "spec" in raw:
+        problems.append(Problem("spec", "give it as the SPEC argument, not as a parameter"))
     values: dict[str, Any] = {}
     for name, text in raw.items():
-        if name in SET_BY_RUNNER:
+        if name in (*SET_BY_RUNNER, "spec"):
             continue
         try:
             values[name] = coerce(p, name, text)
