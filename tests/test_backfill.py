@@ -227,13 +227,19 @@ def test_f_headless_log_line_and_end_chart(db: str) -> None:
     assert "30,000 rows scanned, 30,000 updated" in state.summary()
 
 
-def test_pause_resume_and_batch_size_from_another_session(db: str) -> None:
+def _running_backfill(db: str) -> tuple[Backfill, threading.Thread]:
+    """A backfill under way on its own thread, slow enough for another session to steer it:
+    100 batches of 400 rows with 50 ms pauses take at least 5 s."""
     _big(db, 40_000)
-    # 100 batches of 400 rows with 50 ms pauses: at least 5 s, so the commands surely meet it running.
     engine = _engine(db, max_batch_size=400, pause=0.05)
     thread = threading.Thread(target=engine.run)
     thread.start()
     assert wait_for(lambda: len(engine.state.batches) >= 3)
+    return engine, thread
+
+
+def test_pause_resume_and_batch_size_from_another_session(db: str) -> None:
+    engine, thread = _running_backfill(db)
     with psycopg.connect(db, autocommit=True) as c:
         assert ledger.control_backfill(c, "fill-w", paused=True) == 1
         assert wait_for(lambda: engine.state.paused is not None)
@@ -277,12 +283,7 @@ def test_a_batch_that_meets_a_row_lock_is_retried_smaller(db: str) -> None:
 
 
 def test_zdm_backfill_commands_steer_a_running_backfill(db: str) -> None:
-    _big(db, 40_000)
-    # 100 batches of 400 rows with 50 ms pauses: at least 5 s, so the commands surely meet it running.
-    engine = _engine(db, max_batch_size=400, pause=0.05)
-    thread = threading.Thread(target=engine.run)
-    thread.start()
-    assert wait_for(lambda: len(engine.state.batches) >= 3)
+    engine, thread = _running_backfill(db)
     env = {"ZDM_DSN": db}
     done = zdm("backfill", "pause", "fill-w", env=env)
     assert done.returncode == 0, done.stderr

@@ -41,7 +41,12 @@ EXIT_BY_ERROR = {
     "ParameterError": EXIT_BAD_INPUT,
     "ConfigError": EXIT_BAD_INPUT,
 }
-SET_BY_RUNNER = ("headless", "run_id")
+# Parameters the command line may not set, and why: the runner sets them itself.
+SET_BY_RUNNER = {
+    "spec": "give it as the SPEC argument, not as a parameter",
+    "headless": "is set by zdm run itself",
+    "run_id": "is set by zdm run itself",
+}
 
 
 @dataclass
@@ -73,12 +78,10 @@ def check(phase: Phase | str, spec: Path, raw: Mapping[str, str], *, headless: b
     """``-p NAME VALUE`` strings converted and checked with the spec; :class:`ParameterError` or
     ``SpecError`` list every problem. ``headless`` and ``run_id`` are the runner's to set."""
     p = Phase(phase)
-    problems = [Problem(n, "is set by zdm run itself") for n in raw if n in SET_BY_RUNNER]
-    if "spec" in raw:
-        problems.append(Problem("spec", "give it as the SPEC argument, not as a parameter"))
+    problems = [Problem(n, SET_BY_RUNNER[n]) for n in raw if n in SET_BY_RUNNER]
     values: dict[str, Any] = {}
     for name, text in raw.items():
-        if name in (*SET_BY_RUNNER, "spec"):
+        if name in SET_BY_RUNNER:
             continue
         try:
             values[name] = coerce(p, name, text)
@@ -119,7 +122,7 @@ def run(
 
     notebook, html = archive_paths(archive, params.plan.change.id, params.phase)
     notebook.parent.mkdir(parents=True, exist_ok=True)
-    given = {k: v for k, v in params.values.items() if k in raw or k in ("spec", *SET_BY_RUNNER)}
+    given = {k: v for k, v in params.values.items() if k in raw or k in SET_BY_RUNNER}
     result = RunResult(params.phase.value, params.plan.change.id, str(params.run_id), EXIT_OK, "succeeded")
     try:
         papermill.execute_notebook(
