@@ -33,10 +33,10 @@ from typing import Any
 import psycopg
 
 from zdm_runbook import ledger
-from zdm_runbook.backfill import Backfill, backfill_settings
-from zdm_runbook.embedded import LocalServer, embedded_bin_dir
-from zdm_runbook.plan import build_plan
-from zdm_runbook.spec import parse_change
+from zdm_runbook.demo.embedded import LocalServer, embedded_bin_dir
+from zdm_runbook.execute.backfill import BackfillEngine, backfill_settings
+from zdm_runbook.plan.planner import build_plan
+from zdm_runbook.spec.change import parse_change
 
 SPEC = 'change: bench-fill\noperations:\n  - backfill: {table: big, set: {w: "v * 2 + 1"}}\n'
 APP_SCRIPT = """\\set id random(1, {rows})
@@ -105,7 +105,7 @@ def ours(dsn: str, deadline: float) -> int:
     with psycopg.connect(dsn, autocommit=True) as c:
         ledger.ensure(c)
         ledger.record_change(c, "bench-fill", "", "bench")
-    engine = Backfill(dsn, "bench-fill", plan.steps[0], backfill_settings(OURS_SETTINGS))
+    engine = BackfillEngine(dsn, "bench-fill", plan.steps[0], backfill_settings(OURS_SETTINGS))
     try:
         return engine.run().rows_updated
     finally:

@@ -31,12 +31,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from zdm_runbook.connect import describe, resolve_dsn
-from zdm_runbook.ddl import execute_phase
-from zdm_runbook.embedded import LocalServer, embedded_bin_dir
-from zdm_runbook.guard import GuardSettings
-from zdm_runbook.plan import build_plan
-from zdm_runbook.spec import parse_change
+from zdm_runbook.core.connect import describe, resolve_dsn
+from zdm_runbook.demo.embedded import LocalServer, embedded_bin_dir
+from zdm_runbook.execute.executor import execute_phase
+from zdm_runbook.execute.guard import GuardSettings
+from zdm_runbook.plan.planner import build_plan
+from zdm_runbook.spec.change import parse_change
 
 
 class OpenLoopApp(threading.Thread):

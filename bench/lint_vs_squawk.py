@@ -63,7 +63,7 @@ def main() -> int:
     out = subprocess.run(zdm, capture_output=True, text=True, check=False)
     zdm_seconds = time.perf_counter() - started
     zdm_flagged = {int(Path(f["file"]).stem) for f in json.loads(out.stdout) if f["severity"] == "error"}
-    from zdm_runbook.lint import lint_text  # noqa: PLC0415
+    from zdm_runbook.lint.linter import lint_text  # noqa: PLC0415
 
     started = time.perf_counter()
     for path in files:

@@ -29,11 +29,12 @@ from pathlib import Path
 
 import psycopg
 
-from zdm_runbook.ddl import execute_phase
-from zdm_runbook.embedded import LocalServer, embedded_bin_dir
-from zdm_runbook.pgbench import PgBench
-from zdm_runbook.plan import build_plan
-from zdm_runbook.spec import Phase, parse_change
+from zdm_runbook.demo.embedded import LocalServer, embedded_bin_dir
+from zdm_runbook.demo.pgbench import PgBench
+from zdm_runbook.execute.executor import execute_phase
+from zdm_runbook.plan.planner import build_plan
+from zdm_runbook.spec.change import parse_change
+from zdm_runbook.spec.model import Phase
 
 SPEC = """
 change: pgbench-cents

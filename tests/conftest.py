@@ -19,7 +19,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from tests.helpers import ORDERS
-from zdm_runbook.embedded import DEBIAN_PG15_BIN, LocalServer, embedded_bin_dir
+from zdm_runbook.demo.embedded import DEBIAN_PG15_BIN, LocalServer, embedded_bin_dir
 
 _servers: dict[str, LocalServer] = {}
 _dsns: dict[str, str] = {}

@@ -12,9 +12,9 @@ from typing import Any
 
 import psycopg
 
-from zdm_runbook.ddl import execute_phase
-from zdm_runbook.plan import Plan
-from zdm_runbook.spec import Phase
+from zdm_runbook.execute.executor import execute_phase
+from zdm_runbook.plan.planner import Plan
+from zdm_runbook.spec.model import Phase
 
 # The table most tests change: 500 orders with a customer_id and a note.
 ORDERS = """

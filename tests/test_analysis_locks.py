@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from zdm_runbook.analysis import LOCK_MODES, analyze
+from zdm_runbook.lint.analysis import LOCK_MODES, analyze
 
 pytestmark = pytest.mark.pg
 

@@ -23,14 +23,15 @@ import psycopg
 import pytest
 
 from zdm_runbook import ledger
-from zdm_runbook.backfill import Backfill, BackfillSettings, backfill_settings
-from zdm_runbook.charts import backfill_figure, png
-from zdm_runbook.ddl import execute_phase
-from zdm_runbook.errors import ParameterError, SpecError
-from zdm_runbook.plan import build_plan
-from zdm_runbook.progress import LogProgress, frame
-from zdm_runbook.spec import Phase, parse_change
-from zdm_runbook.verify import verify
+from zdm_runbook.core.errors import ParameterError, SpecError
+from zdm_runbook.execute.backfill import BackfillEngine, BackfillSettings, backfill_settings
+from zdm_runbook.execute.executor import execute_phase
+from zdm_runbook.execute.progress import LogProgress, frame
+from zdm_runbook.execute.verify import verify
+from zdm_runbook.notebook.charts import backfill_figure, png
+from zdm_runbook.plan.planner import build_plan
+from zdm_runbook.spec.change import parse_change
+from zdm_runbook.spec.model import Phase
 
 from .backfill_child import SPEC
 from .helpers import scalar, zdm
@@ -59,10 +60,10 @@ def _batches(dsn: str, change: str) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
-def _engine(dsn: str, spec: str = SPEC, **settings: Any) -> Backfill:
+def _engine(dsn: str, spec: str = SPEC, **settings: Any) -> BackfillEngine:
     plan = build_plan(parse_change(spec))
     step = plan.for_phase(Phase.MIGRATE)[0]
-    return Backfill(dsn, plan.change.id, step, BackfillSettings(**settings))
+    return BackfillEngine(dsn, plan.change.id, step, BackfillSettings(**settings))
 
 
 def test_a_sigkill_at_random_points_then_resume(db: str) -> None:
@@ -149,7 +150,7 @@ operations:
         " UPDATE orders SET customer_ref = 30 WHERE id = (random() * 59999)::int + 1"
     )
     step = plan.for_phase(Phase.MIGRATE)[0]
-    engine = Backfill(db, plan.change.id, step, BackfillSettings(max_batch_size=500, pause=0.002))
+    engine = BackfillEngine(db, plan.change.id, step, BackfillSettings(max_batch_size=500, pause=0.002))
     with (
         AppProbe(db, old_app, every=0.002, app="old-app") as old,
         AppProbe(db, new_app, every=0.002, app="new-app") as new,
@@ -212,7 +213,7 @@ def test_f_headless_log_line_and_end_chart(db: str) -> None:
     _big(db, 30_000)
     lines: list[str] = []
     plan = build_plan(parse_change(SPEC))
-    engine = Backfill(
+    engine = BackfillEngine(
         db, "fill-w", plan.steps[0], BackfillSettings(max_batch_size=1000), LogProgress(0.0, lines.append)
     )
     state = engine.run()
@@ -227,7 +228,7 @@ def test_f_headless_log_line_and_end_chart(db: str) -> None:
     assert "30,000 rows scanned, 30,000 updated" in state.summary()
 
 
-def _running_backfill(db: str) -> tuple[Backfill, threading.Thread]:
+def _running_backfill(db: str) -> tuple[BackfillEngine, threading.Thread]:
     """A backfill under way on its own thread, slow enough for another session to steer it:
     100 batches of 400 rows with 50 ms pauses take at least 5 s."""
     _big(db, 40_000)
@@ -320,15 +321,16 @@ def test_verification_counts_mismatches_and_samples_their_keys(db: str) -> None:
 
 
 def test_widget_progress_updates_its_bar_and_label() -> None:
-    from zdm_runbook.progress import State, WidgetProgress  # noqa: PLC0415
+    from zdm_runbook.execute.progress import State  # noqa: PLC0415
+    from zdm_runbook.notebook.widgets import WidgetProgress  # noqa: PLC0415
 
     widget = WidgetProgress(chart_every=3600)
     state = State("public.big", rows_estimate=1000, rows_scanned=250, rows_updated=200, batch_size=50)
     widget(state)
     assert widget.bar.value == 0.25
     assert "250 / ~1,000 rows (25%)" in widget.label.value
-    from zdm_runbook.charts import show  # noqa: PLC0415
-    from zdm_runbook.progress import LogProgress, reporter  # noqa: PLC0415
+    from zdm_runbook.notebook.charts import show  # noqa: PLC0415
+    from zdm_runbook.notebook.widgets import LogProgress, reporter  # noqa: PLC0415
 
     assert isinstance(reporter(interactive=False), LogProgress)
     assert isinstance(reporter(interactive=True), WidgetProgress)
@@ -337,7 +339,7 @@ def test_widget_progress_updates_its_bar_and_label() -> None:
 
 
 def test_a_failed_backfill_is_marked_failed_and_resumes_on_the_next_run(db: str) -> None:
-    from zdm_runbook.backfill import BackfillError  # noqa: PLC0415
+    from zdm_runbook.execute.backfill import BackfillError  # noqa: PLC0415
 
     from .sessions import Blocker  # noqa: PLC0415
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import psycopg
 
-from zdm_runbook.catalog import check_change
-from zdm_runbook.plan import build_plan
-from zdm_runbook.spec import Phase, parse_change
+from zdm_runbook.plan.planner import build_plan
+from zdm_runbook.spec.catalog import check_change
+from zdm_runbook.spec.change import parse_change
+from zdm_runbook.spec.model import Phase
 
 from .helpers import apply_phase
 

@@ -8,10 +8,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from zdm_runbook import compat, runner
-from zdm_runbook.errors import SpecError
-from zdm_runbook.plan import build_plan
-from zdm_runbook.spec import Phase, load_change, parse_change
+from zdm_runbook.core.errors import SpecError
+from zdm_runbook.execute import compat
+from zdm_runbook.notebook import runner
+from zdm_runbook.plan.planner import build_plan
+from zdm_runbook.spec.change import load_change, parse_change
+from zdm_runbook.spec.model import Phase
 
 from .helpers import apply_phase, scalar, zdm
 

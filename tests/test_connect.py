@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from zdm_runbook.connect import connect, describe, redact, resolve_dsn
-from zdm_runbook.errors import ConfigError, DatabaseError
+from zdm_runbook.core.connect import connect, describe, redact, resolve_dsn
+from zdm_runbook.core.errors import ConfigError, DatabaseError
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_psycopg_accepts_what_resolve_returns(db: str) -> None:
 
 
 def test_find_secrets_names_each_kind_by_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from zdm_runbook.connect import find_secrets  # noqa: PLC0415
+    from zdm_runbook.core.connect import find_secrets  # noqa: PLC0415
 
     monkeypatch.setenv("SECRET_DSN", "host=db user=app password=Tr0ub4dor&3")
     resolve_dsn(env="SECRET_DSN")

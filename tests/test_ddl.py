@@ -16,12 +16,13 @@ import pytest
 from psycopg import sql
 
 from zdm_runbook import ledger
-from zdm_runbook.ddl import Executor, StepFailed, execute_phase
-from zdm_runbook.errors import ConfigError, ParameterError
-from zdm_runbook.guard import GuardSettings
-from zdm_runbook.plan import Plan, build_plan
-from zdm_runbook.spec import Phase, parse_change
-from zdm_runbook.steps import Step
+from zdm_runbook.core.errors import ConfigError, ParameterError
+from zdm_runbook.execute.executor import Executor, StepFailed, execute_phase
+from zdm_runbook.execute.guard import GuardSettings
+from zdm_runbook.plan.planner import Plan, build_plan
+from zdm_runbook.plan.steps import Step
+from zdm_runbook.spec.change import parse_change
+from zdm_runbook.spec.model import Phase
 
 from .helpers import columns, scalar
 from .sessions import AppProbe, Blocker, wait_for

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 
-from zdm_runbook.embedded import LocalServer, embedded_bin_dir
+from zdm_runbook.demo.embedded import LocalServer, embedded_bin_dir
 
 from .test_cli import zdm
 

@@ -7,12 +7,13 @@ import json
 import psycopg
 import pytest
 
-from zdm_runbook.ddl import execute_phase
-from zdm_runbook.errors import ZdmError
-from zdm_runbook.gates import check_gate
-from zdm_runbook.plan import build_plan
-from zdm_runbook.signoff import phase_state, sign_off
-from zdm_runbook.spec import Phase, parse_change
+from zdm_runbook.core.errors import ZdmError
+from zdm_runbook.execute.executor import execute_phase
+from zdm_runbook.ledger.gates import check_gate
+from zdm_runbook.ledger.signoffs import phase_state, sign_off
+from zdm_runbook.plan.planner import build_plan
+from zdm_runbook.spec.change import parse_change
+from zdm_runbook.spec.model import Phase
 
 from .helpers import scalar
 from .test_cli import zdm

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from zdm_runbook.errors import ParameterError
-from zdm_runbook.guard import GuardSettings, parse_duration, settings_from, step_settings_from
+from zdm_runbook.core.durations import parse_duration
+from zdm_runbook.core.errors import ParameterError
+from zdm_runbook.execute.guard import GuardSettings, settings_from, step_settings_from
 
 
 @pytest.mark.parametrize(

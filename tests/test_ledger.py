@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from zdm_runbook import ledger
-from zdm_runbook.errors import ZdmError
+from zdm_runbook.core.errors import ZdmError
 
 pytestmark = pytest.mark.pg
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from zdm_runbook.analysis import analyze
-from zdm_runbook.lint import SqlFileError, lint_text
+from zdm_runbook.lint.analysis import analyze
+from zdm_runbook.lint.linter import SqlFileError, lint_text
 
 from .lint_corpus import CORPUS
 from .test_cli import zdm

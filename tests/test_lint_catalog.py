@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from zdm_runbook.lint import lint_text
+from zdm_runbook.lint.linter import lint_text
 
 from .helpers import columns, scalar
 from .test_cli import zdm

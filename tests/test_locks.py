@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from zdm_runbook import locks
-from zdm_runbook.preflight import preflight
+from zdm_runbook.inspect import locks
+from zdm_runbook.inspect.preflight import preflight
 
 from .sessions import Background, Blocker, is_waiting, wait_for
 from .test_cli import zdm

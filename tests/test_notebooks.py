@@ -9,8 +9,8 @@ import nbformat
 import papermill
 import pytest
 
-from zdm_runbook import runner
-from zdm_runbook.templates import DBA_NOTEBOOKS, build_dba
+from zdm_runbook.notebook import runner
+from zdm_runbook.notebook.templates import DBA_NOTEBOOKS, build_dba
 
 from .sessions import Blocker
 from .test_runbook import REF, _outputs
@@ -21,7 +21,7 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 @pytest.mark.parametrize("name", sorted(DBA_NOTEBOOKS))
 def test_committed_dba_notebooks_are_generated_and_without_outputs(name: str) -> None:
     committed = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    assert committed == build_dba(name), "python -m zdm_runbook.templates rewrites it"
+    assert committed == build_dba(name), "python -m zdm_runbook.notebook.templates rewrites it"
     assert all(not c.outputs for c in committed.cells if c.cell_type == "code")
 
 

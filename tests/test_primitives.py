@@ -5,8 +5,9 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from zdm_runbook.plan import build_plan
-from zdm_runbook.spec import Phase, parse_change
+from zdm_runbook.plan.planner import build_plan
+from zdm_runbook.spec.change import parse_change
+from zdm_runbook.spec.model import Phase
 
 from .helpers import apply_phase, columns, scalar
 

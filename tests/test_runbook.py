@@ -16,10 +16,10 @@ import nbformat
 import psycopg
 import pytest
 
-from zdm_runbook import runbook, runner
-from zdm_runbook.parameters import PARAMETERS, declared
-from zdm_runbook.spec import Phase
-from zdm_runbook.templates import build, template_path
+from zdm_runbook.notebook import runbook, runner
+from zdm_runbook.notebook.parameters import PARAMETERS, declared
+from zdm_runbook.notebook.templates import build, template_path
+from zdm_runbook.spec.model import Phase
 
 from .helpers import ORDERS, columns, fingerprint, scalar, zdm
 
@@ -83,7 +83,7 @@ def _phase_runs(dsn: str, change: str) -> list[tuple[Any, ...]]:
 def test_committed_templates_are_generated_thin_and_without_outputs(phase: Phase) -> None:
     path = template_path(phase)
     committed = nbformat.read(path, as_version=4)
-    assert committed == build(phase), f"{path} differs: python -m zdm_runbook.templates rewrites it"
+    assert committed == build(phase), f"{path} differs: python -m zdm_runbook.notebook.templates rewrites it"
     code = [c for c in committed.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code)
     assert code[0].metadata["tags"] == ["parameters"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from zdm_runbook.errors import SpecError
-from zdm_runbook.plan import build_plan
-from zdm_runbook.spec import parse_change
+from zdm_runbook.core.errors import SpecError
+from zdm_runbook.plan.planner import build_plan
+from zdm_runbook.spec.change import parse_change
 
 HEAD = "change: c1\noperations:\n"
 

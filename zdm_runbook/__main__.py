@@ -1,5 +1,5 @@
 """``python -m zdm_runbook`` is the ``zdm`` command."""
 
-from .cli import main
+from zdm_runbook.cli.main import main
 
 main()

@@ -1,0 +1,149 @@
+"""Where the DSN comes from, how connections are opened, and how secrets are kept out of text.
+
+A DSN is resolved from an explicit argument, else from an environment variable whose *name* the
+caller gives (default ``ZDM_DSN``), else from libpq's own environment and service file. Parameters,
+logs and notebooks only ever carry the variable's name; :func:`redact` scrubs anything printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from zdm_runbook.core.errors import ConfigError, DatabaseError
+
+DEFAULT_DSN_ENV = "ZDM_DSN"
+APPLICATION_NAME = "zdm_runbook"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# Passwords seen in DSNs this process resolved: redact() hides them wherever they appear.
+_known_secrets: set[str] = set()
+
+_URI_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)(?P<secret>[^@\s/]+)(?=@)", re.I)
+_KEYWORD_PASSWORD = re.compile(
+    r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,'\"]+)",
+    re.I,
+)
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<secret>[^&\s]+)", re.I)
+# SQL text of other sessions (a blocker's query): CREATE/ALTER ROLE ... PASSWORD 'secret'
+_SQL_PASSWORD = re.compile(r"(?P<head>\bPASSWORD\s+)(?P<secret>'(?:[^']|'')*')", re.I)
+MASK = "***"
+
+
+def remember_secret(dsn: str) -> None:
+    """Record the password of ``dsn`` (if any) so :func:`redact` hides it everywhere."""
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        return
+    if isinstance(password, str) and password:
+        _known_secrets.add(password)
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URIs (``user:secret@``), keyword DSNs (``password=secret``), SQL
+    (``PASSWORD 'secret'``) and the ones :func:`remember_secret` recorded."""
+    out = _URI_PASSWORD.sub(lambda m: m["head"] + MASK, text)
+    out = _QUERY_PASSWORD.sub(lambda m: m["head"] + MASK, out)
+    out = _KEYWORD_PASSWORD.sub(lambda m: m["head"] + MASK, out)
+    out = _SQL_PASSWORD.sub(lambda m: m["head"] + f"'{MASK}'", out)
+    for secret in sorted(_known_secrets, key=len, reverse=True):
+        out = out.replace(secret, MASK)
+    return out
+
+
+def find_secrets(text: str) -> list[tuple[int, str]]:
+    """``(line, kind)`` of every password in ``text`` that :func:`redact` would hide.
+
+    The archive scan uses it: an output notebook or HTML holding one fails the run loudly.
+    Already-masked values (``***``) are not secrets."""
+    found: list[tuple[int, str]] = []
+    patterns = (
+        ("URI password", _URI_PASSWORD),
+        ("password= parameter", _QUERY_PASSWORD),
+        ("password keyword", _KEYWORD_PASSWORD),
+        ("SQL PASSWORD literal", _SQL_PASSWORD),
+    )
+    for kind, pattern in patterns:
+        for m in pattern.finditer(text):
+            if m["secret"].strip("'\"") != MASK:
+                found.append((text.count("\n", 0, m.start()) + 1, kind))
+    for secret in _known_secrets:
+        start = text.find(secret)
+        while start != -1:
+            found.append((text.count("\n", 0, start) + 1, "the connection's password"))
+            start = text.find(secret, start + 1)
+    return sorted(set(found))
+
+
+def resolve_dsn(dsn: str | None = None, env: str | None = None) -> str:
+    """Return the DSN to use: ``dsn`` if given, else ``$env`` (default ``ZDM_DSN``), else ``""``.
+
+    An empty DSN lets libpq use its own environment (PGHOST, PGSERVICE, ...). A variable that the
+    caller named explicitly but that is unset is an error, so a typo never connects elsewhere.
+    """
+    if dsn:
+        remember_secret(dsn)
+        return dsn
+    name = env or DEFAULT_DSN_ENV
+    if not _ENV_NAME.match(name):
+        raise ConfigError(f"dsn_env: {name!r} is not a valid environment variable name")
+    value = os.environ.get(name)
+    if value:
+        remember_secret(value)
+        return value
+    if env is not None and env != DEFAULT_DSN_ENV:
+        raise ConfigError(
+            f"dsn_env: environment variable {name} is not set; export it with the connection"
+            " string (the parameter names the variable, never the DSN itself)"
+        )
+    return ""
+
+
+def describe(dsn: str) -> str:
+    """A redacted one-line description of where ``dsn`` points, for headers and logs."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparseable DSN>"
+    host = params.get("host") or os.environ.get("PGHOST") or "local socket"
+    port = params.get("port") or os.environ.get("PGPORT") or "5432"
+    user = params.get("user") or os.environ.get("PGUSER") or "(default user)"
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE") or "(default database)"
+    return redact(f"{user}@{host}:{port}/{dbname}")
+
+
+def connect(
+    dsn: str | None = None,
+    *,
+    env: str | None = None,
+    phase: str | None = None,
+    autocommit: bool = False,
+    connect_timeout: int = 10,
+) -> psycopg.Connection[tuple[object, ...]]:
+    """Open a connection tagged ``application_name=zdm_runbook[:phase]``; errors come redacted."""
+    conninfo = resolve_dsn(dsn, env)
+    app = f"{APPLICATION_NAME}:{phase}" if phase else APPLICATION_NAME
+    try:
+        conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:  # not a DSN at all: bad input, not a server problem
+        where = f"the variable {env or DEFAULT_DSN_ENV}" if not dsn else "the DSN given"
+        raise ConfigError(
+            f"{where} does not hold a connection string (postgresql://… or key=value …):"
+            f" {redact(str(exc)).strip()}"
+        ) from None
+    try:
+        return psycopg.connect(
+            conninfo,
+            autocommit=autocommit,
+            application_name=app,
+            connect_timeout=connect_timeout,
+        )
+    except psycopg.Error as exc:
+        raise DatabaseError(
+            f"cannot connect to {describe(conninfo)}: {redact(str(exc)).strip()}",
+            getattr(exc, "sqlstate", None),
+        ) from None

@@ -1,0 +1,398 @@
+"""The backfill engine: a migrate step's UPDATE in bounded keyset batches that survive anything.
+
+Each batch is one short transaction: ``SET LOCAL`` timeouts, the next key range, the UPDATE of
+its rows whose target still differs (``IS DISTINCT FROM``), and the checkpoint in the ledger, all
+committed together. So a crash, a SIGKILL or a lost connection loses at most the batch in
+flight, and a re-run resumes from the last committed one; a re-run after completion updates
+nothing. The batch size adapts toward a target duration; the engine pauses while told to, while
+replicas lag, or while sessions queue for a lock on the table.
+
+Defaults, and why: a batch targets 0.2 s (pt-online-schema-change and pt-table-checksum aim their
+chunks at 0.5 s; a shorter batch holds its row locks for less time, so an app UPDATE that meets
+one waits less), grows by at most 20% per batch (GitLab's batch optimizer takes the same care not
+to overshoot), halves on a timeout, and stays within 100..5,000 rows: the ceiling keeps the rows
+locked at any moment a small share of a large table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from zdm_runbook.core.connect import connect, redact
+from zdm_runbook.core.errors import ConfigError, DatabaseError, ParameterError, Problem, SpecError
+from zdm_runbook.execute.guard import read_settings
+from zdm_runbook.execute.keyset import Key, TableKey, table_key
+from zdm_runbook.execute.progress import Batch, State
+from zdm_runbook.execute.verify import verify
+from zdm_runbook.ledger import checkpoints
+from zdm_runbook.plan.steps import BackfillSpec, Step
+
+log = logging.getLogger(__name__)
+Conn = psycopg.Connection[Any]
+# lock_timeout and statement_timeout: retry the range, smaller; a deadlock: retry it as it was.
+SHRINK_ON = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)
+RETRY_ON = (*SHRINK_ON, psycopg.errors.DeadlockDetected)
+GROWTH = 1.2
+CHECK_EVERY = 0.5  # seconds between checks of the controls, replica lag and the lock queue
+
+
+@dataclass(frozen=True)
+class BackfillSettings:
+    """Batch sizing, throttling and timeouts of a backfill (durations in seconds)."""
+
+    target_batch: float = 0.2
+    start_batch_size: int = 5000
+    min_batch_size: int = 100
+    max_batch_size: int = 20000
+    pause: float = 0.0
+    max_replay_lag: float = 30.0
+    lock_timeout: float = 1.0
+    statement_timeout: float = 30.0
+    busy_duty: float = 0.15
+    busy_max_batch_size: int = 500
+    max_failures: int = 10
+    reconnect_attempts: int = 10
+    log_every: float = 5.0
+
+
+def backfill_settings(values: Mapping[str, Any] | None, path: str = "backfill") -> BackfillSettings:
+    """Settings from parameters; :class:`ParameterError` names every bad field."""
+    ranges = {
+        "start_batch_size": (1, 1_000_000),
+        "min_batch_size": (1, 1_000_000),
+        "max_batch_size": (1, 1_000_000),
+        "max_failures": (1, 1000),
+        "reconnect_attempts": (0, 1000),
+        "busy_max_batch_size": (1, 1_000_000),
+    }
+    result, problems = read_settings(
+        BackfillSettings(), values, path, ranges, frozenset({"pause"}), frozenset({"busy_duty"})
+    )
+    if not problems and "start_batch_size" not in (values or {}):  # the default follows the bounds
+        start = min(max(result.start_batch_size, result.min_batch_size), result.max_batch_size)
+        result = replace(result, start_batch_size=start)
+    if not problems and result.min_batch_size > result.max_batch_size:
+        problems.append(Problem(f"{path}.min_batch_size", "must not exceed max_batch_size"))
+    elif not problems and not result.min_batch_size <= result.start_batch_size <= result.max_batch_size:
+        problems.append(
+            Problem(f"{path}.start_batch_size", "must lie between min_batch_size and max_batch_size")
+        )
+    if not problems and result.lock_timeout >= result.statement_timeout:
+        problems.append(Problem(f"{path}.lock_timeout", "must be shorter than statement_timeout"))
+    if problems:
+        raise ParameterError(problems)
+    return result
+
+
+Listener = Callable[[State], None]
+
+
+class BackfillError(DatabaseError):
+    """The backfill stopped; what is committed stays, and a re-run resumes from its checkpoint."""
+
+
+class BackfillEngine:
+    """Runs one backfill step to completion (see the module text); ``state`` is live while it runs."""
+
+    def __init__(
+        self,
+        dsn: str,
+        change_id: str,
+        step: Step,
+        settings: BackfillSettings | None = None,
+        on_batch: Listener | None = None,
+    ) -> None:
+        if step.backfill is None:
+            raise ConfigError(f"step {step.key} is not a backfill")
+        self.dsn, self.change_id, self.step = dsn, change_id, step
+        self.spec: BackfillSpec = step.backfill
+        self.settings = settings or BackfillSettings()
+        self.on_batch = on_batch
+        self.conn: Conn | None = None
+        self.key: TableKey | None = None
+        self.state = State(str(self.spec.table), None)
+        self.table_oid = 0
+        self._checked = float("-inf")
+        self._control: dict[str, Any] = {}
+        self._busy_seen = False
+
+    # --- connection ---
+
+    def _connect(self) -> Conn:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            self.conn = connect(self.dsn, phase="migrate:backfill", autocommit=True)
+        return self.conn
+
+    def _reconnect(self, why: str) -> Conn:
+        delay = 0.5
+        for attempt in range(1, self.settings.reconnect_attempts + 1):
+            log.warning("backfill %s: connection lost (%s); reconnecting (%d)", self.step.key, why, attempt)
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = None
+            try:
+                conn = self._connect()
+            except DatabaseError:
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self.state.reconnects += 1
+            return conn
+        raise BackfillError(f"backfill {self.step.key}: connection lost and not regained: {why}")
+
+    # --- setup ---
+
+    def prepare(self) -> tuple[Key | None, Key | None]:
+        """Find the key, check the UPDATE plans (bad expressions fail here, before any batch), and
+        start or resume the ledger row; return the checkpoint and the upper bound."""
+        conn = self._connect()
+        path = f"operations[{self.step.operation}].{self.step.key.split('-', 2)[1]}"
+        self.key = table_key(conn, self.spec.table, f"{path}.table")
+        oid = conn.execute(
+            "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))::oid::int8",
+            [self.spec.table.schema, self.spec.table.name],
+        ).fetchone()
+        self.table_oid = int(oid[0]) if oid and oid[0] else 0
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("EXPLAIN {}").format(self.spec.update(self.key.range(None, None))))
+        except psycopg.Error as exc:
+            raise SpecError([Problem(path, f"the backfill cannot run: {redact(str(exc)).strip()}")]) from None
+        row = checkpoints.checkpoint(conn, self.change_id, self.step.key)
+        if row is not None and row.status != "done":  # running (interrupted) or failed: resume
+            checkpoints.reopen(conn, self.change_id, self.step.key)
+            self.state.rows_scanned, self.state.rows_updated = row.rows_scanned, row.rows_updated
+            self.state.resumed_from = self.state.rows_scanned
+            self._estimate(conn)
+            return row.last_key, row.upper_key
+        upper_row = conn.execute(self.key.last_key()).fetchone()
+        upper = upper_row[0] if upper_row else None
+        estimate = self._estimate(conn)
+        checkpoints.start(
+            conn, self.change_id, self.step.key, str(self.spec.table), list(self.key.columns), upper, estimate
+        )
+        return None, upper
+
+    def _estimate(self, conn: Conn) -> int | None:
+        row = conn.execute(
+            "SELECT reltuples::int8 FROM pg_class"
+            " WHERE oid = to_regclass(format('%%I.%%I', %s::text, %s::text))",
+            [self.spec.table.schema, self.spec.table.name],
+        ).fetchone()
+        self.state.rows_estimate = int(row[0]) if row and row[0] is not None and row[0] >= 0 else None
+        return self.state.rows_estimate
+
+    # --- the loop ---
+
+    def run(self) -> State:
+        """Batch until the captured upper bound is passed; return the final state.
+
+        A :class:`BackfillError` marks the ledger row ``failed`` (what is committed stays; a re-run
+        resumes from the checkpoint)."""
+        try:
+            return self._run()
+        except BackfillError:
+            self._mark_failed()
+            raise
+
+    def _mark_failed(self) -> None:
+        try:
+            checkpoints.mark_failed(self._connect(), self.change_id, self.step.key)
+        except (psycopg.Error, DatabaseError):  # the error being raised says more than this one
+            log.warning("backfill %s: could not mark the ledger row failed", self.step.key)
+
+    def _run(self) -> State:
+        lower, upper = self.prepare()
+        size = self.settings.start_batch_size
+        failures = 0
+        control: dict[str, Any] = {}
+        while upper is not None:
+            try:
+                throttled, control = self._throttle()
+                size = control.get("batch_size") or size
+                batch = self._batch(lower, upper, size, failures, throttled)
+            except psycopg.Error as exc:
+                if isinstance(exc, RETRY_ON):
+                    failures += 1
+                    self.state.retries += 1
+                    if failures > self.settings.max_failures:
+                        raise BackfillError(
+                            f"backfill {self.step.key}: {failures} batches in a row failed"
+                            f" ({redact(str(exc)).strip()}); what is committed stays, re-run to resume",
+                            exc.sqlstate,
+                        ) from exc
+                    if isinstance(exc, SHRINK_ON):
+                        size = max(self.settings.min_batch_size, size // 2)
+                    time.sleep(min(5.0, 0.1 * 2**failures))
+                    continue
+                if self.conn is None or self.conn.closed or self.conn.broken:
+                    self._reconnect(redact(str(exc)).strip())
+                    lower, upper = self.prepare()
+                    continue
+                raise BackfillError(
+                    f"backfill {self.step.key} failed: {redact(str(exc)).strip()}", exc.sqlstate
+                ) from exc
+            if batch is None:
+                break
+            failures = 0
+            lower = batch.upper
+            size = self._next_size(size, batch.seconds)
+            pause_ms = control.get("pause_ms")
+            pause = self.settings.pause if pause_ms is None else pause_ms / 1000
+            if self.state.app_busy and pause_ms is None:  # share the server: run busy_duty of the time
+                size = min(size, self.settings.busy_max_batch_size)
+                pause = max(pause, batch.seconds * (1 / self.settings.busy_duty - 1))
+            time.sleep(pause)
+        try:
+            self._finish()
+        except psycopg.OperationalError as exc:
+            self._reconnect(redact(str(exc)).strip())
+            self._finish()
+        return self.state
+
+    def _next_size(self, size: int, seconds: float) -> int:
+        """Toward the target duration: grow by at most 20%, shrink in proportion, within bounds."""
+        wanted = size * self.settings.target_batch / max(seconds, 1e-3)
+        new = min(wanted, size * GROWTH)
+        return int(max(self.settings.min_batch_size, min(self.settings.max_batch_size, new)))
+
+    def _throttle(self) -> tuple[float, dict[str, Any]]:
+        """Wait while paused, while replicas lag, or while sessions queue for a lock on the table.
+
+        Checked at most every ``CHECK_EVERY`` seconds (not per batch: one round trip fewer each)."""
+        now = time.monotonic()
+        if now - self._checked < CHECK_EVERY:
+            return 0.0, self._control
+        waited = 0.0
+        while True:
+            conn = self._connect()
+            steer = checkpoints.controls(conn, self.change_id, self.step.key)
+            if steer is None:
+                raise BackfillError(f"backfill {self.step.key}: its ledger row disappeared")
+            load = conn.execute(
+                "SELECT (SELECT count(*) FROM pg_locks l WHERE l.relation = %s::int8::oid AND NOT l.granted),"
+                " (SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication)::float8,"
+                " (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = current_database()"
+                "   AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'"
+                "   AND a.application_name NOT LIKE 'zdm_runbook%%'"
+                "   AND (a.state <> 'idle' OR a.state_change > now() - interval '1 second'))",
+                [self.table_oid],
+            ).fetchone()
+            queued, lag, busy = load if load else (0, None, 0)
+            paused, batch_size, pause_ms = steer.paused, steer.batch_size, steer.pause_ms
+            # Hysteresis: the app counts as busy (or quiet) once two checks in a row agree.
+            busy_now = bool(busy) and self.settings.busy_duty < 1.0
+            if busy_now == self._busy_seen:
+                self.state.app_busy = busy_now
+            self._busy_seen = busy_now
+            reason = None
+            if paused:
+                reason = "paused (zdm.backfills.paused)"
+            elif lag is not None and lag > self.settings.max_replay_lag:
+                reason = f"replica lag {lag:.0f} s > {self.settings.max_replay_lag:g} s"
+            elif queued:
+                reason = f"{queued} session(s) queued for a lock on {self.spec.table}"
+            self.state.paused = reason
+            if reason is None:
+                self._checked = time.monotonic()
+                self._control = {"batch_size": batch_size, "pause_ms": pause_ms}
+                return waited, self._control
+            if self.on_batch:
+                self.on_batch(self.state)
+            time.sleep(0.5)
+            waited += 0.5
+
+    def _batch(
+        self, lower: Key | None, upper: Key, size: int, retries: int, throttled: float
+    ) -> Batch | None:
+        if self.key is None:  # pragma: no cover - prepare() sets it
+            raise ConfigError("prepare() first")
+        conn = self._connect()
+        started = time.monotonic()
+        with conn.transaction():
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                [
+                    str(round(self.settings.lock_timeout * 1000)),
+                    str(round(self.settings.statement_timeout * 1000)),
+                ],
+            )
+            row = conn.execute(self.key.batch_end(lower, upper, size)).fetchone()
+            if row is not None:
+                scanned, end = size, row[0]
+            else:
+                left = conn.execute(self.key.count(lower, upper)).fetchone()
+                scanned, end = (int(left[0]), upper) if left and left[0] else (0, None)
+            if end is None:
+                return None
+            updated = conn.execute(self.spec.update(self.key.range(lower, end))).rowcount
+            seconds = time.monotonic() - started
+            number = checkpoints.record_batch(
+                conn,
+                self.change_id,
+                self.step.key,
+                lower=lower,
+                upper=end,
+                rows_scanned=scanned,
+                rows_updated=updated,
+                batch_size=size,
+                seconds=seconds,
+                retries=retries,
+                throttled_s=throttled,
+            )
+        batch = Batch(
+            number, lower, end, scanned, updated, size, seconds, retries, throttled, time.monotonic()
+        )
+        self.state.rows_scanned += scanned
+        self.state.rows_updated += updated
+        self.state.batch_size = size
+        self.state.batches.append(batch)
+        if self.on_batch:
+            self.on_batch(self.state)
+        return batch
+
+    def _finish(self) -> None:
+        conn = self._connect()
+        checkpoints.mark_done(conn, self.change_id, self.step.key)
+        self.state.finished = time.monotonic()
+        self.state.rows_estimate = self.state.rows_scanned
+        self.state.paused = None
+        if self.on_batch:
+            self.on_batch(self.state)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def runner(
+    dsn: str,
+    change_id: str,
+    settings: BackfillSettings | None = None,
+    on_batch: Listener | None = None,
+) -> Callable[[Step], None]:
+    """What the guarded executor calls for a backfill step: run it to completion, print its
+    summary, then verify the whole table (a mismatch fails the step, with a sample of keys)."""
+
+    def run(step: Step) -> None:
+        engine = BackfillEngine(dsn, change_id, step, settings, on_batch)
+        try:
+            state = engine.run()
+            print(state.summary(), flush=True)
+            conn = engine._connect()
+            if step.backfill is not None:
+                check = verify(conn, step.backfill)
+                print(check, flush=True)
+                if not check.ok:
+                    raise BackfillError(f"backfill {step.key} done but {check}")
+        finally:
+            engine.close()
+
+    return run

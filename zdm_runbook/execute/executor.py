@@ -1,0 +1,413 @@
+"""Guarded execution of a plan's steps: fail fast on locks, retry with backoff, never freeze the app.
+
+A step in a transaction runs as ``BEGIN; set_config(lock_timeout, statement_timeout, local);
+statements; COMMIT``, so the settings die with the transaction (and survive transaction poolers).
+A CONCURRENTLY statement runs alone in autocommit with the same settings set before and restored
+after. ``lock_not_available`` (55P03) and ``deadlock_detected`` (40P01) are retried with
+full-jitter backoff; ``query_canceled`` (57014) and anything else is reported, not retried. Each
+attempt is written to the ledger with who blocked it, sampled from a second session while it waited.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from zdm_runbook import ledger
+from zdm_runbook.core.connect import redact, resolve_dsn
+from zdm_runbook.core.errors import ConfigError, DatabaseError, ZdmError
+from zdm_runbook.execute.guard import GuardSettings, settings_from, step_settings_from
+from zdm_runbook.execute.session import PhaseSession
+from zdm_runbook.inspect.blockers import BlockerWatch, describe, holders
+from zdm_runbook.plan import steps as s
+from zdm_runbook.plan.planner import Plan
+from zdm_runbook.plan.steps import Step
+from zdm_runbook.spec.model import Phase
+from zdm_runbook.spec.sqltext import regclass
+
+log = logging.getLogger(__name__)
+Conn = psycopg.Connection[Any]
+# psycopg's class for each SQLSTATE that ends an attempt, and the outcome the ledger records.
+OUTCOME_OF: tuple[tuple[type[psycopg.Error], str], ...] = (
+    (psycopg.errors.LockNotAvailable, "lock_timeout"),  # 55P03
+    (psycopg.errors.DeadlockDetected, "deadlock"),  # 40P01
+    (psycopg.errors.QueryCanceled, "query_canceled"),  # 57014: statement_timeout
+)
+RETRIED = frozenset({"lock_timeout", "deadlock"})
+
+
+def outcome_of(exc: psycopg.Error) -> str:
+    """The ledger's outcome for an attempt that raised ``exc``."""
+    return next((outcome for cls, outcome in OUTCOME_OF if isinstance(exc, cls)), "failed")
+
+
+BackfillRunner = Callable[[Step], None]
+
+
+@dataclass
+class Attempt:
+    """One try of a step, as recorded in the ledger."""
+
+    number: int
+    outcome: str
+    seconds: float
+    sqlstate: str | None = None
+    message: str | None = None
+    lock_wait_s: float = 0.0
+    blockers: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class StepResult:
+    """What happened to one step: ``applied``, ``skipped`` (already done) or ``failed``."""
+
+    key: str
+    outcome: str
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+class StepFailed(DatabaseError):
+    """A step was not applied; the message names the step, the SQLSTATE, the blockers and what next."""
+
+    def __init__(self, key: str, message: str, sqlstate: str | None, attempts: list[Attempt]) -> None:
+        super().__init__(message, sqlstate)
+        self.key = key
+        self.attempts = attempts
+        self.results: list[StepResult] = []
+
+
+def _ms(seconds: float) -> str:
+    return str(max(1, round(seconds * 1000)))
+
+
+class Executor:
+    """Runs steps on ``worker`` (autocommit), watching and recording from ``control`` (autocommit)."""
+
+    def __init__(
+        self,
+        worker: Conn,
+        control: Conn,
+        plan: Plan,
+        *,
+        settings: GuardSettings | None = None,
+        step_settings: Mapping[str, GuardSettings] | None = None,
+        backfill: BackfillRunner | None = None,
+        on_event: Callable[[str], None] | None = None,
+        sample_every: float = 0.1,
+        rng: random.Random | None = None,
+        run_id: uuid.UUID | None = None,
+        after_step: Callable[[Step], None] | None = None,
+    ) -> None:
+        for name, c in (("worker", worker), ("control", control)):
+            if not c.autocommit:
+                raise ConfigError(f"the {name} connection must be in autocommit mode")
+        self.worker, self.control, self.plan = worker, control, plan
+        self.settings = settings or GuardSettings()
+        self.step_settings = dict(step_settings or {})
+        self.backfill = backfill
+        self.on_event = on_event
+        self.sample_every = sample_every
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.run_id = run_id or uuid.uuid4()
+        self.after_step = after_step  # e.g. the compatibility check after each applied step
+        self.worker_pid = worker.info.backend_pid
+
+    def event(self, text: str) -> None:
+        text = redact(text)
+        log.info("%s", text)
+        if self.on_event:
+            self.on_event(text)
+
+    # --- a phase ---
+
+    def run_phase(self, phase: Phase | str) -> list[StepResult]:
+        """Run the phase's steps in order; stop at the first failure (raised as :class:`StepFailed`)."""
+        steps = self.plan.for_phase(phase)
+        if any(st.backfill for st in steps) and self.backfill is None:
+            raise ConfigError(f"phase {Phase(phase).value} has backfill steps: pass a backfill runner")
+        results: list[StepResult] = []
+        for step in steps:
+            try:
+                results.append(self.run_step(step))
+            except StepFailed as exc:
+                exc.results = [*results, StepResult(step.key, "failed", exc.attempts)]
+                raise
+            if self.after_step is not None and results[-1].outcome == "applied":
+                self.after_step(step)
+        return results
+
+    # --- one step ---
+
+    def is_done(self, step: Step) -> bool:
+        """The step's catalog guard; a step without one (raw SQL) is done when the ledger says so.
+
+        A step a later phase has moved past (its ``superseded_when`` holds) counts as done: re-running
+        expand after contract must never bring back a trigger on a dropped column.
+        """
+        for guard in (step.superseded_when, step.done_when):
+            if guard is None:
+                continue
+            row = self.control.execute(guard).fetchone()
+            if row and row[0]:
+                return True
+        if step.done_when is not None:
+            return False
+        return step.key in ledger.applied_steps(self.control, self.plan.change.id)
+
+    def run_step(self, step: Step) -> StepResult:
+        """Apply one step unless already applied; retry lock timeouts and deadlocks with backoff."""
+        settings = self.step_settings.get(step.key, self.settings)
+        timeouts = settings.timeouts_for(step.transactional, step.long_running)
+        if self.is_done(step):
+            self._record(step, 0, timeouts, Attempt(0, "skipped", 0.0, message="already applied"))
+            self.event(f"{step.key}: already applied, skipped")
+            return StepResult(step.key, "skipped", [])
+        if step.backfill is not None and self.backfill is not None:
+            return self._run_backfill(step, timeouts)
+        attempts: list[Attempt] = []
+        for number in range(1, settings.max_attempts + 1):
+            attempt = self._attempt(step, number, timeouts)
+            attempts.append(attempt)
+            if attempt.outcome == "applied":
+                self.event(f"{step.key}: applied (attempt {number}, {attempt.seconds:.2f} s)")
+                return StepResult(step.key, "applied", attempts)
+            if attempt.outcome not in RETRIED:
+                raise StepFailed(
+                    step.key, self._failure_text(step, attempt, number), attempt.sqlstate, attempts
+                )
+            if number < settings.max_attempts:
+                pause = settings.backoff(number, self.rng)
+                who = "; ".join(describe(b) for b in attempt.blockers) or "no blocker seen"
+                self.event(
+                    f"{step.key}: attempt {number}/{settings.max_attempts} hit {attempt.outcome}"
+                    f" after {attempt.seconds:.2f} s (blocked by {who}); retrying in {pause:.2f} s"
+                )
+                time.sleep(pause)
+        last = attempts[-1]
+        raise StepFailed(step.key, self._exhausted_text(step, attempts), last.sqlstate, attempts)
+
+    def _run_backfill(self, step: Step, timeouts: dict[str, float]) -> StepResult:
+        if self.backfill is None:  # pragma: no cover - run_step checks first
+            raise ConfigError("no backfill runner")
+        started = time.monotonic()
+        attempt_id = self._start(step, 1, timeouts)
+        try:
+            self.backfill(step)
+        except BaseException as exc:
+            self._finish(attempt_id, Attempt(1, "failed", time.monotonic() - started, message=str(exc)))
+            raise
+        attempt = Attempt(1, "applied", time.monotonic() - started)
+        self._finish(attempt_id, attempt)
+        self.event(f"{step.key}: applied (backfilled and verified, {attempt.seconds:.1f} s)")
+        return StepResult(step.key, "applied", [attempt])
+
+    def _attempt(self, step: Step, number: int, timeouts: dict[str, float]) -> Attempt:
+        attempt_id = self._start(step, number, timeouts)
+        started = time.monotonic()
+        watch = BlockerWatch(self.control, self.worker_pid, self.sample_every)
+        notes: list[str] = []
+        try:
+            with watch:
+                if step.builds_index:
+                    notes += self._drop_invalid_index(*step.builds_index, timeouts)
+                self._execute(step, timeouts)
+                if step.builds_index:
+                    self._check_index_valid(*step.builds_index)
+        except psycopg.Error as exc:
+            state = exc.sqlstate
+            outcome = outcome_of(exc)
+            if outcome == "lock_timeout":
+                watch.close_wait(timeouts["lock_timeout"])
+            blockers = watch.blockers or (
+                holders(self.control, step.tables, self.worker_pid) if outcome == "lock_timeout" else []
+            )
+            message = "; ".join([*notes, redact(str(exc)).strip()])
+            attempt = Attempt(
+                number, outcome, time.monotonic() - started, state, message, watch.lock_wait_s, blockers
+            )
+        except ZdmError as exc:
+            attempt = Attempt(number, "failed", time.monotonic() - started, None, str(exc), watch.lock_wait_s)
+        except BaseException as exc:  # KeyboardInterrupt, a killed kernel: recorded, then re-raised
+            elapsed = time.monotonic() - started
+            why = f"interrupted by {type(exc).__name__}"
+            self._finish(
+                attempt_id,
+                Attempt(number, "interrupted", elapsed, None, why, watch.lock_wait_s, watch.blockers),
+            )
+            raise
+        else:
+            done = "; ".join(notes) or None
+            elapsed = time.monotonic() - started
+            attempt = Attempt(number, "applied", elapsed, None, done, watch.lock_wait_s, watch.blockers)
+        self._finish(attempt_id, attempt)
+        return attempt
+
+    def _execute(self, step: Step, timeouts: dict[str, float]) -> None:
+        if step.transactional:
+            with self.worker.transaction():
+                self._set_timeouts(
+                    _ms(timeouts["lock_timeout"]), _ms(timeouts["statement_timeout"]), local=True
+                )
+                for statement in step.statements:
+                    self.worker.execute(statement)
+        else:
+            self._run_alone(step.statements[0], timeouts)
+
+    def _set_timeouts(self, lock_timeout: str, statement_timeout: str, local: bool) -> None:
+        self.worker.execute(
+            "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
+            [lock_timeout, local, statement_timeout, local],
+        )
+
+    def _run_alone(self, statement: s.Statement, timeouts: dict[str, float]) -> None:
+        """A statement that cannot run in a transaction block: autocommit, settings set and restored."""
+        if self.worker.info.transaction_status != TransactionStatus.IDLE:
+            raise ZdmError("refusing to send a CONCURRENTLY statement: the session is inside a transaction")
+        row = self.worker.execute(
+            "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
+        ).fetchone()
+        self._set_timeouts(_ms(timeouts["lock_timeout"]), _ms(timeouts["statement_timeout"]), local=False)
+        try:
+            self.worker.execute(statement)
+        finally:
+            if row and not self.worker.closed:
+                self._set_timeouts(str(row[0]), str(row[1]), local=False)
+
+    def _drop_invalid_index(self, schema: str, name: str, timeouts: dict[str, float]) -> list[str]:
+        """Drop an INVALID index ``name`` left by an earlier failed build, unless a build is running."""
+        row = self.control.execute(
+            sql.SQL(
+                "SELECT i.indisvalid, (SELECT string_agg(p.pid::text, ', ')"
+                " FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid)"
+                " FROM pg_index i WHERE i.indexrelid = {}"
+            ).format(regclass(schema, name))
+        ).fetchone()
+        if row is None or row[0]:
+            return []
+        if row[1]:
+            raise ZdmError(
+                f"index {schema}.{name} is being built right now by pid {row[1]}: not dropping it;"
+                " wait for that build to finish"
+            )
+        self.event(f"dropping INVALID index {schema}.{name} left by an earlier failed build")
+        self._run_alone(s.drop_index_concurrently(schema, name), timeouts)
+        return [f"dropped INVALID index {schema}.{name} left by an earlier failed build"]
+
+    def _check_index_valid(self, schema: str, name: str) -> None:
+        row = self.control.execute(s.index_valid(schema, name)).fetchone()
+        if not (row and row[0]):
+            raise ZdmError(
+                f"index {schema}.{name} is INVALID after its build; it will be dropped and rebuilt on"
+                " the next run"
+            )
+
+    # --- ledger and messages ---
+
+    def _start(self, step: Step, number: int, timeouts: Mapping[str, float]) -> int:
+        return ledger.start_attempt(
+            self.control,
+            self.run_id,
+            self.plan.change.id,
+            step.phase.value,
+            step.key,
+            number,
+            timeouts,
+            self.worker_pid,
+        )
+
+    def _finish(self, attempt_id: int, attempt: Attempt) -> None:
+        ledger.finish_attempt(
+            self.control,
+            attempt_id,
+            attempt.outcome,
+            sqlstate=attempt.sqlstate,
+            message=attempt.message,
+            lock_wait_s=round(attempt.lock_wait_s, 3),
+            blockers=attempt.blockers,
+        )
+
+    def _record(self, step: Step, number: int, timeouts: Mapping[str, float], attempt: Attempt) -> None:
+        self._finish(self._start(step, number, timeouts), attempt)
+
+    def _failure_text(self, step: Step, attempt: Attempt, number: int) -> str:
+        what = {
+            "query_canceled": "was cancelled (statement_timeout reached, or cancelled by an operator);"
+            " it is not retried blindly: raise statement_timeout for this step or run it off-peak",
+            "failed": "failed",
+        }.get(attempt.outcome, attempt.outcome)
+        undone = (
+            "its transaction was rolled back, nothing of it is applied"
+            if step.transactional
+            else "it ran outside a transaction; an INVALID index it left is rebuilt on the next run"
+        )
+        return (
+            f"step {step.key} ({step.description}) {what} on attempt {number}: {attempt.message}."
+            f" Not applied: {undone}"
+        )
+
+    def _exhausted_text(self, step: Step, attempts: list[Attempt]) -> str:
+        last = attempts[-1]
+        blockers = (
+            "\n".join(f"  - {describe(b)}" for b in last.blockers)
+            or "  - none seen (the wait was too short to sample)"
+        )
+        return (
+            f"step {step.key} ({step.description}) not applied: {len(attempts)} attempts, each ended by"
+            f" {last.outcome}. Blocked by:\n{blockers}\n"
+            "Nothing of the step is applied. Wait for those sessions to finish (or end them), then re-run"
+            " the phase; finished steps are skipped."
+        )
+
+
+def execute_phase(
+    plan: Plan,
+    phase: Phase | str,
+    dsn: str | None = None,
+    *,
+    env: str | None = None,
+    settings: Mapping[str, Any] | GuardSettings | None = None,
+    step_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    backfill: BackfillRunner | None = None,
+    backfill_settings: Mapping[str, Any] | None = None,
+    on_batch: Callable[[Any], None] | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> list[StepResult]:
+    """Run one phase of ``plan`` with guards: every setting is checked first, then the ledger is
+    created or upgraded, the change is locked against a concurrent run, and the steps run in order.
+
+    Backfill steps run through :mod:`zdm_runbook.execute.backfill` (``backfill_settings``, progress to
+    ``on_batch``, by default a log line every few seconds) unless ``backfill`` replaces it.
+    """
+    from zdm_runbook.execute import backfill as engine  # noqa: PLC0415 - the engine needs pandas only when a phase runs
+    from zdm_runbook.execute.progress import LogProgress  # noqa: PLC0415
+
+    p = Phase(phase)
+    base = settings if isinstance(settings, GuardSettings) else settings_from(settings)
+    per_step = step_settings_from(step_settings, base, [st.key for st in plan.for_phase(p)])
+    fill_settings = engine.backfill_settings(backfill_settings)
+    conninfo = resolve_dsn(dsn, env)
+    if backfill is None:
+        backfill = engine.runner(
+            conninfo, plan.change.id, fill_settings, on_batch or LogProgress(fill_settings.log_every)
+        )
+    with PhaseSession(plan, p, conninfo, parameters={"guard": base.to_dict()}) as session:
+        executor = Executor(
+            session.worker,
+            session.control,
+            plan,
+            settings=base,
+            step_settings=per_step,
+            backfill=backfill,
+            on_event=on_event,
+            run_id=session.run_id,
+        )
+        return executor.run_phase(p)

@@ -1,0 +1,125 @@
+"""Backfill progress: where a backfill stands (:class:`State`), a DataFrame at any time, a log line
+headless, a widget bar and a live chart in Jupyter.
+
+Which one is a parameter (``interactive``), never a guess: under papermill widget updates are
+never seen, so a headless run logs a line every few seconds instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from zdm_runbook.core.durations import human_seconds
+from zdm_runbook.execute.keyset import Key
+from zdm_runbook.ledger.status import BATCH_COLUMNS
+
+
+@dataclass
+class Batch:
+    """One committed batch, as the ledger records it."""
+
+    number: int
+    lower: Key | None
+    upper: Key
+    rows_scanned: int
+    rows_updated: int
+    size: int
+    seconds: float
+    retries: int
+    throttled_s: float
+    at: float
+
+
+@dataclass
+class State:
+    """Where a backfill stands; what progress displays and charts read."""
+
+    table: str
+    rows_estimate: int | None
+    rows_scanned: int = 0
+    rows_updated: int = 0
+    batch_size: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    paused: str | None = None
+    batches: list[Batch] = field(default_factory=list)
+    retries: int = 0
+    reconnects: int = 0
+    resumed_from: int = 0  # rows a previous run had already done: not part of this run's rate
+    app_busy: bool = False  # other sessions used the database in the last second: share it
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def rate(self) -> float:
+        done = self.rows_scanned - self.resumed_from
+        return done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        if not self.rows_estimate or not self.rate or self.finished:
+            return None
+        return max(0.0, self.rows_estimate - self.rows_scanned) / self.rate
+
+    def summary(self) -> str:
+        """The one-line text summary printed at the end."""
+        return (
+            f"backfill of {self.table}: {self.rows_scanned:,} rows scanned, {self.rows_updated:,} updated"
+            f" in {len(self.batches)} batches, {self.elapsed:.1f} s, {self.rate:,.0f} rows/s;"
+            f" {self.retries} batch retries, {self.reconnects} reconnects"
+        )
+
+
+def frame(state: State) -> pd.DataFrame:
+    """One row per batch of this run: when (seconds since start), sizes, duration, retries, throttling."""
+    rows, done = [], state.resumed_from
+    for b in state.batches:
+        done += b.rows_scanned
+        rows.append(
+            {
+                "batch": b.number,
+                "at_s": round(b.at - state.started, 3),
+                "rows_scanned": b.rows_scanned,
+                "rows_updated": b.rows_updated,
+                "batch_size": b.size,
+                "seconds": b.seconds,
+                "retries": b.retries,
+                "throttled_s": b.throttled_s,
+                "rows_done": done,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(BATCH_COLUMNS))
+
+
+def line(state: State) -> str:
+    """``orders: 412,000 / 1,000,000 rows (41%), 38,200 rows/s, ETA 15 s, batch 5,000 rows``."""
+    total = state.rows_estimate
+    share = f" ({100 * state.rows_scanned / total:.0f}%)" if total else ""
+    of = f" / ~{total:,}" if total else ""
+    eta = f", ETA {human_seconds(state.eta)}" if state.eta is not None else ""
+    text = (
+        f"{state.table}: {state.rows_scanned:,}{of} rows{share}, {state.rows_updated:,} updated,"
+        f" {state.rate:,.0f} rows/s{eta}, batch {state.batch_size:,} rows"
+    )
+    return f"{text}; waiting: {state.paused}" if state.paused else text
+
+
+class LogProgress:
+    """Headless: one line every ``every`` seconds (and at the end) through ``emit``."""
+
+    def __init__(self, every: float = 5.0, emit: Callable[[str], None] | None = None) -> None:
+        self.every = every
+        self.emit = emit or (lambda text: print(text, flush=True))
+        self._last = 0.0
+
+    def __call__(self, state: State) -> None:
+        now = time.monotonic()
+        if state.finished is not None or now - self._last >= self.every:
+            self._last = now
+            self.emit(("done: " if state.finished is not None else "") + line(state))

@@ -1,0 +1,162 @@
+"""What the live catalog adds to ``zdm lint``: facts no text-only linter can know.
+
+- Whether a type change rewrites: the very ALTER runs on an empty temporary copy of the table
+  (``CREATE TEMP TABLE … (LIKE …)``) in a transaction that is rolled back, and the copy's file
+  node tells. The server's own rules decide: varchar widening and varchar → text are catalog-only.
+- Whether SET NOT NULL is cheap: a validated ``CHECK (col IS NOT NULL)`` (or the column already
+  NOT NULL) lets PostgreSQL 12+ skip the scan.
+- What depends on a column being dropped, renamed or retyped: views, triggers, policies, indexes and
+  generated columns, by name.
+
+Nothing here touches the real table beyond reading the catalog and ``LIKE``'s brief AccessShareLock.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+from pglast import ast
+from pglast.enums.parsenodes import AlterTableType
+from pglast.stream import RawStream
+from psycopg import sql
+
+from zdm_runbook.lint.analysis import Analysis
+from zdm_runbook.lint.hazards import Finding
+from zdm_runbook.spec.sqltext import trusted
+
+Conn = psycopg.Connection[Any]
+PROBE = "zdm_lint_probe"
+
+_DEPENDENTS = """
+SELECT DISTINCT
+  CASE d.classid
+    WHEN 'pg_rewrite'::regclass THEN 'view ' || r.ev_class::regclass::text
+    WHEN 'pg_trigger'::regclass THEN 'trigger ' || tg.tgname
+    WHEN 'pg_policy'::regclass THEN 'policy ' || po.polname
+    WHEN 'pg_class'::regclass THEN 'index ' || d.objid::regclass::text
+    WHEN 'pg_attrdef'::regclass THEN 'generated column ' || ga.attname
+    WHEN 'pg_constraint'::regclass THEN 'constraint ' || co.conname
+  END AS what
+FROM pg_depend d
+JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+LEFT JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+LEFT JOIN pg_trigger tg ON d.classid = 'pg_trigger'::regclass AND tg.oid = d.objid
+LEFT JOIN pg_policy po ON d.classid = 'pg_policy'::regclass AND po.oid = d.objid
+LEFT JOIN pg_attrdef ad ON d.classid = 'pg_attrdef'::regclass AND ad.oid = d.objid
+LEFT JOIN pg_attribute ga ON ga.attrelid = ad.adrelid AND ga.attnum = ad.adnum
+LEFT JOIN pg_constraint co ON d.classid = 'pg_constraint'::regclass AND co.oid = d.objid
+WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(%s) AND a.attname = %s
+  AND d.deptype IN ('n', 'a') AND NOT (d.classid = 'pg_attrdef'::regclass AND ad.adnum = a.attnum)
+  AND NOT (d.classid = 'pg_rewrite'::regclass AND r.ev_class = d.refobjid)
+ORDER BY 1
+"""
+
+
+def relation_name(rv: Any) -> str:
+    return f"{rv.schemaname}.{rv.relname}" if getattr(rv, "schemaname", None) else str(rv.relname)
+
+
+def rewrites(conn: Conn, stmt: ast.AlterTableStmt) -> bool | None:
+    """Whether ``stmt`` rewrites its table on this server, probed on an empty temporary copy.
+
+    None when the probe cannot tell (the table is missing, or the statement fails on the copy)."""
+    table = relation_name(stmt.relation)
+    probe = copy.deepcopy(stmt)
+    probe.relation = ast.RangeVar(relname=PROBE, inh=True, relpersistence="t")
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute("SELECT set_config('lock_timeout', '1000', true)")
+            row = conn.execute("SELECT to_regclass(%s)::text", [table]).fetchone()
+            if not row or row[0] is None:
+                return None
+            conn.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING GENERATED) ON COMMIT DROP"
+                ).format(sql.Identifier(PROBE), sql.Identifier(*table.split(".", 1)))
+            )
+            before = conn.execute(
+                "SELECT pg_relation_filenode(%s::regclass)", [f"pg_temp.{PROBE}"]
+            ).fetchone()
+            conn.execute(trusted(RawStream()(probe)))  # pglast's rendering of the parsed statement
+            after = conn.execute("SELECT pg_relation_filenode(%s::regclass)", [f"pg_temp.{PROBE}"]).fetchone()
+    except psycopg.Error:
+        return None
+    return before != after
+
+
+def not_null_proven(conn: Conn, table: str, column: str) -> bool:
+    """True when SET NOT NULL needs no scan: already NOT NULL, or a validated CHECK (col IS NOT NULL)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%(t)s) AND attname = %(c)s"
+        "   AND attnotnull)"
+        " OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%(t)s) AND contype = 'c'"
+        "   AND convalidated"
+        "   AND pg_get_constraintdef(oid) = format('CHECK ((%%I IS NOT NULL))', %(c)s::text))",
+        {"t": table, "c": column},
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def dependents(conn: Conn, table: str, column: str) -> list[str]:
+    """Views, triggers, policies, indexes, constraints and generated columns that use ``column``."""
+    try:
+        return [str(r[0]) for r in conn.execute(_DEPENDENTS, [table, column]).fetchall() if r[0]]
+    except psycopg.Error:
+        return []
+
+
+def refine(conn: Conn, a: Analysis, node: Any, found: list[Finding], version: int) -> list[Finding]:
+    """Findings corrected by the catalog: cheap type changes and proven NOT NULLs become info,
+    and drops, renames and type changes name what depends on the column."""
+    if not isinstance(node, ast.AlterTableStmt | ast.RenameStmt) or node.relation is None:
+        return found
+    table = relation_name(node.relation)
+    columns: dict[str, str] = {}  # column -> subcommand
+    if isinstance(node, ast.RenameStmt) and node.subname:
+        columns[str(node.subname)] = "rename"
+    for cmd in getattr(node, "cmds", None) or ():
+        columns[str(cmd.name)] = AlterTableType(int(cmd.subtype or 0)).name
+    cheap_type = None
+    if "AT_AlterColumnType" in columns.values() and isinstance(node, ast.AlterTableStmt):
+        cheap_type = rewrites(conn, node) is False
+    return [_refined(conn, f, columns, table, cheap_type, version) for f in found]
+
+
+def _refined(
+    conn: Conn, f: Finding, columns: dict[str, str], table: str, cheap_type: bool | None, version: int
+) -> Finding:
+    column = next((c for c, sub in columns.items() if _RULE_SUBS.get(f.rule) == sub), None)
+    if f.rule == "alter-column-type" and cheap_type:
+        f = replace(
+            f,
+            rule="alter-column-type-catalog-only",
+            severity="info",
+            rewrites=False,
+            message="binary-coercible on this server: no rewrite (still a brief AccessExclusiveLock); the"
+            " old app must accept the new type",
+            safe_alternative="none needed",
+        )
+    elif f.rule == "set-not-null-scan" and column and version >= 12 and not_null_proven(conn, table, column):
+        f = replace(
+            f,
+            rule="set-not-null-proven",
+            severity="info",
+            message="a validated CHECK (col IS NOT NULL) already proves it: no scan (PostgreSQL 12+)",
+            safe_alternative="drop the CHECK afterwards",
+        )
+    if column and f.rule in ("drop-column", "alter-column-type", "rename"):
+        used_by = dependents(conn, table, column)
+        if used_by:
+            f = replace(f, message=f"{f.message}; {column} is used by {', '.join(used_by)}")
+    return f
+
+
+_RULE_SUBS = {
+    "alter-column-type": "AT_AlterColumnType",
+    "set-not-null-scan": "AT_SetNotNull",
+    "drop-column": "AT_DropColumn",
+    "rename": "rename",
+}

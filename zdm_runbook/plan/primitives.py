@@ -1,0 +1,218 @@
+"""The primitives' steps: one function per operation that maps to one kind of schema change.
+
+Each follows the founding design: new columns nullable or with a non-volatile default; FK and
+CHECK as NOT VALID then VALIDATE; UNIQUE through a concurrent unique index; every index built and
+dropped CONCURRENTLY; drops only in contract. :func:`zdm_runbook.plan.planner.plan_operation`
+picks the function for an operation (the recipes that span phases are in :mod:`.recipes`).
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from zdm_runbook.plan import steps as s
+from zdm_runbook.plan.recipes import not_null_steps
+from zdm_runbook.plan.steps import BackfillSpec, StepBuilder
+from zdm_runbook.spec.model import Phase, Table
+from zdm_runbook.spec.operations import (
+    AddCheck,
+    AddColumn,
+    AddForeignKey,
+    AddUnique,
+    Backfill,
+    CreateIndex,
+    CreateTable,
+    DropColumn,
+    DropConstraint,
+    DropIndex,
+    DropTable,
+    RawSql,
+    SetNotNull,
+)
+
+Q = sql.SQL
+
+
+def create_table(b: StepBuilder, op: CreateTable) -> None:
+    cols = []
+    for c in op.columns:
+        col = Q("{} {}").format(sql.Identifier(c.name), c.type.sql)
+        if c.not_null:
+            col = Q("{} NOT NULL").format(col)
+        if c.default is not None:
+            col = Q("{} DEFAULT {}").format(col, c.default.sql)
+        cols.append(col)
+    if op.primary_key:
+        cols.append(Q("PRIMARY KEY ({})").format(s.identifiers(op.primary_key)))
+    stmt = Q("CREATE TABLE IF NOT EXISTS {} ({})").format(s.qname(op.table), Q(", ").join(cols))
+    b.add(
+        "create",
+        Phase.EXPAND,
+        f"create table {op.table}",
+        stmt,
+        s.relation_exists(op.table.schema, op.table.name),
+        (op.table,),
+    )
+
+
+def add_column(b: StepBuilder, op: AddColumn) -> None:
+    b.add(
+        "add-column",
+        Phase.EXPAND,
+        f"add {'nullable ' if op.default is None else ''}{op.table}.{op.column}"
+        f"{' with a non-volatile default (catalog only)' if op.default else ''}",
+        s.add_column(op.table, op.column, op.type.sql, op.default),
+        s.column_exists(op.table, op.column),
+        (op.table,),
+    )
+
+
+def create_index(b: StepBuilder, op: CreateIndex) -> None:
+    if op.columns:
+        keys: sql.Composable = s.identifiers(op.columns)
+    elif op.expression is not None:
+        keys = Q("({})").format(op.expression.sql)
+    else:  # pragma: no cover - the reader requires exactly one of columns and expression
+        raise ValueError(f"index {op.name}: neither columns nor expression")
+    b.add(
+        "create",
+        Phase.EXPAND,
+        f"build {'unique ' if op.unique else ''}index {op.name} on {op.table} CONCURRENTLY",
+        s.create_index_concurrently(
+            op.table, op.name, keys, unique=op.unique, method=op.method, where=op.where
+        ),
+        s.index_valid(op.table.schema, op.name),
+        (op.table,),
+        transactional=False,
+        builds_index=(op.table.schema, op.name),
+        long_running=True,
+    )
+
+
+def add_constraint(b: StepBuilder, op: AddCheck | AddForeignKey) -> None:
+    if isinstance(op, AddCheck):
+        body = Q("CHECK ({})").format(op.expression.sql)
+        tables: tuple[Table, ...] = (op.table,)
+    else:
+        body = Q("FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE {}").format(
+            s.identifiers(op.columns),
+            s.qname(op.ref_table),
+            s.identifiers(op.ref_columns),
+            s.FK_ACTIONS[op.on_delete],
+        )
+        tables = (op.table, op.ref_table)
+    kind = "CHECK" if isinstance(op, AddCheck) else "FOREIGN KEY"
+    b.add(
+        "add-not-valid",
+        Phase.SWITCH,
+        f"add {kind} {op.name} NOT VALID (no scan)",
+        Q("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
+            s.qname(op.table), sql.Identifier(op.name), body
+        ),
+        s.constraint_exists(op.table, op.name),
+        tables,
+    )
+    b.add(
+        "validate",
+        Phase.SWITCH,
+        f"VALIDATE {op.name} (existing rows, weaker lock)",
+        s.validate_constraint(op.table, op.name),
+        s.constraint_exists(op.table, op.name, validated=True),
+        tables,
+        long_running=True,
+    )
+
+
+def add_unique(b: StepBuilder, op: AddUnique) -> None:
+    b.add(
+        "index",
+        Phase.SWITCH,
+        f"build unique index {op.name} CONCURRENTLY",
+        s.create_index_concurrently(op.table, op.name, s.identifiers(op.columns), unique=True),
+        Q("SELECT ({}) OR ({})").format(
+            s.index_valid(op.table.schema, op.name), s.constraint_exists(op.table, op.name)
+        ),
+        (op.table,),
+        transactional=False,
+        builds_index=(op.table.schema, op.name),
+        long_running=True,
+    )
+    b.add(
+        "constraint",
+        Phase.SWITCH,
+        f"add UNIQUE {op.name} USING INDEX (catalog only)",
+        Q("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE USING INDEX {}").format(
+            s.qname(op.table), sql.Identifier(op.name), sql.Identifier(op.name)
+        ),
+        s.constraint_exists(op.table, op.name),
+        (op.table,),
+    )
+
+
+def set_not_null(b: StepBuilder, op: SetNotNull) -> None:
+    not_null_steps(b, Phase.SWITCH, op.table, op.column)
+
+
+def backfill(b: StepBuilder, op: Backfill) -> None:
+    pending = Q(" OR ").join(
+        Q("{} IS DISTINCT FROM ({})").format(sql.Identifier(col), e.sql) for col, e in op.assignments
+    )
+    fill = BackfillSpec(op.table, tuple((c, e.sql) for c, e in op.assignments), pending, op.where)
+    targets = ", ".join(c for c, _ in op.assignments)
+    b.add_backfill(f"backfill {op.table} ({targets}) in batches", fill)
+
+
+def drop_column(b: StepBuilder, op: DropColumn) -> None:
+    b.add(
+        "drop",
+        Phase.CONTRACT,
+        f"drop column {op.table}.{op.column}",
+        s.drop_column(op.table, op.column),
+        s.column_absent(op.table, op.column),
+        (op.table,),
+    )
+
+
+def drop_constraint(b: StepBuilder, op: DropConstraint) -> None:
+    b.add(
+        "drop",
+        Phase.CONTRACT,
+        f"drop constraint {op.name} on {op.table}",
+        s.drop_constraint(op.table, op.name),
+        s.constraint_absent(op.table, op.name),
+        (op.table,),
+    )
+
+
+def drop_index(b: StepBuilder, op: DropIndex) -> None:
+    b.add(
+        "drop",
+        Phase.CONTRACT,
+        f"drop index {op.schema}.{op.name} CONCURRENTLY",
+        s.drop_index_concurrently(op.schema, op.name),
+        s.relation_absent(op.schema, op.name),
+        transactional=False,
+    )
+
+
+def drop_table(b: StepBuilder, op: DropTable) -> None:
+    b.add(
+        "drop",
+        Phase.CONTRACT,
+        f"drop table {op.table}",
+        Q("DROP TABLE IF EXISTS {}").format(s.qname(op.table)),
+        s.relation_absent(op.table.schema, op.table.name),
+        (op.table,),
+    )
+
+
+def raw_sql(b: StepBuilder, op: RawSql) -> None:
+    b.add(
+        "sql",
+        op.phase,
+        f"{op.description} (raw SQL: {op.reason})",
+        tuple(st.sql for st in op.statements),
+        None,
+        transactional=not any(st.concurrent for st in op.statements),
+        long_running=any(st.concurrent for st in op.statements),
+    )

@@ -1,0 +1,164 @@
+"""The recipes that span all four phases: rename_column, change_type, add_not_null_column.
+
+Renames and type changes are add-new + dual-write + backfill + switch + drop-old, never an
+in-place RENAME or ALTER TYPE; NOT NULL is CHECK NOT VALID → VALIDATE → SET NOT NULL → drop the
+check, placed in switch only when the old app's INSERTs can satisfy it (a default), else contract.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from zdm_runbook.plan import steps as s
+from zdm_runbook.plan.steps import BackfillSpec, StepBuilder
+from zdm_runbook.spec.change import Change
+from zdm_runbook.spec.model import Phase, Table
+from zdm_runbook.spec.operations import AddNotNullColumn, ChangeType, RenameColumn
+
+Q = sql.SQL
+
+
+def not_null_steps(b: StepBuilder, phase: Phase, table: Table, column: str, why: str = "") -> None:
+    """NOT NULL without a long ACCESS EXCLUSIVE scan: CHECK NOT VALID, VALIDATE, SET NOT NULL."""
+    check = s.derived_name(table.name, column, suffix="zdm_nn_check")
+    cond = Q("{} IS NOT NULL").format(sql.Identifier(column))
+    done = s.column_not_null(table, column)
+    b.add(
+        "check-not-valid",
+        phase,
+        f"add CHECK ({column} IS NOT NULL) NOT VALID on {table} (new writes checked, no scan){why}",
+        s.add_check_not_valid(table, check, cond),
+        Q("SELECT ({}) OR ({})").format(done, s.constraint_exists(table, check)),
+        (table,),
+    )
+    b.add(
+        "validate",
+        phase,
+        f"VALIDATE the not-null check on {table}.{column} (scans under SHARE UPDATE EXCLUSIVE only)",
+        s.validate_constraint(table, check),
+        Q("SELECT ({}) OR ({})").format(done, s.constraint_exists(table, check, validated=True)),
+        (table,),
+        long_running=True,
+    )
+    b.add(
+        "set-not-null",
+        phase,
+        f"SET NOT NULL on {table}.{column} (no scan: proven by the validated check), drop the check",
+        (s.set_not_null(table, column), s.drop_constraint(table, check)),
+        Q("SELECT ({}) AND ({})").format(done, s.constraint_absent(table, check)),
+        (table,),
+    )
+
+
+def dual_write_steps(
+    b: StepBuilder,
+    change: Change,
+    table: Table,
+    old: str,
+    new: str,
+    type_: sql.Composable,
+    to_new: tuple[sql.Composable, sql.Composable],
+    to_old: sql.Composable,
+    not_null: bool,
+) -> None:
+    """The shared shape of rename_column and change_type across all four phases.
+
+    ``to_new`` is the old→new expression twice: for NEW.* in the trigger, and bare for the backfill.
+    """
+    trigger = s.derived_name("zdm", table.name, new, suffix="sync")
+    function = trigger
+    b.add(
+        "add-column",
+        Phase.EXPAND,
+        f"add nullable {table}.{new}",
+        s.add_column(table, new, type_),
+        s.column_exists(table, new),
+        (table,),
+    )
+    if change.dual_write == "trigger":
+        b.add(
+            "dual-write",
+            Phase.EXPAND,
+            f"install trigger {trigger}: keeps {old} and {new} in sync for old and new app writes",
+            (
+                s.sync_function(table, function, old, new, to_new[0], to_old),
+                s.create_sync_trigger(table, trigger, function),
+            ),
+            s.trigger_exists(table, trigger),
+            (table,),
+            superseded_when=s.column_absent(table, old),
+        )
+    pending = Q("{} IS DISTINCT FROM ({})").format(sql.Identifier(new), to_new[1])
+    fill = BackfillSpec(table, ((new, to_new[1]),), pending)
+    b.add_backfill(
+        f"backfill {table}.{new} from {old} in batches", fill, superseded_when=s.column_absent(table, old)
+    )
+    if not_null:
+        not_null_steps(b, Phase.SWITCH, table, new)
+    drops: tuple[s.Statement, ...] = (s.drop_column(table, old),)
+    what = f"drop {table}.{old}"
+    if change.dual_write == "trigger":
+        drops = (*s.drop_sync_trigger(table, trigger, function), *drops)
+        what = f"drop trigger {trigger} and {table}.{old} together, in one short transaction"
+    b.add("drop-old", Phase.CONTRACT, what, drops, s.column_absent(table, old), (table,))
+
+
+def rename_column(change: Change, b: StepBuilder, op: RenameColumn) -> None:
+    """A rename as add-new + dual-write + backfill + switch + drop-old, never an in-place RENAME."""
+    dual_write_steps(
+        b,
+        change,
+        op.table,
+        op.old,
+        op.new,
+        op.type.sql,
+        (Q("NEW.{}").format(sql.Identifier(op.old)), sql.Identifier(op.old)),
+        Q("NEW.{}").format(sql.Identifier(op.new)),
+        op.not_null,
+    )
+
+
+def change_type(change: Change, b: StepBuilder, op: ChangeType) -> None:
+    """A type change through a new column, kept in sync both ways until contract drops the old."""
+    dual_write_steps(
+        b,
+        change,
+        op.table,
+        op.column,
+        op.new_column,
+        op.type.sql,
+        (op.using.with_row_prefix("new"), op.using.sql),
+        op.reverse.with_row_prefix("new"),
+        op.not_null,
+    )
+
+
+def add_not_null_column(b: StepBuilder, op: AddNotNullColumn) -> None:
+    """Nullable column (and its default for new rows), backfill, then NOT NULL through a check."""
+    b.add(
+        "add-column",
+        Phase.EXPAND,
+        f"add nullable {op.table}.{op.column}" + (" and set its default for new rows" if op.default else ""),
+        (
+            s.add_column(op.table, op.column, op.type.sql),
+            *((s.set_default(op.table, op.column, op.default),) if op.default else ()),
+        ),
+        s.all_of(
+            s.column_exists(op.table, op.column),
+            *((s.column_has_default(op.table, op.column),) if op.default else ()),
+        ),
+        (op.table,),
+    )
+    pending = Q("{} IS NULL").format(sql.Identifier(op.column))
+    fill = BackfillSpec(op.table, ((op.column, op.backfill.sql),), pending)
+    b.add_backfill(f"backfill {op.table}.{op.column} where NULL, in batches", fill)
+    if op.default is not None:
+        not_null_steps(b, Phase.SWITCH, op.table, op.column)
+    else:
+        not_null_steps(
+            b,
+            Phase.CONTRACT,
+            op.table,
+            op.column,
+            " — in contract: without a default the old app's INSERTs would fail",
+        )
