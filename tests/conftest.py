@@ -3,15 +3,22 @@ embedded PostgreSQL 18, plus Debian's PostgreSQL 15 when its binaries are instal
 
 Each test that asks for ``db`` gets a fresh database on the primary server; ``any_pg_db`` runs the
 test once per available server (two major versions where possible).
+
+Markers: every test that uses a database is marked ``pg`` (``-m "not pg"`` runs the rest).
+``@pytest.mark.pg(">= 18")`` runs a test only on servers whose major version matches; on the
+others it is deselected (not skipped: it does not apply there), as psycopg's ``tests/fix_db.py``
+does with its ``pg(version_expr)`` marker.
 """
 
 from __future__ import annotations
 
+import operator
 import os
+import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -67,6 +74,56 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         except Exception as exc:
             lines.append(f"PostgreSQL ({label}): unavailable ({exc})")
     return lines
+
+
+_VERSION_SPEC = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(\d+)\s*$")
+_COMPARE: dict[str, Callable[[int, int], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">": operator.gt,
+    "<": operator.lt,
+}
+_majors: dict[str, int] = {}
+DATABASE_FIXTURES = frozenset({"db", "any_pg_db"})
+
+
+def version_matches(spec: str, major: int) -> bool:
+    """Whether a server of ``major`` version satisfies a ``pg`` marker's spec such as ``'>= 16'``."""
+    m = _VERSION_SPEC.match(spec)
+    if m is None:
+        raise pytest.UsageError(f"pg marker: {spec!r} is not a version spec such as '>= 16' or '< 18'")
+    return _COMPARE[m[1]](major, int(m[2]))
+
+
+def server_major(config: pytest.Config, label: str) -> int:
+    """The major version of a test server (started if needed), read once."""
+    if label not in _majors:
+        with psycopg.connect(server_dsn(config, label), connect_timeout=10) as conn:
+            row = conn.execute("SHOW server_version_num").fetchone()
+        _majors[label] = int(str(row[0])) // 10000 if row else 0
+    return _majors[label]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark database tests ``pg``; deselect those whose ``pg(spec)`` the server does not match."""
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        if DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.pg)
+        specs = [str(m.args[0]) for m in item.iter_markers("pg") if m.args]
+        if specs:
+            callspec = getattr(item, "callspec", None)
+            label = callspec.params.get("any_pg_db", "primary") if callspec else "primary"
+            if not all(version_matches(spec, server_major(config, label)) for spec in specs):
+                dropped.append(item)
+                continue
+        keep.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

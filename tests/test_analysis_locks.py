@@ -118,3 +118,21 @@ def test_claimed_lock_and_rewrite_match_the_server(
     effect = next(e for e in claim.effects if e.relation in (relation, f"public.{relation}"))
     lock, rewritten = _observe(schema, statement, relation)
     assert (effect.lock, effect.work == "rewrite") == (lock, rewritten)
+
+
+NOT_NULL_NOT_VALID = "ALTER TABLE t ADD CONSTRAINT t_b_nn NOT NULL b NOT VALID"
+
+
+@pytest.mark.pg(">= 18")
+def test_not_null_not_valid_is_catalog_only_from_18(schema: psycopg.Connection[tuple[object, ...]]) -> None:
+    (claim,) = analyze(NOT_NULL_NOT_VALID, 18)
+    effect = next(e for e in claim.effects if e.relation in ("t", "public.t"))
+    assert (effect.lock, effect.work == "rewrite") == _observe(schema, NOT_NULL_NOT_VALID, "t")
+
+
+@pytest.mark.pg("< 18")
+def test_not_null_not_valid_fails_as_written_before_18(
+    schema: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    with pytest.raises(psycopg.errors.SyntaxError):
+        _observe(schema, NOT_NULL_NOT_VALID, "t")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
+from pathlib import Path
+
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
-from zdm_runbook.core.connect import connect, describe, redact, resolve_dsn
+from zdm_runbook.core.connect import connect, describe, find_secrets, redact, resolve_dsn
 from zdm_runbook.core.errors import ConfigError, DatabaseError
 
 
@@ -101,3 +105,52 @@ def test_find_secrets_names_each_kind_by_line(monkeypatch: pytest.MonkeyPatch) -
         (5, "the connection's password"),
     ]
     assert find_secrets(redact(text)) == []
+
+
+def _secret() -> str:
+    """A password no other test prints, made at run time (no credential-shaped literal in the repo)."""
+    return "pw-" + secrets.token_hex(8)
+
+
+def _learned(secret: str) -> bool:
+    return redact(f"a cell printed {secret}") == "a cell printed ***" and bool(find_secrets(secret))
+
+
+def test_a_password_from_pgpassword_is_learned(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = _secret()
+    monkeypatch.setenv("PGPASSWORD", secret)
+    assert secret not in db
+    with connect(db):
+        pass
+    assert _learned(secret)
+
+
+def test_a_password_from_a_passfile_is_learned(
+    db: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = _secret()
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"*:*:*:*:{secret}\n")
+    passfile.chmod(0o600)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    assert not _learned(secret)
+    with connect(db):  # the trust-auth test server never asks; libpq still reads the file
+        pass
+    assert _learned(secret)
+
+
+def test_a_password_from_a_service_file_is_learned(
+    db: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = _secret()
+    params = conninfo_to_dict(db)
+    lines = [f"{k}={v}" for k, v in params.items() if k in ("host", "port", "dbname", "user")]
+    service = tmp_path / "pg_service.conf"
+    service.write_text("[zdmtest]\n" + "\n".join([*lines, f"password={secret}"]) + "\n")
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGSERVICEFILE", str(service))
+    monkeypatch.setenv("ZDM_DSN", "service=zdmtest")
+    with connect() as conn:
+        assert conn.info.dbname == params["dbname"]
+    assert _learned(secret)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
+from datetime import datetime, tzinfo
 
 import psycopg
 import pytest
 
 from zdm_runbook.core.errors import ZdmError
 from zdm_runbook.execute.executor import execute_phase
+from zdm_runbook.ledger import gates
 from zdm_runbook.ledger.gates import check_gate
 from zdm_runbook.ledger.signoffs import phase_state, sign_off
 from zdm_runbook.plan.planner import build_plan
@@ -107,3 +110,31 @@ def test_zdm_status_and_signoff(orders: str) -> None:
     assert data[0]["phases"][0]["signed_off_by"] == "dba"
     assert data[0]["phases"][1]["gate"]["ok"] is True
     assert zdm("status", "nope", env=env).returncode == 2
+
+
+class _ClientClockTwoDaysAhead(datetime):
+    """The machine running zdm with its clock two days ahead of the database server's."""
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> _ClientClockTwoDaysAhead:
+        return cls.fromtimestamp(time.time() + 2 * 86400, tz)
+
+
+def test_the_deploy_cycle_is_measured_by_the_servers_clock(
+    orders: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = orders
+    for phase in (Phase.EXPAND, Phase.MIGRATE, Phase.SWITCH):
+        _run(db, phase)
+        with psycopg.connect(db, autocommit=True) as conn:
+            sign_off(conn, "rename-note", phase, "dba")
+    # A skewed client clock must not open the gate: signed_at and now() both come from the server.
+    monkeypatch.setattr(gates, "datetime", _ClientClockTwoDaysAhead, raising=False)
+    with psycopg.connect(db, autocommit=True) as conn:
+        contract = check_gate(conn, "rename-note", Phase.CONTRACT)
+        assert not contract.ok and "switch was signed off 0." in contract.reasons[0], contract.reasons
+        # Two hours later by the server's clock (the sign-off moved back, not the clock forward).
+        conn.execute("UPDATE zdm.signoffs SET signed_at = signed_at - interval '2 hours'")
+        assert "switch was signed off 2.0 h ago" in check_gate(conn, "rename-note", Phase.CONTRACT).reasons[0]
+        conn.execute("UPDATE zdm.signoffs SET signed_at = signed_at - interval '1 day'")
+        assert check_gate(conn, "rename-note", Phase.CONTRACT).ok

@@ -86,3 +86,29 @@ def test_zdm_lint_with_dsn_env(shop: psycopg.Connection[tuple[object, ...]], tmp
     with_catalog = zdm("lint", str(path), "--dsn-env", "SHOP_DSN", env={"SHOP_DSN": shop.info.dsn})
     assert with_catalog.returncode == 0, with_catalog.stdout + with_catalog.stderr
     assert "info alter-column-type-catalog-only: binary-coercible on this server" in with_catalog.stdout
+
+
+MIXED_CASE = """
+CREATE TABLE "Orders" (id int PRIMARY KEY, "Note" varchar(20), "Status" text);
+ALTER TABLE "Orders" ADD CONSTRAINT orders_status_nn CHECK ("Status" IS NOT NULL);
+CREATE VIEW "OpenOrders" AS SELECT id, "Note" FROM "Orders";
+"""
+
+
+def test_a_mixed_case_table_is_found_not_case_folded(any_pg_db: str) -> None:
+    with psycopg.connect(any_pg_db, autocommit=True) as conn:
+        conn.execute(MIXED_CASE)  # type: ignore[arg-type]
+        dropped = _rules(conn, 'ALTER TABLE "Orders" DROP COLUMN "Note"')["drop-column"]
+        assert 'Note is used by view "OpenOrders"' in dropped
+        assert "alter-column-type-catalog-only" in _rules(conn, 'ALTER TABLE "Orders" ALTER "Note" TYPE text')
+        assert "set-not-null-proven" in _rules(conn, 'ALTER TABLE "Orders" ALTER "Status" SET NOT NULL')
+
+
+def test_what_the_catalog_cannot_answer_reads_as_unknown_never_as_safe(any_pg_db: str) -> None:
+    with psycopg.connect(any_pg_db, autocommit=True) as conn:
+        conn.execute(MIXED_CASE)  # type: ignore[arg-type]
+        # Unquoted, "Orders" folds to orders, which does not exist: no answer is not "nothing uses it".
+        dropped = _rules(conn, "ALTER TABLE Orders DROP COLUMN note")["drop-column"]
+        assert "what uses note is unknown" in dropped and "is used by" not in dropped
+        assert "alter-column-type" in _rules(conn, "ALTER TABLE Orders ALTER note TYPE text")
+        assert "set-not-null-scan" in _rules(conn, "ALTER TABLE Orders ALTER status SET NOT NULL")

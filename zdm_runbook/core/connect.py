@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -19,7 +20,8 @@ DEFAULT_DSN_ENV = "ZDM_DSN"
 APPLICATION_NAME = "zdm_runbook"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-# Passwords seen in DSNs this process resolved: redact() hides them wherever they appear.
+# Passwords this process used: seen in a DSN it resolved, in PGPASSWORD, or reported by a
+# connection (libpq's own, from a passfile or a service file). redact() hides them everywhere.
 _known_secrets: set[str] = set()
 
 _URI_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)(?P<secret>[^@\s/]+)(?=@)", re.I)
@@ -40,6 +42,14 @@ def remember_secret(dsn: str) -> None:
     except psycopg.ProgrammingError:
         return
     if isinstance(password, str) and password:
+        _known_secrets.add(password)
+
+
+def remember_connection_secret(conn: psycopg.Connection[Any]) -> None:
+    """Record the password a connection used, wherever libpq found it (the DSN, ``PGPASSWORD``, a
+    passfile, a service file): only the connection knows, so every connection opened reports it."""
+    password = conn.info.password
+    if password:
         _known_secrets.add(password)
 
 
@@ -85,6 +95,9 @@ def resolve_dsn(dsn: str | None = None, env: str | None = None) -> str:
     An empty DSN lets libpq use its own environment (PGHOST, PGSERVICE, ...). A variable that the
     caller named explicitly but that is unset is an error, so a typo never connects elsewhere.
     """
+    env_password = os.environ.get("PGPASSWORD")
+    if env_password:  # libpq's own variable: known before any connection (or failure) prints
+        _known_secrets.add(env_password)
     if dsn:
         remember_secret(dsn)
         return dsn
@@ -136,7 +149,7 @@ def connect(
             f" {redact(str(exc)).strip()}"
         ) from None
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             conninfo,
             autocommit=autocommit,
             application_name=app,
@@ -147,3 +160,5 @@ def connect(
             f"cannot connect to {describe(conninfo)}: {redact(str(exc)).strip()}",
             getattr(exc, "sqlstate", None),
         ) from None
+    remember_connection_secret(conn)
+    return conn

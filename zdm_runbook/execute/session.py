@@ -20,6 +20,7 @@ import psycopg
 from zdm_runbook import ledger
 from zdm_runbook.core.connect import connect, describe, resolve_dsn
 from zdm_runbook.core.errors import ZdmError
+from zdm_runbook.core.pooling import pooling_error, shared_backend
 from zdm_runbook.plan.planner import Plan
 from zdm_runbook.spec.model import Phase
 
@@ -83,6 +84,10 @@ class PhaseSession:
         """Connect, bring the ledger up to date, lock the change and record the run as ``running``."""
         try:
             self._control = connect(self.conninfo, phase=f"{self.phase.value}:control", autocommit=True)
+            self._worker = connect(self.conninfo, phase=self.phase.value, autocommit=True)
+            evidence = shared_backend(self.control, self.worker)
+            if evidence:  # before the ledger: nothing is written through a pooler
+                raise pooling_error(self.conninfo, evidence)
             ledger.ensure(self.control)
             change = self.plan.change
             ledger.record_change(
@@ -91,7 +96,6 @@ class PhaseSession:
             ledger.lock_change(self.control, change.id)
             ledger.close_abandoned_runs(self.control, change.id, self.run_id)
             ledger.start_phase_run(self.control, self.run_id, change.id, self.phase.value, self.parameters)
-            self._worker = connect(self.conninfo, phase=self.phase.value, autocommit=True)
         except BaseException as exc:
             if self._control is not None and not self._control.closed and self._recorded():
                 self.finish("failed", str(exc))

@@ -81,6 +81,16 @@ def available(conn: Conn) -> bool:
     return True
 
 
+def name_pattern(name: str) -> str:
+    """A PostgreSQL regular expression matching ``name`` as a whole identifier in query text.
+
+    Every character that is not a letter or digit is escaped (``$`` is an anchor in a regex), and
+    the boundaries are look-arounds on identifier characters: ``\\m``/``\\M`` know only letters,
+    digits and ``_``, so they would never match around a ``$`` that ends a name."""
+    escaped = "".join(ch if ch.isalnum() else "\\" + ch for ch in name)
+    return rf"(?<![[:alnum:]_$]){escaped}(?![[:alnum:]_$])"
+
+
 def _matches(conn: Conn, targets: list[Target]) -> dict[int, dict[str, Any]]:
     found: dict[int, dict[str, Any]] = {}
     for target in targets:
@@ -89,7 +99,7 @@ def _matches(conn: Conn, targets: list[Target]) -> dict[int, dict[str, Any]]:
             "SELECT queryid, calls, query FROM pg_stat_statements"
             " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
             " AND query ~* %s AND query !~* %s AND query ~* ALL(%s)",
-            [_DML, r"\mzdm\.", [rf"\m{w}\M" for w in words]],
+            [_DML, r"\mzdm\.", [name_pattern(w) for w in words]],
         ).fetchall()
         for queryid, calls, query in rows:
             entry = found.setdefault(int(queryid), {"query": redact(str(query))[:300], "uses": []})

@@ -9,7 +9,6 @@ A refused gate changes nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from zdm_runbook.core.durations import human_seconds
@@ -86,7 +85,7 @@ def check_gate(
         ]
     waived = None
     if p == Phase.CONTRACT and state.signoff is not None:
-        age = (datetime.now(UTC) - state.signoff.at).total_seconds()
+        age = state.signoff.age_s  # the server's clock, the one that wrote signed_at
         if age < deploy_cycle_s:
             if deploy_cycle_override and deploy_cycle_override.strip():
                 waived = deploy_cycle_override.strip()

@@ -30,6 +30,7 @@ class SignOff:
     ticket: str | None
     notes: str | None
     at: datetime
+    age_s: float = 0.0  # seconds since ``at`` by the server's clock, when it was read
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,8 @@ def _phase_ran(conn: Conn, change_id: str, phase: Phase) -> bool:
 
 def latest_signoff(conn: Conn, change_id: str, phase: Phase | str) -> SignOff | None:
     row = conn.execute(
-        "SELECT phase, by_name, ticket, notes, signed_at FROM zdm.signoffs WHERE change_id = %s"
-        " AND phase = %s ORDER BY signoff_id DESC LIMIT 1",
+        "SELECT phase, by_name, ticket, notes, signed_at, extract(epoch FROM now() - signed_at)::float8"
+        " FROM zdm.signoffs WHERE change_id = %s AND phase = %s ORDER BY signoff_id DESC LIMIT 1",
         [change_id, Phase(phase).value],
     ).fetchone()
     return SignOff(*row) if row else None

@@ -9,6 +9,8 @@
   generated columns, by name.
 
 Nothing here touches the real table beyond reading the catalog and ``LIKE``'s brief AccessShareLock.
+A question the catalog cannot answer (the table is not in it, a query fails) is *unknown*, and
+unknown never makes a finding milder: only a positive answer does.
 """
 
 from __future__ import annotations
@@ -56,26 +58,38 @@ ORDER BY 1
 
 
 def relation_name(rv: Any) -> str:
+    """The relation as written, for messages: ``schema.name`` or ``name``."""
     return f"{rv.schemaname}.{rv.relname}" if getattr(rv, "schemaname", None) else str(rv.relname)
+
+
+def relation_parts(rv: Any) -> tuple[str, ...]:
+    """The relation's name parts as the parser resolved them (unquoted names already folded)."""
+    return (str(rv.schemaname), str(rv.relname)) if getattr(rv, "schemaname", None) else (str(rv.relname),)
+
+
+def regclass_text(parts: tuple[str, ...]) -> str:
+    """``parts`` as text that ``to_regclass`` reads back unchanged: every part double-quoted, so a
+    mixed-case or odd name is found instead of being case-folded into another (missing) one."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
 
 
 def rewrites(conn: Conn, stmt: ast.AlterTableStmt) -> bool | None:
     """Whether ``stmt`` rewrites its table on this server, probed on an empty temporary copy.
 
     None when the probe cannot tell (the table is missing, or the statement fails on the copy)."""
-    table = relation_name(stmt.relation)
+    parts = relation_parts(stmt.relation)
     probe = copy.deepcopy(stmt)
     probe.relation = ast.RangeVar(relname=PROBE, inh=True, relpersistence="t")
     try:
         with conn.transaction(force_rollback=True):
             conn.execute("SELECT set_config('lock_timeout', '1000', true)")
-            row = conn.execute("SELECT to_regclass(%s)::text", [table]).fetchone()
+            row = conn.execute("SELECT to_regclass(%s)::text", [regclass_text(parts)]).fetchone()
             if not row or row[0] is None:
                 return None
             conn.execute(
                 sql.SQL(
                     "CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING GENERATED) ON COMMIT DROP"
-                ).format(sql.Identifier(PROBE), sql.Identifier(*table.split(".", 1)))
+                ).format(sql.Identifier(PROBE), sql.Identifier(*parts))
             )
             before = conn.execute(
                 "SELECT pg_relation_filenode(%s::regclass)", [f"pg_temp.{PROBE}"]
@@ -87,25 +101,41 @@ def rewrites(conn: Conn, stmt: ast.AlterTableStmt) -> bool | None:
     return before != after
 
 
-def not_null_proven(conn: Conn, table: str, column: str) -> bool:
-    """True when SET NOT NULL needs no scan: already NOT NULL, or a validated CHECK (col IS NOT NULL)."""
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%(t)s) AND attname = %(c)s"
-        "   AND attnotnull)"
-        " OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%(t)s) AND contype = 'c'"
-        "   AND convalidated"
-        "   AND pg_get_constraintdef(oid) = format('CHECK ((%%I IS NOT NULL))', %(c)s::text))",
-        {"t": table, "c": column},
-    ).fetchone()
-    return bool(row and row[0])
+def not_null_proven(conn: Conn, table: tuple[str, ...], column: str) -> bool | None:
+    """True when SET NOT NULL needs no scan: already NOT NULL, or a validated CHECK (col IS NOT NULL).
 
-
-def dependents(conn: Conn, table: str, column: str) -> list[str]:
-    """Views, triggers, policies, indexes, constraints and generated columns that use ``column``."""
+    None (unknown) when the table is not in the catalog or the catalog cannot be read."""
     try:
-        return [str(r[0]) for r in conn.execute(_DEPENDENTS, [table, column]).fetchall() if r[0]]
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT to_regclass(%(t)s) IS NOT NULL,"
+                " EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%(t)s)"
+                "   AND attname = %(c)s AND attnotnull)"
+                " OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%(t)s)"
+                "   AND contype = 'c' AND convalidated"
+                "   AND pg_get_constraintdef(oid) = format('CHECK ((%%I IS NOT NULL))', %(c)s::text))",
+                {"t": regclass_text(table), "c": column},
+            ).fetchone()
     except psycopg.Error:
-        return []
+        return None
+    if row is None or not row[0]:
+        return None
+    return bool(row[1])
+
+
+def dependents(conn: Conn, table: tuple[str, ...], column: str) -> list[str] | None:
+    """Views, triggers, policies, indexes, constraints and generated columns that use ``column``.
+
+    None (unknown, never "nothing") when the table is not in the catalog or the query fails."""
+    try:
+        with conn.transaction():
+            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [regclass_text(table)]).fetchone()
+            if not (found and found[0]):
+                return None
+            rows = conn.execute(_DEPENDENTS, [regclass_text(table), column]).fetchall()
+    except psycopg.Error:
+        return None
+    return [str(r[0]) for r in rows if r[0]]
 
 
 def refine(conn: Conn, a: Analysis, node: Any, found: list[Finding], version: int) -> list[Finding]:
@@ -113,7 +143,7 @@ def refine(conn: Conn, a: Analysis, node: Any, found: list[Finding], version: in
     and drops, renames and type changes name what depends on the column."""
     if not isinstance(node, ast.AlterTableStmt | ast.RenameStmt) or node.relation is None:
         return found
-    table = relation_name(node.relation)
+    table = relation_parts(node.relation)
     columns: dict[str, str] = {}  # column -> subcommand
     if isinstance(node, ast.RenameStmt) and node.subname:
         columns[str(node.subname)] = "rename"
@@ -126,7 +156,12 @@ def refine(conn: Conn, a: Analysis, node: Any, found: list[Finding], version: in
 
 
 def _refined(
-    conn: Conn, f: Finding, columns: dict[str, str], table: str, cheap_type: bool | None, version: int
+    conn: Conn,
+    f: Finding,
+    columns: dict[str, str],
+    table: tuple[str, ...],
+    cheap_type: bool | None,
+    version: int,
 ) -> Finding:
     column = next((c for c, sub in columns.items() if _RULE_SUBS.get(f.rule) == sub), None)
     if f.rule == "alter-column-type" and cheap_type:
@@ -139,7 +174,12 @@ def _refined(
             " old app must accept the new type",
             safe_alternative="none needed",
         )
-    elif f.rule == "set-not-null-scan" and column and version >= 12 and not_null_proven(conn, table, column):
+    elif (
+        f.rule == "set-not-null-scan"
+        and column
+        and version >= 12
+        and not_null_proven(conn, table, column) is True
+    ):
         f = replace(
             f,
             rule="set-not-null-proven",
@@ -149,7 +189,12 @@ def _refined(
         )
     if column and f.rule in ("drop-column", "alter-column-type", "rename"):
         used_by = dependents(conn, table, column)
-        if used_by:
+        if used_by is None:
+            where = ".".join(table)
+            f = replace(
+                f, message=f"{f.message}; what uses {column} is unknown ({where} is not in the catalog)"
+            )
+        elif used_by:
             f = replace(f, message=f"{f.message}; {column} is used by {', '.join(used_by)}")
     return f
 

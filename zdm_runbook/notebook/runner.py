@@ -27,6 +27,7 @@ import psycopg
 from zdm_runbook import ledger
 from zdm_runbook.core.connect import connect, find_secrets, redact, resolve_dsn
 from zdm_runbook.core.errors import ExitCode, ParameterError, Problem, ZdmError, exit_code_of
+from zdm_runbook.core.pooling import refuse_transaction_pooling
 from zdm_runbook.notebook.parameters import RunParameters, coerce, validate
 from zdm_runbook.notebook.templates import template_path
 from zdm_runbook.spec.catalog import require_valid
@@ -108,7 +109,9 @@ def run(
     params = check(phase, spec, raw)
     # An unset variable, or tables, columns, types or expressions this database does not have, are
     # bad input: refused before the kernel starts, with nothing written.
-    require_valid(resolve_dsn(env=params.values["dsn_env"]), params.plan.change)
+    conninfo = resolve_dsn(env=params.values["dsn_env"])
+    refuse_transaction_pooling(conninfo)
+    require_valid(conninfo, params.plan.change)
     import papermill  # noqa: PLC0415 - papermill and nbconvert load slowly: only once input is good
     from papermill.exceptions import PapermillExecutionError  # noqa: PLC0415
 
