@@ -13,6 +13,8 @@ from pathlib import Path
 import nbformat
 import psycopg
 
+from zdm_runbook import ledger
+
 from .helpers import fingerprint, scalar
 from .sessions import AppProbe, Background, Blocker, wait_for
 
@@ -74,12 +76,18 @@ def test_sigkill_during_the_backfill_then_rerun_resumes_and_verifies(orders_env:
         lambda: (scalar(dsn, "SELECT coalesce(max(batch), 0) FROM zdm.backfill_batches") or 0) >= 5,
         timeout=120,
     ), runner.stdout.read() if runner.poll() is not None and runner.stdout else "no batch"
+    # Slow it down from another session (as a DBA would), so that the kill lands mid-backfill
+    # even on a loaded machine, where the kernel takes seconds to notice its parent is gone.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert ledger.control_backfill(conn, "orders-ref", pause_ms=200) == 1
     runner.send_signal(signal.SIGKILL)
     runner.wait(30)
     # The kernel notices its parent is gone and exits; its sessions go with it.
     assert wait_for(lambda: _sessions(dsn, "zdm_runbook:migrate%") == 0, timeout=60)
     done_before = scalar(dsn, "SELECT max(batch) FROM zdm.backfill_batches")
     assert scalar(dsn, "SELECT count(*) FROM orders WHERE customer_ref IS NULL") > 0, "killed before the end"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ledger.control_backfill(conn, "orders-ref", clear=True)
 
     again = subprocess.run(
         [sys.executable, "-m", "zdm_runbook", "run", "migrate", str(spec), "--archive", str(archive)],
