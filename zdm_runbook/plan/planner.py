@@ -32,11 +32,13 @@ from zdm_runbook.spec.operations import (
     CreateTable,
     DropColumn,
     DropConstraint,
+    DropDefault,
     DropIndex,
     DropTable,
     Operation,
     RawSql,
     RenameColumn,
+    SetDefault,
     SetNotNull,
 )
 
@@ -94,6 +96,10 @@ def plan_operation(change: Change, b: StepBuilder, op: Operation) -> None:
             primitives.add_unique(b, op)
         case SetNotNull():
             primitives.set_not_null(b, op)
+        case SetDefault():
+            primitives.set_default(b, op)
+        case DropDefault():
+            primitives.drop_default(b, op)
         case Backfill():
             primitives.backfill(b, op)
         case DropColumn():

@@ -24,9 +24,11 @@ from zdm_runbook.spec.operations import (
     CreateTable,
     DropColumn,
     DropConstraint,
+    DropDefault,
     DropIndex,
     DropTable,
     RawSql,
+    SetDefault,
     SetNotNull,
 )
 
@@ -160,6 +162,31 @@ def backfill(b: StepBuilder, op: Backfill) -> None:
     fill = BackfillSpec(op.table, tuple((c, e.sql) for c, e in op.assignments), pending, op.where)
     targets = ", ".join(c for c, _ in op.assignments)
     b.add_backfill(f"backfill {op.table} ({targets}) in batches", fill)
+
+
+def set_default(b: StepBuilder, op: SetDefault) -> None:
+    """Catalog only (no rewrite, whatever the expression): rows inserted from now on get it."""
+    b.add(
+        "set",
+        Phase.EXPAND,
+        f"set the default of {op.table}.{op.column} for new rows (catalog only)",
+        s.set_default(op.table, op.column, op.default),
+        None,  # the server's deparsed default is no reliable match for the spec's text: the ledger
+        (op.table,),
+    )
+
+
+def drop_default(b: StepBuilder, op: DropDefault) -> None:
+    """Catalog only; in contract unless the spec moves it (the catalog check keeps a NOT NULL
+    column's default until contract: the old app's INSERTs that omit the column rely on it)."""
+    b.add(
+        "drop",
+        op.phase,
+        f"drop the default of {op.table}.{op.column} (catalog only)",
+        s.drop_default(op.table, op.column),
+        Q("SELECT NOT ({})").format(s.column_has_default(op.table, op.column)),
+        (op.table,),
+    )
 
 
 def drop_column(b: StepBuilder, op: DropColumn) -> None:

@@ -229,6 +229,10 @@ def set_default(table: Table, column: str, default: Expr) -> sql.Composed:
     )
 
 
+def drop_default(table: Table, column: str) -> sql.Composed:
+    return Q("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(qname(table), sql.Identifier(column))
+
+
 def add_check_not_valid(table: Table, name: str, condition: sql.Composable) -> sql.Composed:
     return Q("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({}) NOT VALID").format(
         qname(table), sql.Identifier(name), condition

@@ -17,7 +17,7 @@ from psycopg import sql
 from zdm_runbook.core.connect import connect
 from zdm_runbook.core.errors import Problem, SpecError
 from zdm_runbook.spec.change import Change
-from zdm_runbook.spec.model import Table
+from zdm_runbook.spec.model import Phase, Table
 from zdm_runbook.spec.operations import (
     AddCheck,
     AddColumn,
@@ -30,11 +30,13 @@ from zdm_runbook.spec.operations import (
     CreateTable,
     DropColumn,
     DropConstraint,
+    DropDefault,
     DropIndex,
     DropTable,
     Operation,
     RawSql,
     RenameColumn,
+    SetDefault,
     SetNotNull,
 )
 from zdm_runbook.spec.sqltext import Expr, SqlType, regclass, trusted
@@ -62,6 +64,15 @@ class _State:
             exists = bool(rows and rows[0][0])
             self.tables[table] = {str(r[1]): str(r[2]) for r in rows if r[1] is not None} if exists else None
         return self.tables[table]
+
+    def not_null(self, table: Table, column: str) -> bool:
+        """Whether ``column`` is NOT NULL in the catalog (a column added by the spec is not)."""
+        row = self.conn.execute(
+            Q("SELECT attnotnull FROM pg_attribute WHERE attrelid = {} AND attname = {}").format(
+                regclass(table.schema, table.name), sql.Literal(column)
+            )
+        ).fetchone()
+        return bool(row and row[0])
 
     def type_name(self, type_: SqlType) -> str | None:
         try:
@@ -209,11 +220,7 @@ def _check(state: _State, op: Operation, path: str, problems: list[Problem]) -> 
                 _check_change_type(state, cols, op, path, problems)
         case Backfill():
             if (cols := _need_table(state, op.table, path, problems)) is not None:
-                for col, expr in op.assignments:
-                    if _need_columns(cols, op.table, (col,), f"{path}.set.{col}", problems):
-                        where = f"{path}.set.{col}"
-                        _check_expr(state, cols, op.table, expr, where, problems, SqlType(cols[col]))
-                _check_expr(state, cols, op.table, op.where, f"{path}.where", problems)
+                _check_backfill(state, cols, op, path, problems)
         case CreateIndex():
             if (cols := _need_table(state, op.table, path, problems)) is not None:
                 if op.columns:
@@ -226,6 +233,9 @@ def _check(state: _State, op: Operation, path: str, problems: list[Problem]) -> 
         case SetNotNull():
             if (cols := _need_table(state, op.table, path, problems)) is not None:
                 _need_columns(cols, op.table, (op.column,), f"{path}.column", problems)
+        case SetDefault() | DropDefault():
+            if (cols := _need_table(state, op.table, path, problems)) is not None:
+                _check_default(state, cols, op, path, problems)
         case AddCheck():
             if (cols := _need_table(state, op.table, path, problems)) is not None:
                 _check_expr(state, cols, op.table, op.expression, f"{path}.expression", problems)
@@ -241,6 +251,32 @@ def _check(state: _State, op: Operation, path: str, problems: list[Problem]) -> 
                     _need_columns(ref, op.ref_table, op.ref_columns, f"{path}.references.columns", problems)
         case _:
             assert_never(op)
+
+
+def _check_default(
+    state: _State, cols: dict[str, str], op: SetDefault | DropDefault, path: str, problems: list[Problem]
+) -> None:
+    if not _need_columns(cols, op.table, (op.column,), f"{path}.column", problems):
+        return
+    if isinstance(op, SetDefault):
+        _check_expr(state, cols, op.table, op.default, f"{path}.default", problems, SqlType(cols[op.column]))
+    elif op.phase != Phase.CONTRACT and state.not_null(op.table, op.column):
+        problems.append(
+            Problem(
+                f"{path}.phase",
+                f"{op.table}.{op.column} is NOT NULL: the old app's INSERTs that leave it out rely on"
+                f" its default, so it is dropped in contract, not {op.phase.value}",
+            )
+        )
+
+
+def _check_backfill(
+    state: _State, cols: dict[str, str], op: Backfill, path: str, problems: list[Problem]
+) -> None:
+    for col, expr in op.assignments:
+        if _need_columns(cols, op.table, (col,), f"{path}.set.{col}", problems):
+            _check_expr(state, cols, op.table, expr, f"{path}.set.{col}", problems, SqlType(cols[col]))
+    _check_expr(state, cols, op.table, op.where, f"{path}.where", problems)
 
 
 def _check_added_column(

@@ -105,6 +105,22 @@ class Backfill:
 
 
 @dataclass(frozen=True)
+class SetDefault:
+    NAME: ClassVar[str] = "set_default"
+    table: Table
+    column: str
+    default: Expr
+
+
+@dataclass(frozen=True)
+class DropDefault:
+    NAME: ClassVar[str] = "drop_default"
+    table: Table
+    column: str
+    phase: Phase  # contract unless the spec says otherwise; earlier only for a nullable column
+
+
+@dataclass(frozen=True)
 class DropColumn:
     NAME: ClassVar[str] = "drop_column"
     table: Table
@@ -174,6 +190,8 @@ Operation = (
     | AddForeignKey
     | AddUnique
     | SetNotNull
+    | SetDefault
+    | DropDefault
     | Backfill
     | DropColumn
     | DropConstraint
@@ -200,9 +218,9 @@ def created_names(op: Operation) -> list[tuple[str, ...]]:
             return [("relation", op.table.schema, op.table.name)]
         case AddCheck() | AddForeignKey():
             return [("constraint", op.table.schema, op.table.name, op.name)]
-        case (
-            SetNotNull() | Backfill() | DropColumn() | DropConstraint() | DropTable() | DropIndex() | RawSql()
-        ):
+        case SetNotNull() | SetDefault() | DropDefault() | Backfill() | DropColumn() | DropConstraint():
+            return []
+        case DropTable() | DropIndex() | RawSql():
             return []
         case _:
             assert_never(op)

@@ -27,11 +27,13 @@ from zdm_runbook.spec.operations import (
     CreateTable,
     DropColumn,
     DropConstraint,
+    DropDefault,
     DropIndex,
     DropTable,
     Operation,
     RawSql,
     RenameColumn,
+    SetDefault,
     SetNotNull,
     created_names,
 )
@@ -151,6 +153,24 @@ def _read_backfill(r: Reader) -> Backfill | None:
     if table and assignments and not bad:
         return Backfill(table, tuple(assignments), where)
     return None
+
+
+def _read_set_default(r: Reader) -> SetDefault | None:
+    # A volatile default is fine here: SET DEFAULT changes the catalog only, for future rows.
+    table, column = r.table(), r.ident("column")
+    default = r.expr("default", what="default expression")
+    return SetDefault(table, column, default) if table and column and default else None
+
+
+def _read_drop_default(r: Reader) -> DropDefault | None:
+    table, column = r.table(), r.ident("column")
+    phase = r.choice("phase", tuple(p.value for p in Phase), default=Phase.CONTRACT.value)
+    if phase == Phase.MIGRATE.value:
+        r.problem(
+            "phase", "a default is dropped in expand, switch or contract, not in migrate (backfills only)"
+        )
+        return None
+    return DropDefault(table, column, Phase(phase)) if table and column and phase else None
 
 
 def _read_drop_column(r: Reader) -> DropColumn | None:
@@ -276,6 +296,8 @@ READ: Mapping[type[Operation], Callable[[Reader], Operation | None]] = {
     AddForeignKey: _read_add_foreign_key,
     AddUnique: _read_add_unique,
     SetNotNull: _read_set_not_null,
+    SetDefault: _read_set_default,
+    DropDefault: _read_drop_default,
     Backfill: _read_backfill,
     DropColumn: _read_drop_column,
     DropConstraint: _read_drop_constraint,
