@@ -308,7 +308,12 @@ def step_locks(step: Step) -> str:
     """What the step locks and does under the lock, from :mod:`zdm_runbook.lint.analysis`."""
     if step.backfill is not None:
         return "locks: RowExclusiveLock per batch, in short keyset batches (the backfill engine)"
-    effects = {(e.relation, e.lock, e.work) for a in analyze(step.render()) for e in a.effects}
+    if step.locks:
+        return f"locks: {step.locks}"
+    analyses = analyze(step.render())
+    if any(a.kind == "DoStmt" for a in analyses):
+        return "locks: not known before it runs (a DO block, and the planner says nothing of it)"
+    effects = {(e.relation, e.lock, e.work) for a in analyses for e in a.effects}
     if step.key.endswith(
         "-set-not-null"
     ):  # the planner validated a CHECK (c IS NOT NULL) first: 12+ skips the scan

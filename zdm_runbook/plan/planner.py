@@ -27,6 +27,7 @@ from zdm_runbook.spec.operations import (
     AddNotNullColumn,
     AddUnique,
     Backfill,
+    ChangeKeyType,
     ChangeType,
     CreateIndex,
     CreateTable,
@@ -116,6 +117,8 @@ def plan_operation(change: Change, b: StepBuilder, op: Operation) -> None:
             recipes.rename_column(change, b, op)
         case ChangeType():
             recipes.change_type(change, b, op)
+        case ChangeKeyType():
+            recipes.change_key_type(b, op)
         case AddNotNullColumn():
             recipes.add_not_null_column(b, op)
         case _:

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from zdm_runbook.plan import keyswap
 from zdm_runbook.plan import steps as s
 from zdm_runbook.plan.steps import BackfillSpec, StepBuilder
 from zdm_runbook.spec.change import Change
 from zdm_runbook.spec.model import Phase, Table
-from zdm_runbook.spec.operations import AddNotNullColumn, ChangeType, RenameColumn
+from zdm_runbook.spec.operations import AddNotNullColumn, ChangeKeyType, ChangeType, RenameColumn
 
 Q = sql.SQL
 
 
-def not_null_steps(b: StepBuilder, phase: Phase, table: Table, column: str, why: str = "") -> None:
+def not_null_steps(
+    b: StepBuilder,
+    phase: Phase,
+    table: Table,
+    column: str,
+    why: str = "",
+    superseded_when: s.Statement | None = None,
+) -> None:
     """NOT NULL without a long ACCESS EXCLUSIVE scan: CHECK NOT VALID, VALIDATE, SET NOT NULL."""
     check = s.derived_name(table.name, column, suffix="zdm_nn_check")
     cond = Q("{} IS NOT NULL").format(sql.Identifier(column))
@@ -30,6 +38,7 @@ def not_null_steps(b: StepBuilder, phase: Phase, table: Table, column: str, why:
         s.add_check_not_valid(table, check, cond),
         Q("SELECT ({}) OR ({})").format(done, s.constraint_exists(table, check)),
         (table,),
+        superseded_when=superseded_when,
     )
     b.add(
         "validate",
@@ -39,6 +48,7 @@ def not_null_steps(b: StepBuilder, phase: Phase, table: Table, column: str, why:
         Q("SELECT ({}) OR ({})").format(done, s.constraint_exists(table, check, validated=True)),
         (table,),
         long_running=True,
+        superseded_when=superseded_when,
     )
     b.add(
         "set-not-null",
@@ -47,6 +57,7 @@ def not_null_steps(b: StepBuilder, phase: Phase, table: Table, column: str, why:
         (s.set_not_null(table, column), s.drop_constraint(table, check)),
         Q("SELECT ({}) AND ({})").format(done, s.constraint_absent(table, check)),
         (table,),
+        superseded_when=superseded_when,
     )
 
 
@@ -162,3 +173,99 @@ def add_not_null_column(b: StepBuilder, op: AddNotNullColumn) -> None:
             op.column,
             " — in contract: without a default the old app's INSERTs would fail",
         )
+
+
+def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
+    """A key widened to bigint (GitLab's integer-to-bigint conversion, done as one recipe): a shadow
+    column kept in sync and backfilled; in switch, NOT NULL proven by a check, a unique index built
+    concurrently, each referencing foreign key twinned NOT VALID and validated, then one short swap
+    transaction (see :mod:`.keyswap`); contract drops the trigger and the old column.
+
+    Every step before the swap is superseded by it: re-running an earlier phase afterwards (the
+    key is bigint now, the shadow holds the old values) changes nothing."""
+    table, key, shadow = op.table, op.column, op.new_column
+    swapped = keyswap.swapped(table, key)
+    trigger = s.derived_name("zdm", table.name, shadow, suffix="sync")
+    index = s.derived_name(table.name, shadow, suffix="zdm_key")
+    k, n = sql.Identifier(key), sql.Identifier(shadow)
+    b.add(
+        "add-column",
+        Phase.EXPAND,
+        f"add nullable {table}.{shadow} {op.type.text}: the key's shadow until the swap",
+        s.add_column(table, shadow, op.type.sql),
+        s.column_exists(table, shadow),
+        (table,),
+        superseded_when=swapped,
+    )
+    b.add(
+        "dual-write",
+        Phase.EXPAND,
+        f"install trigger {trigger}: every write of {key} is copied to {shadow}",
+        (
+            s.sync_function(table, trigger, key, shadow, (Q("NEW.{}").format(k)), Q("NEW.{}").format(n)),
+            s.create_sync_trigger(table, trigger, trigger),
+        ),
+        s.trigger_exists(table, trigger),
+        (table,),
+        superseded_when=swapped,
+    )
+    fill = BackfillSpec(table, ((shadow, k),), Q("{} IS DISTINCT FROM {}").format(n, k))
+    b.add_backfill(f"backfill {table}.{shadow} from {key} in batches", fill, superseded_when=swapped)
+    not_null_steps(b, Phase.SWITCH, table, shadow, superseded_when=swapped)
+    b.add(
+        "index",
+        Phase.SWITCH,
+        f"build unique index {index} on {table}.{shadow} CONCURRENTLY: the key's index after the swap",
+        s.create_index_concurrently(table, index, s.identifiers((shadow,)), unique=True),
+        s.index_valid(table.schema, index),
+        (table,),
+        transactional=False,
+        builds_index=(table.schema, index),
+        long_running=True,
+        superseded_when=swapped,
+    )
+    b.add(
+        "fk-twins",
+        Phase.SWITCH,
+        f"re-create each foreign key referencing {table}.{key} against {shadow}, NOT VALID (no scan)",
+        keyswap.add_replacement_fks(table, key, shadow),
+        keyswap.replacements_done(table, key, validated=False),
+        (table,),
+        superseded_when=swapped,
+        locks=f"{table} and each referencing table ShareRowExclusiveLock (catalog: NOT VALID, no scan)",
+    )
+    b.add(
+        "fk-validate",
+        Phase.SWITCH,
+        "VALIDATE those foreign keys (scans each child under SHARE UPDATE EXCLUSIVE only)",
+        keyswap.validate_replacement_fks(table, key, shadow),
+        keyswap.replacements_done(table, key, validated=True),
+        (table,),
+        long_running=True,
+        superseded_when=swapped,
+        locks="each referencing table ShareUpdateExclusiveLock (scan), "
+        f"{table} RowShareLock: reads and writes go on",
+    )
+    b.add(
+        "swap",
+        Phase.SWITCH,
+        f"swap {key} and {shadow} in one short transaction (locks {table}, then its referencing tables"
+        f" by name): foreign keys, key constraint, sequence or identity move to the bigint {key};"
+        f" {trigger} now keeps the old column, {shadow}, in sync",
+        (
+            keyswap.swap(table, key, shadow, s.derived_name(key, suffix="zdm_swap"), index),
+            keyswap.shadow_sync_function(table, trigger, key, shadow),
+        ),
+        swapped,
+        (table,),
+        locks=f"{table} AccessExclusiveLock, then each referencing table's, sorted by name (catalog only:"
+        " renames, constraint moves, USING INDEX; no scan, no rewrite), for the swap's transaction",
+    )
+    b.add(
+        "drop-old",
+        Phase.CONTRACT,
+        f"drop trigger {trigger} and {table}.{shadow} (the old {key}) together, in one short transaction",
+        (*s.drop_sync_trigger(table, trigger, trigger), s.drop_column(table, shadow)),
+        s.column_absent(table, shadow),
+        (table,),
+    )

@@ -64,6 +64,8 @@ class Step:
     backfill: BackfillSpec | None = None
     operation: int = 0
     long_running: bool = False  # scans the table (VALIDATE, index build): the long statement_timeout
+    # What the step locks, said by the planner where static analysis cannot see it (a DO block).
+    locks: str | None = None
     # True once a later phase has moved past this step (contract dropped the column it reads):
     # checked before done_when, which may no longer even parse.
     superseded_when: Statement | None = None
@@ -85,6 +87,7 @@ class StepOptions(TypedDict, total=False):
     backfill: BackfillSpec | None
     long_running: bool
     superseded_when: Statement | None
+    locks: str | None
 
 
 class StepBuilder:

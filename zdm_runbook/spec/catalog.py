@@ -17,6 +17,7 @@ from psycopg import sql
 from zdm_runbook.core.connect import connect
 from zdm_runbook.core.errors import Problem, SpecError
 from zdm_runbook.spec.change import Change
+from zdm_runbook.spec.keys import key_facts, key_type_problem
 from zdm_runbook.spec.model import Phase, Table
 from zdm_runbook.spec.operations import (
     AddCheck,
@@ -25,6 +26,7 @@ from zdm_runbook.spec.operations import (
     AddNotNullColumn,
     AddUnique,
     Backfill,
+    ChangeKeyType,
     ChangeType,
     CreateIndex,
     CreateTable,
@@ -199,6 +201,24 @@ def _check_new_column(
     cols.setdefault(column, wanted or type_.text)
 
 
+# The operations that change one existing table: each needs the table, then its own checks.
+OnTable = (
+    AddColumn
+    | AddNotNullColumn
+    | RenameColumn
+    | ChangeType
+    | ChangeKeyType
+    | Backfill
+    | CreateIndex
+    | AddUnique
+    | SetNotNull
+    | SetDefault
+    | DropDefault
+    | AddCheck
+    | AddForeignKey
+)
+
+
 def _check(state: _State, op: Operation, path: str, problems: list[Problem]) -> None:
     """Check one operation against the catalog as replayed so far: one case per operation."""
     match op:
@@ -209,46 +229,61 @@ def _check(state: _State, op: Operation, path: str, problems: list[Problem]) -> 
             pass  # they name no table
         case DropTable() | DropColumn() | DropConstraint():
             pass  # already gone is fine: the contract step is idempotent
+        case (
+            AddColumn()
+            | AddNotNullColumn()
+            | RenameColumn()
+            | ChangeType()
+            | ChangeKeyType()
+            | Backfill()
+            | CreateIndex()
+            | AddUnique()
+            | SetNotNull()
+            | SetDefault()
+            | DropDefault()
+            | AddCheck()
+            | AddForeignKey()
+        ):
+            if (cols := _need_table(state, op.table, path, problems)) is not None:
+                _check_on_table(state, cols, op, path, problems)
+        case _:
+            assert_never(op)
+
+
+def _check_on_table(
+    state: _State, cols: dict[str, str], op: OnTable, path: str, problems: list[Problem]
+) -> None:
+    match op:
         case AddColumn() | AddNotNullColumn():
-            if (cols := _need_table(state, op.table, path, problems)) is not None:
-                _check_added_column(state, cols, op, path, problems)
+            _check_added_column(state, cols, op, path, problems)
         case RenameColumn():
-            if (cols := _need_table(state, op.table, path, problems)) is not None:
-                _check_rename(state, cols, op, path, problems)
+            _check_rename(state, cols, op, path, problems)
         case ChangeType():
-            if (cols := _need_table(state, op.table, path, problems)) is not None:
-                _check_change_type(state, cols, op, path, problems)
+            _check_change_type(state, cols, op, path, problems)
+        case ChangeKeyType():
+            _check_change_key_type(state, cols, op, path, problems)
         case Backfill():
-            if (cols := _need_table(state, op.table, path, problems)) is not None:
-                _check_backfill(state, cols, op, path, problems)
+            _check_backfill(state, cols, op, path, problems)
         case CreateIndex():
-            if (cols := _need_table(state, op.table, path, problems)) is not None:
-                if op.columns:
-                    _need_columns(cols, op.table, op.columns, f"{path}.columns", problems)
-                _check_expr(state, cols, op.table, op.expression, f"{path}.expression", problems)
-                _check_expr(state, cols, op.table, op.where, f"{path}.where", problems)
+            if op.columns:
+                _need_columns(cols, op.table, op.columns, f"{path}.columns", problems)
+            _check_expr(state, cols, op.table, op.expression, f"{path}.expression", problems)
+            _check_expr(state, cols, op.table, op.where, f"{path}.where", problems)
         case AddUnique():
-            if (cols := _need_table(state, op.table, path, problems)) is not None:
-                _need_columns(cols, op.table, op.columns, f"{path}.columns", problems)
+            _need_columns(cols, op.table, op.columns, f"{path}.columns", problems)
         case SetNotNull():
-            if (cols := _need_table(state, op.table, path, problems)) is not None:
-                _need_columns(cols, op.table, (op.column,), f"{path}.column", problems)
+            _need_columns(cols, op.table, (op.column,), f"{path}.column", problems)
         case SetDefault() | DropDefault():
-            if (cols := _need_table(state, op.table, path, problems)) is not None:
-                _check_default(state, cols, op, path, problems)
+            _check_default(state, cols, op, path, problems)
         case AddCheck():
-            if (cols := _need_table(state, op.table, path, problems)) is not None:
-                _check_expr(state, cols, op.table, op.expression, f"{path}.expression", problems)
+            _check_expr(state, cols, op.table, op.expression, f"{path}.expression", problems)
         case AddForeignKey():
-            if (cols := _need_table(state, op.table, path, problems)) is not None:
-                _need_columns(cols, op.table, op.columns, f"{path}.columns", problems)
-                ref = state.columns(op.ref_table)
-                if ref is None:
-                    problems.append(
-                        Problem(f"{path}.references.table", f"table {op.ref_table} does not exist")
-                    )
-                else:
-                    _need_columns(ref, op.ref_table, op.ref_columns, f"{path}.references.columns", problems)
+            _need_columns(cols, op.table, op.columns, f"{path}.columns", problems)
+            ref = state.columns(op.ref_table)
+            if ref is None:
+                problems.append(Problem(f"{path}.references.table", f"table {op.ref_table} does not exist"))
+            else:
+                _need_columns(ref, op.ref_table, op.ref_columns, f"{path}.references.columns", problems)
         case _:
             assert_never(op)
 
@@ -323,7 +358,33 @@ def _check_change_type(
         problems.append(Problem(f"{path}.column", f"column {op.column} does not exist in {table}"))
         return
     _check_new_column(state, cols, table, op.new_column, op.type, f"{path}.new_column", problems)
+    facts = key_facts(state.conn, table, op.column) if op.column in cols else None
+    if facts is not None and facts.is_key:
+        problems.append(
+            Problem(
+                f"{path}.column",
+                f"{table}.{op.column} is {facts.describe()}: change_type's contract would drop it."
+                f" Use change_key_type: {{table: {table}, column: {op.column}, type: {op.type.text}}}",
+            )
+        )
+        return
     if op.column in cols:
         _check_expr(state, cols, table, op.using, f"{path}.using", problems, op.type)
         old_type = SqlType(cols[op.column])
         _check_expr(state, cols, table, op.reverse, f"{path}.reverse", problems, old_type)
+
+
+def _check_change_key_type(
+    state: _State, cols: dict[str, str], op: ChangeKeyType, path: str, problems: list[Problem]
+) -> None:
+    if op.column not in cols:
+        problems.append(Problem(f"{path}.column", f"column {op.column} does not exist in {op.table}"))
+        return
+    facts = key_facts(state.conn, op.table, op.column)
+    wanted = state.type_name(op.type) or op.type.text
+    why = key_type_problem(facts, wanted) if facts is not None else "could not be read from the catalog"
+    if why:
+        problems.append(Problem(f"{path}.column", f"{op.table}.{op.column} {why}"))
+        return
+    if facts is not None and facts.type != wanted:  # before the swap: the shadow is the new type
+        _check_new_column(state, cols, op.table, op.new_column, op.type, f"{path}.new_column", problems)

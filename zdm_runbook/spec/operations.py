@@ -172,6 +172,18 @@ class ChangeType:
 
 
 @dataclass(frozen=True)
+class ChangeKeyType:
+    """A key column (primary key or unique, maybe referenced, maybe fed by a sequence or an
+    identity) widened to bigint; ``new_column`` is its shadow until the swap, the old one's after."""
+
+    NAME: ClassVar[str] = "change_key_type"
+    table: Table
+    column: str
+    new_column: str
+    type: SqlType
+
+
+@dataclass(frozen=True)
 class AddNotNullColumn:
     NAME: ClassVar[str] = "add_not_null_column"
     table: Table
@@ -199,6 +211,7 @@ Operation = (
     | RawSql
     | RenameColumn
     | ChangeType
+    | ChangeKeyType
     | AddNotNullColumn
 )
 
@@ -210,7 +223,7 @@ def created_names(op: Operation) -> list[tuple[str, ...]]:
             return [("column", op.table.schema, op.table.name, op.column)]
         case RenameColumn():
             return [("column", op.table.schema, op.table.name, op.new)]
-        case ChangeType():
+        case ChangeType() | ChangeKeyType():
             return [("column", op.table.schema, op.table.name, op.new_column)]
         case CreateIndex() | AddUnique():
             return [("relation", op.table.schema, op.name)]

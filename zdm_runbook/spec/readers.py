@@ -21,6 +21,7 @@ from zdm_runbook.spec.operations import (
     AddNotNullColumn,
     AddUnique,
     Backfill,
+    ChangeKeyType,
     ChangeType,
     ColumnDef,
     CreateIndex,
@@ -37,8 +38,15 @@ from zdm_runbook.spec.operations import (
     SetNotNull,
     created_names,
 )
-from zdm_runbook.spec.reader import Reader
-from zdm_runbook.spec.sqltext import Expr, SqlTextError, Statement, parse_statements, volatility_problem
+from zdm_runbook.spec.reader import MAX_IDENTIFIER_BYTES, Reader
+from zdm_runbook.spec.sqltext import (
+    Expr,
+    SqlTextError,
+    SqlType,
+    Statement,
+    parse_statements,
+    volatility_problem,
+)
 
 
 def _default(r: Reader, key: str = "default") -> Expr | None:
@@ -277,6 +285,29 @@ def _read_change_type(r: Reader) -> ChangeType | None:
     return None
 
 
+KEY_TYPES = ("bigint", "int8")
+
+
+def _read_change_key_type(r: Reader) -> ChangeKeyType | None:
+    table, column = r.table(), r.ident("column")
+    new_column = r.ident("new_column", required=False)
+    ctype = r.sqltype(required=False)
+    if ctype is not None and ctype.text.strip().lower() not in KEY_TYPES:
+        r.problem("type", f"{ctype.text!r}: change_key_type widens a smallint or integer key to bigint")
+        return None
+    if column and new_column is None:
+        new_column = f"{column}_zdm"
+        if len(new_column.encode()) > MAX_IDENTIFIER_BYTES:
+            r.problem("new_column", f"is required: {new_column[:20]!r}... would pass PostgreSQL's 63 bytes")
+            return None
+    if column and new_column == column:
+        r.problem("new_column", "must differ from column: the key is swapped with a new column")
+        return None
+    if table and column and new_column:
+        return ChangeKeyType(table, column, new_column, ctype or SqlType("bigint"))
+    return None
+
+
 def _read_add_not_null_column(r: Reader) -> AddNotNullColumn | None:
     table, column, ctype = r.table(), r.ident("column"), r.sqltype()
     backfill = r.expr("backfill", what="backfill expression")
@@ -305,6 +336,7 @@ READ: Mapping[type[Operation], Callable[[Reader], Operation | None]] = {
     RawSql: _read_raw_sql,
     RenameColumn: _read_rename_column,
     ChangeType: _read_change_type,
+    ChangeKeyType: _read_change_key_type,
     AddNotNullColumn: _read_add_not_null_column,
 }
 _unread = set(get_args(Operation)) ^ set(READ)

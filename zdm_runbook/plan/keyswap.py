@@ -1,0 +1,207 @@
+"""The SQL of ``change_key_type``: a key column (primary key, or referenced by foreign keys, or fed by
+a sequence or an identity) widened to bigint with zero downtime, after GitLab's conversion of
+integer keys to bigint: a shadow column kept in sync and backfilled, a unique index built
+concurrently, each referencing foreign key re-created NOT VALID against the shadow and validated,
+then one short swap transaction.
+
+What the swap moves is read from the catalog when it runs, not when the plan is made: the foreign
+keys that reference the key, its primary key or unique constraint, its sequence or identity. So
+the plan is the same before and after the swap, and a key gains or loses a referencing table
+between phases without a new plan. Each piece is a ``DO`` block whose names are composed
+literals; :mod:`zdm_runbook.plan.recipes` places the steps in their phases.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from zdm_runbook.plan.steps import DOLLAR_TAG
+from zdm_runbook.spec.model import Table
+from zdm_runbook.spec.sqltext import regclass
+
+Q = sql.SQL
+DO_TAG = Q("$zdm_key$")
+# A foreign key's twin (referencing the shadow column until the swap): named after the original,
+# within 63 bytes, and distinct for originals that share their first 50 characters.
+TWIN = Q("left(f.conname, 50) || '_zdm_' || left(md5(f.conname), 8)")
+# The one-column foreign keys that reference p at the key column (attribute katt).
+REFERENCING = Q(
+    "SELECT c.conname, c.conrelid::regclass AS child, c.conkey, c.confupdtype, c.confdeltype,"
+    " c.condeferrable, c.condeferred FROM pg_constraint c"
+    " WHERE c.contype = 'f' AND c.confrelid = p AND c.confkey = ARRAY[katt]::int2[]"
+    " ORDER BY c.conrelid::regclass::text, c.conname"
+)
+
+_ADD_TWINS = """
+DECLARE
+  f record;
+  action text[] := ARRAY['NO ACTION', 'RESTRICT', 'CASCADE', 'SET NULL', 'SET DEFAULT'];
+BEGIN
+  FOR f IN {referencing} LOOP
+    CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint r WHERE r.conrelid = f.child AND r.conname = {twin});
+    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%s) REFERENCES %s (%I)'
+        ' ON UPDATE %s ON DELETE %s%s NOT VALID',
+      f.child, {twin},
+      (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY u.ord)
+         FROM unnest(f.conkey) WITH ORDINALITY u(attnum, ord)
+         JOIN pg_attribute a ON a.attrelid = f.child AND a.attnum = u.attnum),
+      p, n, action[strpos('arcnd', f.confupdtype)], action[strpos('arcnd', f.confdeltype)],
+      CASE WHEN f.condeferrable
+        THEN ' DEFERRABLE' || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END
+        ELSE '' END);
+  END LOOP;
+END"""
+
+_VALIDATE_TWINS = """
+DECLARE
+  f record;
+BEGIN
+  FOR f IN SELECT r.conname, r.conrelid::regclass AS child FROM pg_constraint r
+      WHERE r.contype = 'f' AND r.confrelid = p AND r.confkey = ARRAY[natt]::int2[] AND NOT r.convalidated
+      ORDER BY r.conrelid::regclass::text, r.conname LOOP
+    EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', f.child, f.conname);
+  END LOOP;
+END"""
+
+_SWAP = """
+DECLARE
+  f record;
+  kc record;
+  seq text := pg_get_serial_sequence(p::text, k);
+  ident "char" := (SELECT attidentity FROM pg_attribute WHERE attrelid = p AND attnum = katt);
+  dflt text := (SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = p AND adnum = katt);
+  last bigint;
+  nn text;
+BEGIN
+  EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p);
+  FOR f IN SELECT DISTINCT conrelid::regclass::text AS child FROM pg_constraint
+      WHERE contype = 'f' AND confrelid = p AND conrelid <> p ORDER BY 1 LOOP
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', f.child);
+  END LOOP;
+  FOR f IN {referencing} LOOP
+    EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', f.child, f.conname);
+    EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', f.child, {twin}, f.conname);
+  END LOOP;
+  SELECT conname, contype INTO kc FROM pg_constraint
+    WHERE conrelid = p AND contype IN ('p', 'u') AND conkey = ARRAY[katt]::int2[];
+  IF kc.conname IS NOT NULL THEN
+    EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', p, kc.conname);
+  END IF;
+  IF ident IN ('a', 'd') THEN
+    last := pg_sequence_last_value(seq::regclass);
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP IDENTITY', p, k);
+  ELSIF dflt IS NOT NULL THEN
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', p, k);
+  END IF;
+  EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', p, k, {temp});
+  EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', p, n, k);
+  EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', p, {temp}, n);
+  IF ident IN ('a', 'd') THEN
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I ADD GENERATED %s AS IDENTITY', p, k,
+      CASE ident WHEN 'a' THEN 'ALWAYS' ELSE 'BY DEFAULT' END);
+    IF last IS NOT NULL THEN
+      PERFORM setval(pg_get_serial_sequence(p::text, k)::regclass, last);
+    END IF;
+  ELSIF dflt IS NOT NULL THEN
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', p, k, dflt);
+    IF seq IS NOT NULL THEN
+      EXECUTE format('ALTER SEQUENCE %s AS bigint OWNED BY %s.%I', seq, p, k);
+    END IF;
+  END IF;
+  IF kc.conname IS NOT NULL THEN
+    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s USING INDEX %I', p, kc.conname,
+      CASE kc.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, {index});
+  END IF;
+  -- PostgreSQL 18 names NOT NULL constraints: the key's keeps the name it had (none before 18).
+  nn := (SELECT conname FROM pg_constraint
+    WHERE conrelid = p AND contype = 'n' AND conkey = ARRAY[katt]::int2[]);
+  EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP NOT NULL', p, n);
+  IF nn IS NOT NULL THEN
+    EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', p, (SELECT conname FROM pg_constraint
+      WHERE conrelid = p AND contype = 'n' AND conkey = ARRAY[natt]::int2[]), nn);
+  END IF;
+END"""
+
+
+def _do(table: Table, key: str, shadow: str, block: sql.Composable) -> sql.Composed:
+    """``DO`` with the table (``p``), the key and shadow columns' names (``k``, ``n``) and their
+    attribute numbers (``katt``, ``natt``) declared, around one inner block."""
+    return Q(
+        "DO {tag}\nDECLARE\n"
+        "  p regclass := {p};\n"
+        "  k text := {k};\n"
+        "  n text := {n};\n"
+        "  katt int2 := (SELECT attnum FROM pg_attribute WHERE attrelid = {p} AND attname = {k});\n"
+        "  natt int2 := (SELECT attnum FROM pg_attribute WHERE attrelid = {p} AND attname = {n});\n"
+        "BEGIN{block};\nEND\n{tag}"
+    ).format(
+        tag=DO_TAG,
+        p=regclass(table.schema, table.name),
+        k=sql.Literal(key),
+        n=sql.Literal(shadow),
+        block=block,
+    )
+
+
+def add_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
+    """Each foreign key referencing ``key`` gains a twin referencing ``shadow``, NOT VALID: no scan,
+    a brief SHARE ROW EXCLUSIVE on both tables; new rows are checked against both from now on."""
+    return _do(table, key, shadow, Q(_ADD_TWINS).format(referencing=REFERENCING, twin=TWIN))
+
+
+def validate_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
+    """VALIDATE each twin: scans the child under SHARE UPDATE EXCLUSIVE, writes keep going."""
+    return _do(table, key, shadow, Q(_VALIDATE_TWINS))
+
+
+def replacements_done(table: Table, key: str, validated: bool) -> sql.Composed:
+    """No foreign key references ``key`` without a (validated) twin."""
+    p = regclass(table.schema, table.name)
+    katt = Q("(SELECT attnum FROM pg_attribute WHERE attrelid = {} AND attname = {})").format(
+        p, sql.Literal(key)
+    )
+    return Q(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.confrelid = {p}"
+        " AND f.confkey = ARRAY[{katt}]::int2[] AND NOT EXISTS (SELECT 1 FROM pg_constraint r"
+        " WHERE r.conrelid = f.conrelid AND r.conname = {twin}{validated}))"
+    ).format(p=p, katt=katt, twin=TWIN, validated=Q(" AND r.convalidated") if validated else Q(""))
+
+
+def swap(table: Table, key: str, shadow: str, temp: str, index: str) -> sql.Composed:
+    """One transaction: lock the table, then every table referencing it (sorted by name, so two
+    swaps never deadlock); move the foreign keys to their validated twins (keeping their names);
+    drop the key constraint; swap the two columns' names, so ``key`` names the bigint column for
+    the old app and the new one alike; move the identity or the default and its sequence (widened
+    to bigint, current value kept); re-create the key constraint on the prebuilt unique index."""
+    block = Q(_SWAP).format(
+        referencing=REFERENCING, twin=TWIN, temp=sql.Literal(temp), index=sql.Literal(index)
+    )
+    return _do(table, key, shadow, block)
+
+
+def swapped(table: Table, key: str, type_name: str = "bigint") -> sql.Composed:
+    """True once ``key`` is the bigint column: the swap has run (and later phases may have too)."""
+    return Q(
+        "SELECT coalesce((SELECT format_type(atttypid, NULL) = {t} FROM pg_attribute"
+        " WHERE attrelid = {p} AND attname = {k} AND NOT attisdropped), false)"
+    ).format(t=sql.Literal(type_name), p=regclass(table.schema, table.name), k=sql.Literal(key))
+
+
+def shadow_sync_function(table: Table, function: str, key: str, shadow: str) -> sql.Composed:
+    """After the swap: ``shadow`` (the old, narrower column) follows ``key`` on every write, so the
+    old shape survives the deploy cycle; a value past its range leaves it NULL, never an error."""
+    body = Q(
+        "\nBEGIN\n"
+        "  IF TG_OP = 'INSERT' OR NEW.{k} IS DISTINCT FROM OLD.{k} THEN\n"
+        "    BEGIN\n"
+        "      NEW.{n} := NEW.{k};\n"
+        "    EXCEPTION WHEN numeric_value_out_of_range THEN\n"
+        "      NEW.{n} := NULL;\n"
+        "    END;\n"
+        "  END IF;\n"
+        "  RETURN NEW;\n"
+        "END\n"
+    ).format(k=sql.Identifier(key), n=sql.Identifier(shadow))
+    return Q("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {tag}{}{tag}").format(
+        sql.Identifier(table.schema, function), body, tag=Q(DOLLAR_TAG)
+    )
