@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from zdm_runbook.lint.analysis import LOCK_MODES
 from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.catalog import check_change
 from zdm_runbook.spec.change import parse_change
@@ -216,18 +217,6 @@ def test_change_key_type_refuses_what_it_cannot_swap(any_pg_db: str, body: str, 
         conn.execute(SCHEMA.format(kind="serial", overriding="").encode())
         (found,) = check_change(conn, parse_change(f"change: x\noperations:\n  - change_key_type: {body}\n"))
     assert problem in found.message
-
-
-LOCK_MODES = (
-    "AccessShareLock",
-    "RowShareLock",
-    "RowExclusiveLock",
-    "ShareUpdateExclusiveLock",
-    "ShareLock",
-    "ShareRowExclusiveLock",
-    "ExclusiveLock",
-    "AccessExclusiveLock",
-)
 
 
 def _held(conn: psycopg.Connection[Any], statements: tuple[Any, ...]) -> dict[str, str]:
