@@ -166,7 +166,10 @@ def test_rename_column_phase_by_phase(any_pg_db: str) -> None:
     _run(dsn, RENAME, Phase.MIGRATE)
     assert scalar(dsn, "SELECT count(*) FROM orders WHERE note IS DISTINCT FROM remark") == 0
     switched = _run(dsn, RENAME, Phase.SWITCH)
-    assert switched == {}  # a rename has nothing to switch in the schema: the app moves its reads
+    # A rename has nothing to switch in the schema (the app moves its reads): note is nullable, so
+    # the NOT NULL steps that follow the old column have nothing to do.
+    assert set(switched.values()) == {"skipped"}
+    assert columns(dsn, "orders")["remark"] == ("text", False)
     assert scalar(dsn, "SELECT count(*) FROM orders WHERE note = 'n1' AND remark = 'n1'") == 1
 
     _run(dsn, RENAME, Phase.CONTRACT)
@@ -222,3 +225,26 @@ def test_app_dual_write_mode_installs_no_trigger(db: str) -> None:
         _run(db, spec, phase)
     assert "note" not in columns(db, "orders")
     assert scalar(db, "SELECT count(*) FROM orders WHERE remark LIKE 'n%'") == 500
+
+
+CHANGE_TYPE_FOLLOWS = """
+change: orders-customer-ref
+operations:
+  - change_type: {{table: orders, column: customer_id, new_column: customer_ref, type: bigint,
+                  using: "customer_id::bigint", reverse: "customer_ref::int"{extra}}}
+"""
+
+
+@pytest.mark.parametrize(("extra", "not_null"), [("", True), (", not_null: false", False)])
+def test_change_type_of_a_not_null_column_keeps_it_not_null_unless_told(
+    any_pg_db: str, extra: str, not_null: bool
+) -> None:
+    dsn = any_pg_db
+    _setup(dsn)
+    spec = CHANGE_TYPE_FOLLOWS.format(extra=extra)
+    assert columns(dsn, "orders")["customer_id"] == ("integer", True)
+    for phase in (Phase.EXPAND, Phase.MIGRATE, Phase.SWITCH):
+        _run(dsn, spec, phase)
+    assert columns(dsn, "orders")["customer_ref"] == ("bigint", not_null)
+    if not_null:  # the old app's INSERT still works; one leaving the column NULL never did
+        _exec(dsn, "INSERT INTO orders (customer_id, note) VALUES (3, 'old app')")

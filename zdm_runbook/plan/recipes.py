@@ -26,11 +26,16 @@ def not_null_steps(
     column: str,
     why: str = "",
     superseded_when: s.Statement | None = None,
+    unless: s.Statement | None = None,
 ) -> None:
-    """NOT NULL without a long ACCESS EXCLUSIVE scan: CHECK NOT VALID, VALIDATE, SET NOT NULL."""
+    """NOT NULL without a long ACCESS EXCLUSIVE scan: CHECK NOT VALID, VALIDATE, SET NOT NULL.
+
+    ``unless``: a condition under which the column is to stay nullable (the steps count as done)."""
     check = s.derived_name(table.name, column, suffix="zdm_nn_check")
     cond = Q("{} IS NOT NULL").format(sql.Identifier(column))
     done = s.column_not_null(table, column)
+    if unless is not None:
+        done = Q("SELECT ({}) OR ({})").format(done, unless)
     b.add(
         "check-not-valid",
         phase,
@@ -70,7 +75,7 @@ def dual_write_steps(
     type_: sql.Composable,
     to_new: tuple[sql.Composable, sql.Composable],
     to_old: sql.Composable,
-    not_null: bool,
+    not_null: bool | None,
 ) -> None:
     """The shared shape of rename_column and change_type across all four phases.
 
@@ -104,7 +109,17 @@ def dual_write_steps(
     b.add_backfill(
         f"backfill {table}.{new} from {old} in batches", fill, superseded_when=s.column_absent(table, old)
     )
-    if not_null:
+    if not_null is None:  # as the old column: NOT NULL stays NOT NULL (read when switch runs)
+        not_null_steps(
+            b,
+            Phase.SWITCH,
+            table,
+            new,
+            f" — as {old} is NOT NULL (done at once if it is not)",
+            superseded_when=s.column_absent(table, old),
+            unless=Q("SELECT NOT ({})").format(s.column_not_null(table, old)),
+        )
+    elif not_null:
         not_null_steps(b, Phase.SWITCH, table, new)
     drops: tuple[s.Statement, ...] = (s.drop_column(table, old),)
     what = f"drop {table}.{old}"

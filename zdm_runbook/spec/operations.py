@@ -156,7 +156,7 @@ class RenameColumn:
     old: str
     new: str
     type: SqlType
-    not_null: bool
+    not_null: bool | None  # None: as the old column is (NOT NULL or not), decided when switch runs
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ class ChangeType:
     type: SqlType
     using: Expr
     reverse: Expr
-    not_null: bool
+    not_null: bool | None  # None: as the old column is (NOT NULL or not), decided when switch runs
 
 
 @dataclass(frozen=True)

@@ -255,7 +255,7 @@ def _out_of_phase(stmt: Statement, phase: Phase) -> str | None:
 
 def _read_rename_column(r: Reader) -> RenameColumn | None:
     table, old, new, ctype = r.table(), r.ident("from"), r.ident("to"), r.sqltype()
-    not_null = r.flag("not_null")
+    not_null = r.flag("not_null") if r.has("not_null") else None
     if old and new and old == new:
         r.problem("to", "is the same as from")
         return None
@@ -272,7 +272,7 @@ def _read_change_type(r: Reader) -> ChangeType | None:
         r.sqltype(),
     )
     using, reverse = r.expr("using"), r.expr("reverse")
-    not_null = r.flag("not_null")
+    not_null = r.flag("not_null") if r.has("not_null") else None
     if column and new_column and column == new_column:
         r.problem("new_column", "must differ from column: the type changes through a new column")
         return None
