@@ -75,6 +75,13 @@ CASES = [
     ),
     ("UPDATE t SET a = a", "t"),
     ("DELETE FROM t WHERE id = 1", "t"),
+    ("COMMENT ON COLUMN t.b IS 'note'", "t"),
+    ("COMMENT ON TABLE t IS 'note'", "t"),
+    ("ALTER INDEX t_a_idx RENAME TO t_a_idx2", "t_a_idx"),
+    ("ALTER TABLE t RENAME CONSTRAINT t_a_positive TO t_a_positive2", "t"),
+    ("ALTER TABLE t REPLICA IDENTITY FULL", "t"),
+    ("CREATE VIEW t_view AS SELECT id, b FROM t", "t"),
+    ("ALTER TABLE t RENAME TO t_renamed", "t"),
     ("DROP TABLE t CASCADE", "t"),
 ]
 

@@ -162,6 +162,20 @@ def _funccalls(node: Any) -> Iterator[ast.FuncCall]:
     return iter(found)
 
 
+def _relations(node: Any) -> list[str]:
+    """The relations a query names (a view's definition locks each with ACCESS SHARE)."""
+    from pglast.visitors import Visitor  # noqa: PLC0415
+
+    found: dict[str, None] = {}
+
+    class _Rels(Visitor):
+        def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> None:
+            found[_name(node)] = None
+
+    _Rels()(node)
+    return list(found)
+
+
 def _alter_table(stmt: ast.AlterTableStmt, version: int) -> list[Effect]:
     table = _name(stmt.relation)
     lock, work = "ShareUpdateExclusiveLock", "catalog"
@@ -246,7 +260,19 @@ def _effects(node: Any, version: int) -> tuple[list[Effect], bool]:
     if isinstance(node, ast.TruncateStmt):
         return [Effect(_name(r), "AccessExclusiveLock", "rewrite") for r in node.relations or ()], True
     if isinstance(node, ast.RenameStmt) and node.relation is not None:
-        return [Effect(_name(node.relation), "AccessExclusiveLock")], True
+        index = ObjectType(_int(node.renameType)) == ObjectType.OBJECT_INDEX
+        # Since 12 an index is renamed under SHARE UPDATE EXCLUSIVE (measured in pg_locks).
+        mode = "ShareUpdateExclusiveLock" if index and version >= 12 else "AccessExclusiveLock"
+        return [Effect(_name(node.relation), mode)], True
+    if isinstance(node, ast.CommentStmt):
+        kind = ObjectType(_int(node.objtype))
+        comment_on: list[str] = [str(n.sval) for n in node.object] if isinstance(node.object, tuple) else []
+        commented = comment_on[:-1] if kind == ObjectType.OBJECT_COLUMN else comment_on
+        if kind in (ObjectType.OBJECT_COLUMN, ObjectType.OBJECT_TABLE) and commented:
+            return [Effect(".".join(commented), "ShareUpdateExclusiveLock")], True
+        return [], True
+    if isinstance(node, ast.ViewStmt) and node.query is not None:
+        return [Effect(name, "AccessShareLock") for name in _relations(node.query)], True
     if isinstance(node, ast.CreateTrigStmt):
         return [Effect(_name(node.relation), "ShareRowExclusiveLock")], True
     if isinstance(node, ast.LockStmt):
