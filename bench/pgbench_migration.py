@@ -1,20 +1,27 @@
 """A change on ``pgbench_accounts`` while pgbench's own TPC-B-like script runs: ours vs naive.
 
-The change: a new NOT NULL column ``abalance_cents`` backfilled from ``abalance``, with its index,
-and ``filler`` (which pgbench's script never reads) retyped to text by ``change_type``. Three runs
-on a freshly initialised database each (``pgbench -i -s SCALE``), pgbench running throughout with
-``--clients`` clients at full speed in 2 s rounds whose per-transaction latencies are logged:
+Two changes (``--change``):
+
+  cents  a new NOT NULL column ``abalance_cents`` backfilled from ``abalance``, with its index,
+         and ``filler`` (which pgbench's script never reads) retyped to text by ``change_type``;
+         naive: ADD COLUMN; one UPDATE; SET NOT NULL; CREATE INDEX; ALTER COLUMN filler TYPE text
+  key    ``pgbench_accounts.aid`` int -> bigint by ``change_key_type``, with ``pgbench_history.aid``
+         referencing it (``pgbench -i --foreign-keys``); naive: ALTER COLUMN aid TYPE bigint
+
+Three runs on a freshly initialised database each (``pgbench -i -s SCALE``), pgbench running
+throughout with ``--clients`` clients at full speed in 2 s rounds whose per-transaction latencies
+are logged:
 
   baseline   no change: pgbench alone, for as long as ours took
-  ours       the four phases with zdm-runbook's guarded executor and backfill engine
-  naive      the same change as plain statements: ADD COLUMN; one UPDATE; SET NOT NULL;
-             CREATE INDEX (not concurrently); ALTER COLUMN filler TYPE text (a rewrite)
+  ours       the four phases with zdm-runbook's guarded executor and backfill engine (for the key
+             change, the swap transaction gets a window of its own, read from the ledger)
+  naive      the same change as plain statements
 
-Printed: pgbench's failed transactions (goal 0), and per phase its p50 / p99 latency against the
-baseline's, side by side, with the ratios.
+Printed: pgbench's failed transactions (goal 0), and per step its p50 / p99 latency against the
+baseline's, with the ratios, and the longest single transaction (the worst stall an app saw).
 
-    python bench/pgbench_migration.py                # scale 10 (1,000,000 accounts)
-    python bench/pgbench_migration.py --scale 2 --clients 4
+    python bench/pgbench_migration.py                      # scale 10 (1,000,000 accounts)
+    python bench/pgbench_migration.py --change key --scale 10
 """
 
 from __future__ import annotations
@@ -45,6 +52,12 @@ operations:
   - change_type: {table: pgbench_accounts, column: filler, new_column: filler_text, type: text,
                   using: "filler::text", reverse: "filler_text::character(84)"}
 """
+SPEC_KEY = """
+change: pgbench-aid-bigint
+operations:
+  - change_key_type: {table: pgbench_accounts, column: aid}
+"""
+NAIVE_KEY = [("alter type (rewrite)", "ALTER TABLE pgbench_accounts ALTER COLUMN aid TYPE bigint")]
 NAIVE = [
     ("add column", "ALTER TABLE pgbench_accounts ADD COLUMN abalance_cents bigint"),
     ("update all rows", "UPDATE pgbench_accounts SET abalance_cents = abalance::bigint * 100"),
@@ -54,7 +67,7 @@ NAIVE = [
 ]
 
 
-def init(server: LocalServer, dbname: str, scale: int) -> str:
+def init(server: LocalServer, dbname: str, scale: int, foreign_keys: bool = False) -> str:
     admin = server.dsn()
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
@@ -66,6 +79,7 @@ def init(server: LocalServer, dbname: str, scale: int) -> str:
             "-q",
             "-s",
             str(scale),
+            *(["--foreign-keys"] if foreign_keys else []),
             "-h",
             str(server.socket_dir),
             "-p",
@@ -107,22 +121,30 @@ def _timed(windows: Windows, label: str, step: Callable[[], object]) -> None:
     windows.append((label, start, time.time()))
 
 
-def ours(dsn: str) -> Callable[[Windows], None]:
-    plan = build_plan(parse_change(SPEC))
+def ours(dsn: str, spec: str) -> Callable[[Windows], None]:
+    plan = build_plan(parse_change(spec))
 
     def run(windows: Windows) -> None:
         for phase in Phase:
             _timed(
                 windows, phase.value, lambda p=phase: execute_phase(plan, p, dsn, on_batch=lambda state: None)
             )
+        with psycopg.connect(dsn) as conn:  # the swap's attempts, as the ledger recorded them
+            swap = conn.execute(
+                "SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(ended_at)), count(*)"
+                " FROM zdm.step_attempts WHERE step_key LIKE '%%-swap'"
+            ).fetchone()
+        if swap and swap[0] is not None:
+            # A transaction the swap held up finishes just after it: count those finishing 1 s later.
+            windows.append((f"  swap ({swap[2]} attempt(s))", float(swap[0]), float(swap[1]) + 1.0))
 
     return run
 
 
-def naive(dsn: str) -> Callable[[Windows], None]:
+def naive(dsn: str, statements: list[tuple[str, str]]) -> Callable[[Windows], None]:
     def run(windows: Windows) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            for label, statement in NAIVE:
+            for label, statement in statements:
                 _timed(windows, label, lambda s=statement: conn.execute(s))  # type: ignore[misc]
 
     return run
@@ -142,19 +164,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale: 100,000 accounts each (10)")
     parser.add_argument("--clients", type=int, default=4, help="pgbench clients (4)")
     parser.add_argument("--pg-bin", type=Path, default=None, help="PostgreSQL binaries (embedded 18)")
+    parser.add_argument("--change", choices=("cents", "key"), default="cents", help="which change (cents)")
     args = parser.parse_args(argv)
+    key = args.change == "key"
+    spec, statements = (SPEC_KEY, NAIVE_KEY) if key else (SPEC, NAIVE)
     runs: dict[str, tuple[PgBench, Windows]] = {}
     with tempfile.TemporaryDirectory(prefix="zdm-bench-") as folder:
         server = LocalServer(data_dir=Path(folder) / "pg", bin_dir=args.pg_bin or embedded_bin_dir())
         server.start()
         try:
             accounts = args.scale * 100_000
-            print(f"{server.version()}, scale {args.scale} ({accounts:,} accounts), {args.clients} clients")
-            for name, make in (("ours", ours), ("naive", naive)):
-                dsn = init(server, f"b_{name}", args.scale)
-                runs[name] = under_pgbench(server, f"b_{name}", args.scale, args.clients, make(dsn))
-            took = runs["ours"][1][-1][2] - runs["ours"][1][0][1]
-            init(server, "b_base", args.scale)
+            print(
+                f"{server.version()}, scale {args.scale} ({accounts:,} accounts), {args.clients} clients,"
+                f" change {args.change}"
+            )
+            dsn = init(server, "b_ours", args.scale, key)
+            runs["ours"] = under_pgbench(server, "b_ours", args.scale, args.clients, ours(dsn, spec))
+            dsn = init(server, "b_naive", args.scale, key)
+            runs["naive"] = under_pgbench(server, "b_naive", args.scale, args.clients, naive(dsn, statements))
+            took = max(end for _, _, end in runs["ours"][1]) - runs["ours"][1][0][1]
+            init(server, "b_base", args.scale, key)
             runs["baseline"] = under_pgbench(server, "b_base", args.scale, args.clients, idle(max(took, 10)))
         finally:
             server.destroy()
@@ -165,23 +194,35 @@ def main(argv: list[str] | None = None) -> int:
 def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
     base, windows = runs["baseline"]
     b_n, b50, b99 = base.by_window(windows)["baseline"]
-    print(f"\nbaseline (no change): {b_n:,} transactions, p50 {b50:.2f} ms, p99 {b99:.2f} ms")
+    b_max = _longest(base, windows[0])
+    print(
+        f"\nbaseline (no change): {b_n:,} transactions, p50 {b50:.2f} ms, p99 {b99:.2f} ms,"
+        f" longest {b_max:.0f} ms"
+    )
     print(f"  failed transactions: {base.failed}")
     for name in ("ours", "naive"):
         bench, steps = runs[name]
-        whole = steps[-1][2] - steps[0][1]
+        whole = max(end for _, _, end in steps) - steps[0][1]
         worst = 0.0
         print(f"\n{name}: the change took {whole:.1f} s; pgbench failed transactions: {bench.failed}")
         print(
-            f"  {'step':<20} {'seconds':>8} {'tx':>8} {'p50 ms':>9} {'p99 ms':>9} {'p50 x':>7} {'p99 x':>7}"
+            f"  {'step':<22} {'seconds':>8} {'tx':>8} {'p50 ms':>9} {'p99 ms':>9} {'p50 x':>7} {'p99 x':>7}"
+            f" {'longest ms':>11}"
         )
         for label, (n, p50, p99) in bench.by_window(steps).items():
             seconds = next(end - start for lab, start, end in steps if lab == label)
             worst = max(worst, p99)
             ratio50, ratio99 = (p50 / b50, p99 / b99) if n else (0.0, 0.0)
             row = f"{n:>8,} {p50:>9.2f} {p99:>9.2f} {ratio50:>7.2f} {ratio99:>7.2f}"
-            print(f"  {label:<20} {seconds:>8.1f} {row}")
+            window = next(w for w in steps if w[0] == label)
+            print(f"  {label:<22} {seconds:>8.1f} {row} {_longest(bench, window):>11.0f}")
         print(f"  worst step p99: {worst:.1f} ms = {worst / b99:.1f}x the baseline's")
+
+
+def _longest(bench: PgBench, window: tuple[str, float, float]) -> float:
+    """The longest single transaction that finished in the window: the worst stall an app saw."""
+    _, start, end = window
+    return max((ms for at, ms in bench.finished if start <= at < end), default=0.0)
 
 
 if __name__ == "__main__":

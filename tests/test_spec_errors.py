@@ -105,9 +105,9 @@ CASES = [
     ),
     (
         "unknown-operation",
-        HEAD + "  - rename_table: {table: t, to: u}",
+        HEAD + "  - rename_schema: {from: s, to: u}",
         "operations[0]",
-        "'rename_table' is not an operation",
+        "'rename_schema' is not an operation",
     ),
     (
         "unknown-field",

@@ -15,7 +15,7 @@ from typing import Any, assert_never
 from psycopg import sql
 
 from zdm_runbook.core.errors import Problem, SpecError
-from zdm_runbook.plan import primitives, recipes
+from zdm_runbook.plan import primitives, recipes, renames
 from zdm_runbook.plan import steps as s
 from zdm_runbook.plan.steps import Step, StepBuilder
 from zdm_runbook.spec.change import Change
@@ -25,6 +25,7 @@ from zdm_runbook.spec.operations import (
     AddColumn,
     AddForeignKey,
     AddNotNullColumn,
+    AddPrimaryKey,
     AddUnique,
     Backfill,
     ChangeKeyType,
@@ -35,12 +36,18 @@ from zdm_runbook.spec.operations import (
     DropConstraint,
     DropDefault,
     DropIndex,
+    DropNotNull,
     DropTable,
     Operation,
     RawSql,
     RenameColumn,
+    RenameConstraint,
+    RenameIndex,
+    RenameTable,
+    SetComment,
     SetDefault,
     SetNotNull,
+    SetReplicaIdentity,
 )
 
 Q = sql.SQL
@@ -85,6 +92,50 @@ class Plan:
 def plan_operation(change: Change, b: StepBuilder, op: Operation) -> None:
     """Add ``op``'s steps to ``b``: one case per operation, and mypy checks that none is missing."""
     match op:
+        case RenameColumn():
+            recipes.rename_column(change, b, op)
+        case ChangeType():
+            recipes.change_type(change, b, op)
+        case ChangeKeyType():
+            recipes.change_key_type(b, op)
+        case AddNotNullColumn():
+            recipes.add_not_null_column(b, op)
+        case RenameTable():
+            renames.rename_table(b, op)
+        case RenameIndex():
+            renames.rename_index(b, op)
+        case RenameConstraint():
+            renames.rename_constraint(b, op)
+        case _:
+            _plan_primitive(b, op)
+
+
+# The operations that map to one kind of schema change (plan/primitives.py).
+Primitive = (
+    CreateTable
+    | AddColumn
+    | CreateIndex
+    | AddCheck
+    | AddForeignKey
+    | AddUnique
+    | SetNotNull
+    | SetDefault
+    | DropDefault
+    | DropNotNull
+    | SetComment
+    | SetReplicaIdentity
+    | AddPrimaryKey
+    | Backfill
+    | DropColumn
+    | DropConstraint
+    | DropIndex
+    | DropTable
+    | RawSql
+)
+
+
+def _plan_primitive(b: StepBuilder, op: Primitive) -> None:
+    match op:
         case CreateTable():
             primitives.create_table(b, op)
         case AddColumn():
@@ -101,6 +152,14 @@ def plan_operation(change: Change, b: StepBuilder, op: Operation) -> None:
             primitives.set_default(b, op)
         case DropDefault():
             primitives.drop_default(b, op)
+        case DropNotNull():
+            primitives.drop_not_null(b, op)
+        case SetComment():
+            primitives.set_comment(b, op)
+        case SetReplicaIdentity():
+            primitives.set_replica_identity(b, op)
+        case AddPrimaryKey():
+            primitives.add_primary_key(b, op)
         case Backfill():
             primitives.backfill(b, op)
         case DropColumn():
@@ -113,14 +172,6 @@ def plan_operation(change: Change, b: StepBuilder, op: Operation) -> None:
             primitives.drop_table(b, op)
         case RawSql():
             primitives.raw_sql(b, op)
-        case RenameColumn():
-            recipes.rename_column(change, b, op)
-        case ChangeType():
-            recipes.change_type(change, b, op)
-        case ChangeKeyType():
-            recipes.change_key_type(b, op)
-        case AddNotNullColumn():
-            recipes.add_not_null_column(b, op)
         case _:
             assert_never(op)
 

@@ -18,6 +18,7 @@ from zdm_runbook.spec.operations import (
     AddCheck,
     AddColumn,
     AddForeignKey,
+    AddPrimaryKey,
     AddUnique,
     Backfill,
     CreateIndex,
@@ -26,10 +27,13 @@ from zdm_runbook.spec.operations import (
     DropConstraint,
     DropDefault,
     DropIndex,
+    DropNotNull,
     DropTable,
     RawSql,
+    SetComment,
     SetDefault,
     SetNotNull,
+    SetReplicaIdentity,
 )
 
 Q = sql.SQL
@@ -186,6 +190,73 @@ def drop_default(b: StepBuilder, op: DropDefault) -> None:
         s.drop_default(op.table, op.column),
         Q("SELECT NOT ({})").format(s.column_has_default(op.table, op.column)),
         (op.table,),
+    )
+
+
+def drop_not_null(b: StepBuilder, op: DropNotNull) -> None:
+    """In expand: the old app never writes NULL into it, and the new app may from now on."""
+    b.add(
+        "drop",
+        Phase.EXPAND,
+        f"drop NOT NULL on {op.table}.{op.column} (catalog only)",
+        s.drop_not_null(op.table, op.column),
+        Q("SELECT NOT ({})").format(s.column_not_null(op.table, op.column)),
+        (op.table,),
+    )
+
+
+def set_comment(b: StepBuilder, op: SetComment) -> None:
+    what = f"{op.table}.{op.column}" if op.column else str(op.table)
+    b.add(
+        "comment",
+        Phase.EXPAND,
+        f"{'set' if op.comment is not None else 'remove'} the comment on {what}",
+        s.comment(op.table, op.column, op.comment),
+        s.comment_is(op.table, op.column, op.comment),
+        (op.table,),
+    )
+
+
+def set_replica_identity(b: StepBuilder, op: SetReplicaIdentity) -> None:
+    using = f" (index {op.index})" if op.index else ""
+    b.add(
+        "set",
+        Phase.EXPAND,
+        f"replica identity {op.identity}{using} on {op.table} (catalog only; what logical decoding logs)",
+        s.replica_identity(op.table, op.identity, op.index),
+        s.replica_identity_is(op.table, op.identity, op.index),
+        (op.table,),
+    )
+
+
+def add_primary_key(b: StepBuilder, op: AddPrimaryKey) -> None:
+    """Switch: each column NOT NULL through a validated check, a unique index built CONCURRENTLY,
+    then ADD PRIMARY KEY USING INDEX: catalog only, with nothing left to scan under the lock."""
+    done = s.constraint_exists(op.table, op.name)
+    for column in op.columns:
+        label = f"-{column}" if len(op.columns) > 1 else ""
+        not_null_steps(b, Phase.SWITCH, op.table, column, superseded_when=done, label=label)
+    b.add(
+        "index",
+        Phase.SWITCH,
+        f"build unique index {op.name} CONCURRENTLY",
+        s.create_index_concurrently(op.table, op.name, s.identifiers(op.columns), unique=True),
+        Q("SELECT ({}) OR ({})").format(s.index_valid(op.table.schema, op.name), done),
+        (op.table,),
+        transactional=False,
+        builds_index=(op.table.schema, op.name),
+        long_running=True,
+    )
+    b.add(
+        "constraint",
+        Phase.SWITCH,
+        f"add PRIMARY KEY {op.name} USING INDEX (catalog only: its columns are NOT NULL already)",
+        Q("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}").format(
+            s.qname(op.table), sql.Identifier(op.name), sql.Identifier(op.name)
+        ),
+        done,
+        (op.table,),
+        locks=f"{op.table} AccessExclusiveLock (catalog: its columns are NOT NULL already, nothing to scan)",
     )
 
 

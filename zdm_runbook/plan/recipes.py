@@ -27,6 +27,7 @@ def not_null_steps(
     why: str = "",
     superseded_when: s.Statement | None = None,
     unless: s.Statement | None = None,
+    label: str = "",
 ) -> None:
     """NOT NULL without a long ACCESS EXCLUSIVE scan: CHECK NOT VALID, VALIDATE, SET NOT NULL.
 
@@ -37,7 +38,7 @@ def not_null_steps(
     if unless is not None:
         done = Q("SELECT ({}) OR ({})").format(done, unless)
     b.add(
-        "check-not-valid",
+        f"check-not-valid{label}",
         phase,
         f"add CHECK ({column} IS NOT NULL) NOT VALID on {table} (new writes checked, no scan){why}",
         s.add_check_not_valid(table, check, cond),
@@ -46,7 +47,7 @@ def not_null_steps(
         superseded_when=superseded_when,
     )
     b.add(
-        "validate",
+        f"validate{label}",
         phase,
         f"VALIDATE the not-null check on {table}.{column} (scans under SHARE UPDATE EXCLUSIVE only)",
         s.validate_constraint(table, check),
@@ -56,7 +57,7 @@ def not_null_steps(
         superseded_when=superseded_when,
     )
     b.add(
-        "set-not-null",
+        f"set-not-null{label}",
         phase,
         f"SET NOT NULL on {table}.{column} (no scan: proven by the validated check), drop the check",
         (s.set_not_null(table, column), s.drop_constraint(table, check)),

@@ -121,6 +121,60 @@ class DropDefault:
 
 
 @dataclass(frozen=True)
+class DropNotNull:
+    NAME: ClassVar[str] = "drop_not_null"
+    table: Table
+    column: str
+
+
+@dataclass(frozen=True)
+class SetComment:
+    NAME: ClassVar[str] = "set_comment"
+    table: Table
+    column: str | None  # None: the table's comment
+    comment: str | None  # None: remove it
+
+
+@dataclass(frozen=True)
+class RenameIndex:
+    NAME: ClassVar[str] = "rename_index"
+    schema: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class RenameConstraint:
+    NAME: ClassVar[str] = "rename_constraint"
+    table: Table
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class SetReplicaIdentity:
+    NAME: ClassVar[str] = "set_replica_identity"
+    table: Table
+    identity: str  # default | full | nothing | index
+    index: str | None
+
+
+@dataclass(frozen=True)
+class AddPrimaryKey:
+    NAME: ClassVar[str] = "add_primary_key"
+    table: Table
+    name: str
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RenameTable:
+    NAME: ClassVar[str] = "rename_table"
+    table: Table
+    new: str
+
+
+@dataclass(frozen=True)
 class DropColumn:
     NAME: ClassVar[str] = "drop_column"
     table: Table
@@ -204,6 +258,13 @@ Operation = (
     | SetNotNull
     | SetDefault
     | DropDefault
+    | DropNotNull
+    | SetComment
+    | RenameIndex
+    | RenameConstraint
+    | SetReplicaIdentity
+    | AddPrimaryKey
+    | RenameTable
     | Backfill
     | DropColumn
     | DropConstraint
@@ -225,15 +286,21 @@ def created_names(op: Operation) -> list[tuple[str, ...]]:
             return [("column", op.table.schema, op.table.name, op.new)]
         case ChangeType() | ChangeKeyType():
             return [("column", op.table.schema, op.table.name, op.new_column)]
-        case CreateIndex() | AddUnique():
+        case CreateIndex() | AddUnique() | AddPrimaryKey():
             return [("relation", op.table.schema, op.name)]
+        case RenameIndex():
+            return [("relation", op.schema, op.new)]
+        case RenameTable():
+            return [("relation", op.table.schema, op.new)]
+        case RenameConstraint():
+            return [("constraint", op.table.schema, op.table.name, op.new)]
         case CreateTable():
             return [("relation", op.table.schema, op.table.name)]
         case AddCheck() | AddForeignKey():
             return [("constraint", op.table.schema, op.table.name, op.name)]
         case SetNotNull() | SetDefault() | DropDefault() | Backfill() | DropColumn() | DropConstraint():
             return []
-        case DropTable() | DropIndex() | RawSql():
+        case DropTable() | DropIndex() | RawSql() | DropNotNull() | SetComment() | SetReplicaIdentity():
             return []
         case _:
             assert_never(op)

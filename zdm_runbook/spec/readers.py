@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 from typing import get_args
 
 from zdm_runbook.core.errors import Problem
-from zdm_runbook.spec.model import Phase
+from zdm_runbook.spec import alter_readers as alter
+from zdm_runbook.spec.model import Phase, Table
 from zdm_runbook.spec.operations import (
     FK_ACTIONS,
     INDEX_METHODS,
@@ -19,6 +20,7 @@ from zdm_runbook.spec.operations import (
     AddColumn,
     AddForeignKey,
     AddNotNullColumn,
+    AddPrimaryKey,
     AddUnique,
     Backfill,
     ChangeKeyType,
@@ -30,12 +32,18 @@ from zdm_runbook.spec.operations import (
     DropConstraint,
     DropDefault,
     DropIndex,
+    DropNotNull,
     DropTable,
     Operation,
     RawSql,
     RenameColumn,
+    RenameConstraint,
+    RenameIndex,
+    RenameTable,
+    SetComment,
     SetDefault,
     SetNotNull,
+    SetReplicaIdentity,
     created_names,
 )
 from zdm_runbook.spec.reader import MAX_IDENTIFIER_BYTES, Reader
@@ -161,24 +169,6 @@ def _read_backfill(r: Reader) -> Backfill | None:
     if table and assignments and not bad:
         return Backfill(table, tuple(assignments), where)
     return None
-
-
-def _read_set_default(r: Reader) -> SetDefault | None:
-    # A volatile default is fine here: SET DEFAULT changes the catalog only, for future rows.
-    table, column = r.table(), r.ident("column")
-    default = r.expr("default", what="default expression")
-    return SetDefault(table, column, default) if table and column and default else None
-
-
-def _read_drop_default(r: Reader) -> DropDefault | None:
-    table, column = r.table(), r.ident("column")
-    phase = r.choice("phase", tuple(p.value for p in Phase), default=Phase.CONTRACT.value)
-    if phase == Phase.MIGRATE.value:
-        r.problem(
-            "phase", "a default is dropped in expand, switch or contract, not in migrate (backfills only)"
-        )
-        return None
-    return DropDefault(table, column, Phase(phase)) if table and column and phase else None
 
 
 def _read_drop_column(r: Reader) -> DropColumn | None:
@@ -327,8 +317,15 @@ READ: Mapping[type[Operation], Callable[[Reader], Operation | None]] = {
     AddForeignKey: _read_add_foreign_key,
     AddUnique: _read_add_unique,
     SetNotNull: _read_set_not_null,
-    SetDefault: _read_set_default,
-    DropDefault: _read_drop_default,
+    SetDefault: alter.read_set_default,
+    DropDefault: alter.read_drop_default,
+    DropNotNull: alter.read_drop_not_null,
+    SetComment: alter.read_set_comment,
+    RenameIndex: alter.read_rename_index,
+    RenameConstraint: alter.read_rename_constraint,
+    SetReplicaIdentity: alter.read_set_replica_identity,
+    AddPrimaryKey: alter.read_add_primary_key,
+    RenameTable: alter.read_rename_table,
     Backfill: _read_backfill,
     DropColumn: _read_drop_column,
     DropConstraint: _read_drop_constraint,
@@ -371,6 +368,7 @@ def read_operations(top: Reader, problems: list[Problem]) -> list[Operation]:
         if op is not None:
             out.append(op)
     _check_names_unique(out, problems)
+    _check_renamed_tables(out, problems)
     return out
 
 
@@ -387,3 +385,27 @@ def _check_names_unique(ops: list[Operation], problems: list[Problem]) -> None:
                     )
                 )
             seen.setdefault(key, i)
+
+
+def _check_renamed_tables(ops: list[Operation], problems: list[Problem]) -> None:
+    """After rename_table's expand its old name is a view: any other operation must name the new
+    one (and, so that the catalog check can follow, come after the rename in the spec)."""
+    renamed = {
+        (op.table.schema, op.table.name): (i, op.new)
+        for i, op in enumerate(ops)
+        if isinstance(op, RenameTable)
+    }
+    for i, op in enumerate(ops):
+        table = getattr(op, "table", None)
+        if isinstance(op, RenameTable) or not isinstance(table, Table):
+            continue
+        hit = renamed.get((table.schema, table.name))
+        if hit is not None:
+            j, new = hit
+            problems.append(
+                Problem(
+                    f"operations[{i}].{op.NAME}.table",
+                    f"{table} is renamed to {new} by operations[{j}]: name it {table.schema}.{new},"
+                    " after the rename (the old name is a view from expand on)",
+                )
+            )
