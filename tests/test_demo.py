@@ -36,3 +36,16 @@ def test_demo_runs_all_four_phases_under_traffic_without_errors(tmp_path: Path) 
     text = str(contract)
     assert "deploy cycle waived: demo: the old app stopped before contract" in text
     assert "compatibility after contract: 4 statements, 0 failed; the new app must work" in text
+
+
+def test_demo_of_the_key_change_swaps_a_referenced_primary_key_under_traffic(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    done = zdm("demo", "--change", "key", "--rows", "5000", "--archive", str(archive), timeout=600)
+    out = done.stdout
+    assert done.returncode == 0, out[-4000:] + done.stderr[-2000:]
+    assert "01-change_key_type-swap: applied" in out
+    assert "app errors: 0; pgbench failed transactions: 0" in out
+    assert "missing or changed at the end: 0" in out
+    assert "new app started: it uses customers.id as the old app does" in out
+    assert "demo: OK" in out
+    assert len(list((archive / "customers-id-bigint").glob("*.html"))) == 4

@@ -118,16 +118,25 @@ def prepare_cmd(phase: str, spec: Path, parameters: tuple[tuple[str, str], ...],
 )
 @_archive(Path("zdm-demo-archive"))
 @click.option("--keep", is_flag=True, help="Leave the demo database running, and print how to connect.")
+@click.option(
+    "--change",
+    "which",
+    type=click.Choice(["type", "key"]),
+    default="type",
+    show_default=True,
+    help="type: orders.customer_id (int) moves to customer_ref (bigint), plus a NOT NULL currency."
+    " key: customers.id, a serial primary key that orders reference, becomes bigint.",
+)
 @handles_errors
-def demo_cmd(rows: int, archive: Path, keep: bool) -> None:
+def demo_cmd(rows: int, archive: Path, keep: bool, which: str) -> None:
     """Run a whole change, all four phases through zdm run, under live traffic.
 
-    On a throw-away embedded PostgreSQL: customers and orders, a change that moves
-    orders.customer_id (int) to customer_ref (bigint) and adds a NOT NULL currency. An old-app and
-    (after expand) a new-app generator insert, update and select throughout, and pgbench adds
-    read load; the old app stops before contract. Exit 0 only with every phase succeeded,
-    0 app errors, 0 pgbench failures and every acknowledged write present.
+    On a throw-away embedded PostgreSQL: customers and orders, and the change --change names. An
+    old-app and (after expand) a new-app generator insert, update and select throughout, and
+    pgbench adds read load; the old app stops before contract. Exit 0 only with every phase
+    succeeded, 0 app errors, 0 pgbench failures and every acknowledged write present.
     """
     from zdm_runbook.demo.scenario import Demo  # noqa: PLC0415 - papermill and pandas load slowly
+    from zdm_runbook.demo.scenarios import SCENARIOS  # noqa: PLC0415
 
-    sys.exit(Demo(rows, archive, keep, echo=click.echo).run())
+    sys.exit(Demo(rows, archive, keep, echo=click.echo, scenario=SCENARIOS[which]).run())

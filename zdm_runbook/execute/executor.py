@@ -15,7 +15,6 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -24,8 +23,18 @@ from psycopg.pq import TransactionStatus
 
 from zdm_runbook import ledger
 from zdm_runbook.core.connect import redact, resolve_dsn
-from zdm_runbook.core.errors import ConfigError, DatabaseError, ZdmError
+from zdm_runbook.core.errors import ConfigError, ZdmError
+from zdm_runbook.execute.attempts import (
+    RETRIED,
+    Attempt,
+    StepFailed,
+    StepResult,
+    exhausted_text,
+    failure_text,
+    outcome_of,
+)
 from zdm_runbook.execute.guard import GuardSettings, settings_from, step_settings_from
+from zdm_runbook.execute.partitions import partition_steps
 from zdm_runbook.execute.session import PhaseSession
 from zdm_runbook.inspect.blockers import BlockerWatch, describe, holders
 from zdm_runbook.plan import steps as s
@@ -36,53 +45,7 @@ from zdm_runbook.spec.sqltext import regclass
 
 log = logging.getLogger(__name__)
 Conn = psycopg.Connection[Any]
-# psycopg's class for each SQLSTATE that ends an attempt, and the outcome the ledger records.
-OUTCOME_OF: tuple[tuple[type[psycopg.Error], str], ...] = (
-    (psycopg.errors.LockNotAvailable, "lock_timeout"),  # 55P03
-    (psycopg.errors.DeadlockDetected, "deadlock"),  # 40P01
-    (psycopg.errors.QueryCanceled, "query_canceled"),  # 57014: statement_timeout
-)
-RETRIED = frozenset({"lock_timeout", "deadlock"})
-
-
-def outcome_of(exc: psycopg.Error) -> str:
-    """The ledger's outcome for an attempt that raised ``exc``."""
-    return next((outcome for cls, outcome in OUTCOME_OF if isinstance(exc, cls)), "failed")
-
-
 BackfillRunner = Callable[[Step], None]
-
-
-@dataclass
-class Attempt:
-    """One try of a step, as recorded in the ledger."""
-
-    number: int
-    outcome: str
-    seconds: float
-    sqlstate: str | None = None
-    message: str | None = None
-    lock_wait_s: float = 0.0
-    blockers: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class StepResult:
-    """What happened to one step: ``applied``, ``skipped`` (already done) or ``failed``."""
-
-    key: str
-    outcome: str
-    attempts: list[Attempt] = field(default_factory=list)
-
-
-class StepFailed(DatabaseError):
-    """A step was not applied; the message names the step, the SQLSTATE, the blockers and what next."""
-
-    def __init__(self, key: str, message: str, sqlstate: str | None, attempts: list[Attempt]) -> None:
-        super().__init__(message, sqlstate)
-        self.key = key
-        self.attempts = attempts
-        self.results: list[StepResult] = []
 
 
 def _ms(seconds: float) -> str:
@@ -173,6 +136,8 @@ class Executor:
             return StepResult(step.key, "skipped", [])
         if step.backfill is not None and self.backfill is not None:
             return self._run_backfill(step, timeouts)
+        if step.index is not None and (parts := partition_steps(self.control, step)) is not None:
+            return self._run_partitioned(step, parts, timeouts)
         attempts: list[Attempt] = []
         for number in range(1, settings.max_attempts + 1):
             attempt = self._attempt(step, number, timeouts)
@@ -181,9 +146,7 @@ class Executor:
                 self.event(f"{step.key}: applied (attempt {number}, {attempt.seconds:.2f} s)")
                 return StepResult(step.key, "applied", attempts)
             if attempt.outcome not in RETRIED:
-                raise StepFailed(
-                    step.key, self._failure_text(step, attempt, number), attempt.sqlstate, attempts
-                )
+                raise StepFailed(step.key, failure_text(step, attempt, number), attempt.sqlstate, attempts)
             if number < settings.max_attempts:
                 pause = settings.backoff(number, self.rng)
                 who = "; ".join(describe(b) for b in attempt.blockers) or "no blocker seen"
@@ -193,7 +156,24 @@ class Executor:
                 )
                 time.sleep(pause)
         last = attempts[-1]
-        raise StepFailed(step.key, self._exhausted_text(step, attempts), last.sqlstate, attempts)
+        raise StepFailed(step.key, exhausted_text(step, attempts), last.sqlstate, attempts)
+
+    def _run_partitioned(self, step: Step, parts: list[Step], timeouts: dict[str, float]) -> StepResult:
+        """The step's index on a partitioned table, piece by piece (see :mod:`.partitions`)."""
+        started = time.monotonic()
+        done = [self.run_step(part) for part in parts]
+        if not self.is_done(step):
+            why = f"step {step.key}: every partition attached, yet the index is not valid"
+            raise StepFailed(step.key, why, None, [])
+        built = sum(r.outcome == "applied" for r in done)
+        attempt = Attempt(
+            1, "applied", time.monotonic() - started, message=f"{built} of {len(parts)} pieces applied"
+        )
+        self._record(step, 1, timeouts, attempt)
+        self.event(
+            f"{step.key}: applied on a partitioned table ({len(parts)} pieces, {attempt.seconds:.1f} s)"
+        )
+        return StepResult(step.key, "applied", [attempt])
 
     def _run_backfill(self, step: Step, timeouts: dict[str, float]) -> StepResult:
         if self.backfill is None:  # pragma: no cover - run_step checks first
@@ -337,35 +317,6 @@ class Executor:
 
     def _record(self, step: Step, number: int, timeouts: Mapping[str, float], attempt: Attempt) -> None:
         self._finish(self._start(step, number, timeouts), attempt)
-
-    def _failure_text(self, step: Step, attempt: Attempt, number: int) -> str:
-        what = {
-            "query_canceled": "was cancelled (statement_timeout reached, or cancelled by an operator);"
-            " it is not retried blindly: raise statement_timeout for this step or run it off-peak",
-            "failed": "failed",
-        }.get(attempt.outcome, attempt.outcome)
-        undone = (
-            "its transaction was rolled back, nothing of it is applied"
-            if step.transactional
-            else "it ran outside a transaction; an INVALID index it left is rebuilt on the next run"
-        )
-        return (
-            f"step {step.key} ({step.description}) {what} on attempt {number}: {attempt.message}."
-            f" Not applied: {undone}"
-        )
-
-    def _exhausted_text(self, step: Step, attempts: list[Attempt]) -> str:
-        last = attempts[-1]
-        blockers = (
-            "\n".join(f"  - {describe(b)}" for b in last.blockers)
-            or "  - none seen (the wait was too short to sample)"
-        )
-        return (
-            f"step {step.key} ({step.description}) not applied: {len(attempts)} attempts, each ended by"
-            f" {last.outcome}. Blocked by:\n{blockers}\n"
-            "Nothing of the step is applied. Wait for those sessions to finish (or end them), then re-run"
-            " the phase; finished steps are skipped."
-        )
 
 
 def execute_phase(

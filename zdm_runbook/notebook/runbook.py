@@ -23,7 +23,8 @@ from zdm_runbook.core.display import display, show_html
 from zdm_runbook.core.errors import ZdmError
 from zdm_runbook.execute import backfill as engine
 from zdm_runbook.execute import compat
-from zdm_runbook.execute.executor import Executor, StepFailed, StepResult
+from zdm_runbook.execute.attempts import StepFailed, StepResult
+from zdm_runbook.execute.executor import Executor
 from zdm_runbook.execute.progress import LogProgress, State, frame
 from zdm_runbook.execute.session import PhaseSession
 from zdm_runbook.inspect import usage

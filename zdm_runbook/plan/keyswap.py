@@ -37,6 +37,14 @@ DECLARE
   f record;
   action text[] := ARRAY['NO ACTION', 'RESTRICT', 'CASCADE', 'SET NULL', 'SET DEFAULT'];
 BEGIN
+  -- The referenced table first, then the children by name: the order an app that writes a parent
+  -- row and then its children takes them in. ADD FOREIGN KEY alone would lock the child first and
+  -- wait, inverted, on every transaction between its parent write and its child write.
+  EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', p);
+  FOR f IN SELECT DISTINCT conrelid::regclass::text AS child FROM pg_constraint
+      WHERE contype = 'f' AND confrelid = p AND conrelid <> p ORDER BY 1 LOOP
+    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', f.child);
+  END LOOP;
   FOR f IN {referencing} LOOP
     CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint r WHERE r.conrelid = f.child AND r.conname = {twin});
     EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%s) REFERENCES %s (%I)'

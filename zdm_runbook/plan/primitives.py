@@ -80,10 +80,12 @@ def create_index(b: StepBuilder, op: CreateIndex) -> None:
         keys = Q("({})").format(op.expression.sql)
     else:  # pragma: no cover - the reader requires exactly one of columns and expression
         raise ValueError(f"index {op.name}: neither columns nor expression")
+    index = s.IndexSpec(op.table, op.name, keys, op.unique, op.method, op.where)
     b.add(
         "create",
         Phase.EXPAND,
-        f"build {'unique ' if op.unique else ''}index {op.name} on {op.table} CONCURRENTLY",
+        f"build {'unique ' if op.unique else ''}index {op.name} on {op.table} CONCURRENTLY"
+        " (a partitioned table: ON ONLY the parent, each partition CONCURRENTLY, then ATTACH)",
         s.create_index_concurrently(
             op.table, op.name, keys, unique=op.unique, method=op.method, where=op.where
         ),
@@ -92,6 +94,7 @@ def create_index(b: StepBuilder, op: CreateIndex) -> None:
         transactional=False,
         builds_index=(op.table.schema, op.name),
         long_running=True,
+        index=index,
     )
 
 
@@ -108,13 +111,22 @@ def add_constraint(b: StepBuilder, op: AddCheck | AddForeignKey) -> None:
         )
         tables = (op.table, op.ref_table)
     kind = "CHECK" if isinstance(op, AddCheck) else "FOREIGN KEY"
+    add = Q("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
+        s.qname(op.table), sql.Identifier(op.name), body
+    )
+    # A foreign key locks both tables; ALTER TABLE takes the child first. Lock the referenced table
+    # first, the order an app writing a parent row and then its children uses: otherwise every
+    # transaction between those two writes and this step wait on each other until lock_timeout.
+    first: tuple[s.Statement, ...] = ()
+    note = ""
+    if isinstance(op, AddForeignKey) and op.ref_table != op.table:
+        first = (Q("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(s.qname(op.ref_table)),)
+        note = f"; {op.ref_table} locked first, as apps do"
     b.add(
         "add-not-valid",
         Phase.SWITCH,
-        f"add {kind} {op.name} NOT VALID (no scan)",
-        Q("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
-            s.qname(op.table), sql.Identifier(op.name), body
-        ),
+        f"add {kind} {op.name} NOT VALID (no scan){note}",
+        (*first, add),
         s.constraint_exists(op.table, op.name),
         tables,
     )

@@ -50,6 +50,37 @@ class BackfillSpec:
 
 
 @dataclass(frozen=True)
+class IndexSpec:
+    """An index a step builds, as data: on a partitioned table the executor builds it the way
+    PostgreSQL allows without blocking writes (``ON ONLY`` the parent, each partition
+    ``CONCURRENTLY``, then ``ATTACH``), which one statement cannot say."""
+
+    table: Table
+    name: str
+    keys: sql.Composable
+    unique: bool = False
+    method: str = "btree"
+    where: Expr | None = None
+
+    def on(self, table: Table, name: str) -> sql.Composed:
+        """The same index on ``table`` (a partition), built CONCURRENTLY."""
+        return create_index_concurrently(
+            table, name, self.keys, unique=self.unique, method=self.method, where=self.where
+        )
+
+    def on_only(self, table: Table, name: str) -> sql.Composed:
+        """The index on a partitioned ``table`` alone: invalid, nothing built, until partitions attach."""
+        stmt = Q("CREATE {}INDEX IF NOT EXISTS {} ON ONLY {} USING {} ({})").format(
+            Q("UNIQUE ") if self.unique else Q(""),
+            sql.Identifier(name),
+            qname(table),
+            INDEX_METHODS[self.method],
+            self.keys,
+        )
+        return stmt if self.where is None else Q("{} WHERE {}").format(stmt, self.where.sql)
+
+
+@dataclass(frozen=True)
 class Step:
     """One idempotent unit of a phase: statements run in one transaction (or one, outside any)."""
 
@@ -66,6 +97,7 @@ class Step:
     long_running: bool = False  # scans the table (VALIDATE, index build): the long statement_timeout
     # What the step locks, said by the planner where static analysis cannot see it (a DO block).
     locks: str | None = None
+    index: IndexSpec | None = None  # the index it builds, for partitioned tables
     # True once a later phase has moved past this step (contract dropped the column it reads):
     # checked before done_when, which may no longer even parse.
     superseded_when: Statement | None = None
@@ -88,6 +120,7 @@ class StepOptions(TypedDict, total=False):
     long_running: bool
     superseded_when: Statement | None
     locks: str | None
+    index: IndexSpec | None
 
 
 class StepBuilder:

@@ -147,6 +147,7 @@ def _check_on_table(
             checks.check_change_type(state, cols, op, path, problems)
         case ChangeKeyType():
             checks.check_change_key_type(state, cols, op, path, problems)
+            checks.check_partitioned(state, op, path, problems)
         case Backfill():
             checks.check_backfill(state, cols, op, path, problems)
         case CreateIndex():
@@ -156,6 +157,7 @@ def _check_on_table(
             check_expr(state, cols, op.table, op.where, f"{path}.where", problems)
         case AddUnique():
             need_columns(cols, op.table, op.columns, f"{path}.columns", problems)
+            checks.check_partitioned(state, op, path, problems)
         case SetNotNull():
             need_columns(cols, op.table, (op.column,), f"{path}.column", problems)
         case SetDefault() | DropDefault():
@@ -164,10 +166,13 @@ def _check_on_table(
             checks.check_drop_not_null(state, cols, op, path, problems)
         case SetComment() | RenameConstraint() | SetReplicaIdentity() | AddPrimaryKey():
             checks.check_table_level(state, cols, op, path, problems)
+            if isinstance(op, AddPrimaryKey):
+                checks.check_partitioned(state, op, path, problems)
         case AddCheck():
             check_expr(state, cols, op.table, op.expression, f"{path}.expression", problems)
         case AddForeignKey():
             need_columns(cols, op.table, op.columns, f"{path}.columns", problems)
+            checks.check_partitioned(state, op, path, problems)
             ref = state.columns(op.ref_table)
             if ref is None:
                 problems.append(Problem(f"{path}.references.table", f"table {op.ref_table} does not exist"))
