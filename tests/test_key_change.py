@@ -10,6 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from zdm_runbook.core.errors import SpecError
+from zdm_runbook.execute.attempts import StepFailed
+from zdm_runbook.execute.executor import Executor
 from zdm_runbook.lint.analysis import LOCK_MODES
 from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.catalog import check_change
@@ -265,3 +268,62 @@ def test_the_locks_zdm_plan_declares_for_the_do_blocks_are_the_ones_taken(any_pg
         conn.execute(steps["fk-validate"].statements[0])
         swap = _held(conn, steps["swap"].statements)
         assert swap == dict.fromkeys(("customers", "orders", "payments"), "AccessExclusiveLock")
+
+
+def test_a_foreign_key_added_during_switch_stops_the_swap_cleanly_and_a_rerun_converges(
+    any_pg_db: str,
+) -> None:
+    dsn = any_pg_db
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA.format(kind="serial", overriding="").encode())
+        conn.execute("CREATE TABLE invoices (id int PRIMARY KEY, customer_id int)")
+    plan = build_plan(parse_change(SPEC))
+    for phase in ("expand", "migrate"):
+        apply_phase(dsn, plan, phase)
+
+    def someone_adds_a_foreign_key(step: Any) -> None:
+        if step.key.endswith("-fk-validate"):  # after the twins, before the swap
+            with psycopg.connect(dsn, autocommit=True) as other:
+                other.execute("ALTER TABLE invoices ADD FOREIGN KEY (customer_id) REFERENCES customers (id)")
+
+    with psycopg.connect(dsn, autocommit=True) as worker, psycopg.connect(dsn, autocommit=True) as control:
+        executor = Executor(worker, control, plan, after_step=someone_adds_a_foreign_key)
+        with pytest.raises(
+            StepFailed,
+            match="invoices_customer_id_fkey on invoices references the key but has no validated twin",
+        ):
+            executor.run_phase("switch")
+    assert (
+        _catalog(
+            dsn,
+            "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = 'customers'::regclass AND attname = 'id'",
+        )
+        == "integer"
+    )
+    apply_phase(dsn, plan, "switch")  # twins the new foreign key too, then swaps
+    assert (
+        _catalog(
+            dsn,
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'invoices_customer_id_fkey'",
+        )
+        == "FOREIGN KEY (customer_id) REFERENCES customers(id)"
+    )
+    assert (
+        _catalog(
+            dsn,
+            "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = 'customers'::regclass AND attname = 'id'",
+        )
+        == "bigint"
+    )
+
+
+def test_a_new_foreign_key_to_the_key_must_follow_the_key_change_in_the_spec() -> None:
+    with pytest.raises(
+        SpecError,
+        match=r"operations\[0\].add_foreign_key.references: references public.customers.id, which operations\[1\] widens",
+    ):
+        parse_change(
+            "change: x\noperations:\n"
+            "  - add_foreign_key: {table: invoices, name: inv_fk, columns: [customer_id], references: {table: customers, columns: [id]}}\n"
+            "  - change_key_type: {table: customers, column: id}\n"
+        )

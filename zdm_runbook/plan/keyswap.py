@@ -87,6 +87,12 @@ BEGIN
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', f.child);
   END LOOP;
   FOR f IN {referencing} LOOP
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint r WHERE r.conrelid = f.child AND r.conname = {twin}
+        AND r.convalidated) THEN
+      RAISE EXCEPTION 'foreign key % on % references the key but has no validated twin (it was added'
+        ' after the twins step): nothing is swapped; re-run switch, which twins and validates it first',
+        f.conname, f.child USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
     EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', f.child, f.conname);
     EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', f.child, {twin}, f.conname);
   END LOOP;

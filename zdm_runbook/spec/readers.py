@@ -369,6 +369,7 @@ def read_operations(top: Reader, problems: list[Problem]) -> list[Operation]:
             out.append(op)
     _check_names_unique(out, problems)
     _check_renamed_tables(out, problems)
+    _check_keys_referenced_after_swap(out, problems)
     return out
 
 
@@ -409,3 +410,20 @@ def _check_renamed_tables(ops: list[Operation], problems: list[Problem]) -> None
                     " after the rename (the old name is a view from expand on)",
                 )
             )
+
+
+def _check_keys_referenced_after_swap(ops: list[Operation], problems: list[Problem]) -> None:
+    """A foreign key to a key that change_key_type widens must come after it in the spec: its
+    switch steps then run after the swap, against the bigint key, instead of before it."""
+    for i, op in enumerate(ops):
+        if not isinstance(op, AddForeignKey):
+            continue
+        for j, key in enumerate(ops[i + 1 :], start=i + 1):
+            if isinstance(key, ChangeKeyType) and key.table == op.ref_table and key.column in op.ref_columns:
+                problems.append(
+                    Problem(
+                        f"operations[{i}].add_foreign_key.references",
+                        f"references {key.table}.{key.column}, which operations[{j}] widens by"
+                        " change_key_type: put it after that operation, so it is added after the swap",
+                    )
+                )
