@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from zdm_runbook.plan import alterations as alt
 from zdm_runbook.plan import steps as s
 from zdm_runbook.plan.recipes import not_null_steps
 from zdm_runbook.plan.steps import BackfillSpec, StepBuilder
@@ -223,8 +224,8 @@ def set_comment(b: StepBuilder, op: SetComment) -> None:
         "comment",
         Phase.EXPAND,
         f"{'set' if op.comment is not None else 'remove'} the comment on {what}",
-        s.comment(op.table, op.column, op.comment),
-        s.comment_is(op.table, op.column, op.comment),
+        alt.comment(op.table, op.column, op.comment),
+        alt.comment_is(op.table, op.column, op.comment),
         (op.table,),
     )
 
@@ -235,8 +236,8 @@ def set_replica_identity(b: StepBuilder, op: SetReplicaIdentity) -> None:
         "set",
         Phase.EXPAND,
         f"replica identity {op.identity}{using} on {op.table} (catalog only; what logical decoding logs)",
-        s.replica_identity(op.table, op.identity, op.index),
-        s.replica_identity_is(op.table, op.identity, op.index),
+        alt.replica_identity(op.table, op.identity, op.index),
+        alt.replica_identity_is(op.table, op.identity, op.index),
         (op.table,),
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from zdm_runbook.plan import alterations as alt
 from zdm_runbook.plan import steps as s
 from zdm_runbook.plan.steps import StepBuilder
 from zdm_runbook.spec.model import Phase, Table
@@ -51,7 +52,7 @@ def rename_table(b: StepBuilder, op: RenameTable) -> None:
             ),
         ),
         Q("SELECT ({}) AND ({})").format(
-            s.relation_exists(new.schema, new.name), s.is_view(old.schema, old.name)
+            s.relation_exists(new.schema, new.name), alt.is_view(old.schema, old.name)
         ),
         (old,),
         locks=f"{old} AccessExclusiveLock (catalog: rename, view; no scan), for the transaction",

@@ -12,7 +12,8 @@ from typing import get_args
 
 from zdm_runbook.core.errors import Problem
 from zdm_runbook.spec import alter_readers as alter
-from zdm_runbook.spec.model import Phase, Table
+from zdm_runbook.spec import crosschecks
+from zdm_runbook.spec.model import Phase
 from zdm_runbook.spec.operations import (
     FK_ACTIONS,
     INDEX_METHODS,
@@ -44,7 +45,6 @@ from zdm_runbook.spec.operations import (
     SetDefault,
     SetNotNull,
     SetReplicaIdentity,
-    created_names,
 )
 from zdm_runbook.spec.reader import MAX_IDENTIFIER_BYTES, Reader
 from zdm_runbook.spec.sqltext import (
@@ -367,63 +367,7 @@ def read_operations(top: Reader, problems: list[Problem]) -> list[Operation]:
         r.finish()
         if op is not None:
             out.append(op)
-    _check_names_unique(out, problems)
-    _check_renamed_tables(out, problems)
-    _check_keys_referenced_after_swap(out, problems)
+    crosschecks.check_names_unique(out, problems)
+    crosschecks.check_renamed_tables(out, problems)
+    crosschecks.check_keys_referenced_after_swap(out, problems)
     return out
-
-
-def _check_names_unique(ops: list[Operation], problems: list[Problem]) -> None:
-    """Two operations creating the same index, constraint or column would collide."""
-    seen: dict[tuple[str, ...], int] = {}
-    for i, op in enumerate(ops):
-        for key in created_names(op):
-            if key in seen:
-                problems.append(
-                    Problem(
-                        f"operations[{i}].{op.NAME}",
-                        f"{key[-1]} is also created by operations[{seen[key]}]",
-                    )
-                )
-            seen.setdefault(key, i)
-
-
-def _check_renamed_tables(ops: list[Operation], problems: list[Problem]) -> None:
-    """After rename_table's expand its old name is a view: any other operation must name the new
-    one (and, so that the catalog check can follow, come after the rename in the spec)."""
-    renamed = {
-        (op.table.schema, op.table.name): (i, op.new)
-        for i, op in enumerate(ops)
-        if isinstance(op, RenameTable)
-    }
-    for i, op in enumerate(ops):
-        table = getattr(op, "table", None)
-        if isinstance(op, RenameTable) or not isinstance(table, Table):
-            continue
-        hit = renamed.get((table.schema, table.name))
-        if hit is not None:
-            j, new = hit
-            problems.append(
-                Problem(
-                    f"operations[{i}].{op.NAME}.table",
-                    f"{table} is renamed to {new} by operations[{j}]: name it {table.schema}.{new},"
-                    " after the rename (the old name is a view from expand on)",
-                )
-            )
-
-
-def _check_keys_referenced_after_swap(ops: list[Operation], problems: list[Problem]) -> None:
-    """A foreign key to a key that change_key_type widens must come after it in the spec: its
-    switch steps then run after the swap, against the bigint key, instead of before it."""
-    for i, op in enumerate(ops):
-        if not isinstance(op, AddForeignKey):
-            continue
-        for j, key in enumerate(ops[i + 1 :], start=i + 1):
-            if isinstance(key, ChangeKeyType) and key.table == op.ref_table and key.column in op.ref_columns:
-                problems.append(
-                    Problem(
-                        f"operations[{i}].add_foreign_key.references",
-                        f"references {key.table}.{key.column}, which operations[{j}] widens by"
-                        " change_key_type: put it after that operation, so it is added after the swap",
-                    )
-                )
