@@ -5,6 +5,7 @@ after every phase; the schema checked at \\d level after contract."""
 from __future__ import annotations
 
 import itertools
+import threading
 from typing import Any
 
 import psycopg
@@ -14,11 +15,13 @@ from zdm_runbook.core.errors import SpecError
 from zdm_runbook.execute.attempts import StepFailed
 from zdm_runbook.execute.executor import Executor
 from zdm_runbook.lint.analysis import LOCK_MODES
+from zdm_runbook.plan import steps
 from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.catalog import check_change
 from zdm_runbook.spec.change import parse_change
 
 from .helpers import apply_phase, scalar
+from .sessions import wait_for
 
 KINDS = {
     "serial": "serial",
@@ -327,3 +330,46 @@ def test_a_new_foreign_key_to_the_key_must_follow_the_key_change_in_the_spec() -
             "  - add_foreign_key: {table: invoices, name: inv_fk, columns: [customer_id], references: {table: customers, columns: [id]}}\n"
             "  - change_key_type: {table: customers, column: id}\n"
         )
+
+
+@pytest.mark.parametrize("ours", [False, True])
+def test_a_lock_taken_while_holding_one_gives_up_before_the_app_is_made_a_deadlock_victim(
+    any_pg_db: str, ours: bool
+) -> None:
+    """The swap holds the parent and then wants a child; an app holds the child and wants the
+    parent. With the child lock's wait as long as deadlock_timeout (1 s each), the app is the
+    victim; with HELD_LOCK_TIMEOUT our attempt gives up first (and is retried), the app goes on."""
+    with psycopg.connect(any_pg_db, autocommit=True) as conn:
+        conn.execute(SCHEMA.format(kind="serial", overriding="").encode())
+    with psycopg.connect(any_pg_db) as swap, psycopg.connect(any_pg_db) as app:
+        swap.execute(
+            "SELECT set_config('lock_timeout', '1s', true), set_config('deadlock_timeout', '1s', false)"
+        )
+        swap.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+        if ours:
+            swap.execute(steps.shorter_lock_timeout())
+        app.execute("SELECT count(*) FROM orders")
+        outcome: dict[str, str] = {}
+
+        def app_wants_the_parent() -> None:
+            try:
+                app.execute("SELECT count(*) FROM customers")
+                outcome["app"] = "ok"
+            except psycopg.Error as exc:
+                outcome["app"] = type(exc).__name__
+
+        waiter = threading.Thread(target=app_wants_the_parent)
+        waiter.start()
+        assert wait_for(lambda: _catalog(any_pg_db, "SELECT count(*) FROM pg_locks WHERE NOT granted") == 1)
+        try:
+            swap.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+            outcome["swap"] = "ok"
+        except psycopg.Error as exc:
+            outcome["swap"] = type(exc).__name__
+        swap.rollback()
+        waiter.join()
+        app.rollback()
+    expected = (
+        {"swap": "LockNotAvailable", "app": "ok"} if ours else {"swap": "ok", "app": "DeadlockDetected"}
+    )
+    assert outcome == expected

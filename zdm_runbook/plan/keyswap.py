@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from zdm_runbook.plan.steps import DOLLAR_TAG
+from zdm_runbook.plan.steps import DOLLAR_TAG, HELD_LOCK_TIMEOUT
 from zdm_runbook.spec.model import Table
 from zdm_runbook.spec.sqltext import regclass
 
@@ -41,6 +41,7 @@ BEGIN
   -- row and then its children takes them in. ADD FOREIGN KEY alone would lock the child first and
   -- wait, inverted, on every transaction between its parent write and its child write.
   EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', p);
+  PERFORM {held};  -- holding p from here on: see steps.HELD_LOCK_TIMEOUT
   FOR f IN SELECT DISTINCT conrelid::regclass::text AS child FROM pg_constraint
       WHERE contype = 'f' AND confrelid = p AND conrelid <> p ORDER BY 1 LOOP
     EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', f.child);
@@ -82,6 +83,7 @@ DECLARE
   nn text;
 BEGIN
   EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p);
+  PERFORM {held};  -- holding p from here on: see steps.HELD_LOCK_TIMEOUT
   FOR f IN SELECT DISTINCT conrelid::regclass::text AS child FROM pg_constraint
       WHERE contype = 'f' AND confrelid = p AND conrelid <> p ORDER BY 1 LOOP
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', f.child);
@@ -160,7 +162,8 @@ def _do(table: Table, key: str, shadow: str, block: sql.Composable) -> sql.Compo
 def add_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
     """Each foreign key referencing ``key`` gains a twin referencing ``shadow``, NOT VALID: no scan,
     a brief SHARE ROW EXCLUSIVE on both tables; new rows are checked against both from now on."""
-    return _do(table, key, shadow, Q(_ADD_TWINS).format(referencing=REFERENCING, twin=TWIN))
+    block = Q(_ADD_TWINS).format(referencing=REFERENCING, twin=TWIN, held=HELD_LOCK_TIMEOUT)
+    return _do(table, key, shadow, block)
 
 
 def validate_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
@@ -188,7 +191,11 @@ def swap(table: Table, key: str, shadow: str, temp: str, index: str) -> sql.Comp
     the old app and the new one alike; move the identity or the default and its sequence (widened
     to bigint, current value kept); re-create the key constraint on the prebuilt unique index."""
     block = Q(_SWAP).format(
-        referencing=REFERENCING, twin=TWIN, temp=sql.Literal(temp), index=sql.Literal(index)
+        referencing=REFERENCING,
+        twin=TWIN,
+        temp=sql.Literal(temp),
+        index=sql.Literal(index),
+        held=HELD_LOCK_TIMEOUT,
     )
     return _do(table, key, shadow, block)
 

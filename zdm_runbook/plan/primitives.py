@@ -121,7 +121,10 @@ def add_constraint(b: StepBuilder, op: AddCheck | AddForeignKey) -> None:
     first: tuple[s.Statement, ...] = ()
     note = ""
     if isinstance(op, AddForeignKey) and op.ref_table != op.table:
-        first = (Q("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(s.qname(op.ref_table)),)
+        first = (
+            Q("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(s.qname(op.ref_table)),
+            s.shorter_lock_timeout(),  # the child's lock is taken while holding the parent's
+        )
         note = f"; {op.ref_table} locked first, as apps do"
     b.add(
         "add-not-valid",
