@@ -32,20 +32,31 @@ REFERENCING = Q(
     " ORDER BY c.conrelid::regclass::text, c.conname"
 )
 
+# Lock p, then every table whose foreign keys reference it, sorted by name: the order an app that
+# writes a parent row and then its children takes them in (ADD FOREIGN KEY alone would lock the
+# child first and wait, inverted, on every transaction between its parent and child writes), and
+# a fixed order, so two swaps never deadlock. Every lock after p's waits at most HELD_LOCK_TIMEOUT.
+_LOCK_FAMILY = """EXECUTE format('LOCK TABLE %s IN {mode} MODE', p);
+  PERFORM {held};
+  FOR f IN SELECT DISTINCT conrelid::regclass::text AS child FROM pg_constraint
+      WHERE contype = 'f' AND confrelid = p AND conrelid <> p ORDER BY 1 LOOP
+    EXECUTE format('LOCK TABLE %s IN {mode} MODE', f.child);
+  END LOOP;"""
+
+
+SHARE_ROW_EXCLUSIVE, ACCESS_EXCLUSIVE = Q("SHARE ROW EXCLUSIVE"), Q("ACCESS EXCLUSIVE")
+
+
+def _lock_family(mode: sql.SQL) -> sql.Composed:
+    return Q(_LOCK_FAMILY).format(mode=mode, held=HELD_LOCK_TIMEOUT)
+
+
 _ADD_TWINS = """
 DECLARE
   f record;
   action text[] := ARRAY['NO ACTION', 'RESTRICT', 'CASCADE', 'SET NULL', 'SET DEFAULT'];
 BEGIN
-  -- The referenced table first, then the children by name: the order an app that writes a parent
-  -- row and then its children takes them in. ADD FOREIGN KEY alone would lock the child first and
-  -- wait, inverted, on every transaction between its parent write and its child write.
-  EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', p);
-  PERFORM {held};  -- holding p from here on: see steps.HELD_LOCK_TIMEOUT
-  FOR f IN SELECT DISTINCT conrelid::regclass::text AS child FROM pg_constraint
-      WHERE contype = 'f' AND confrelid = p AND conrelid <> p ORDER BY 1 LOOP
-    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', f.child);
-  END LOOP;
+  {lock}
   FOR f IN {referencing} LOOP
     CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint r WHERE r.conrelid = f.child AND r.conname = {twin});
     EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%s) REFERENCES %s (%I)'
@@ -82,12 +93,7 @@ DECLARE
   last bigint;
   nn text;
 BEGIN
-  EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p);
-  PERFORM {held};  -- holding p from here on: see steps.HELD_LOCK_TIMEOUT
-  FOR f IN SELECT DISTINCT conrelid::regclass::text AS child FROM pg_constraint
-      WHERE contype = 'f' AND confrelid = p AND conrelid <> p ORDER BY 1 LOOP
-    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', f.child);
-  END LOOP;
+  {lock}
   FOR f IN {referencing} LOOP
     IF NOT EXISTS (SELECT 1 FROM pg_constraint r WHERE r.conrelid = f.child AND r.conname = {twin}
         AND r.convalidated) THEN
@@ -162,7 +168,7 @@ def _do(table: Table, key: str, shadow: str, block: sql.Composable) -> sql.Compo
 def add_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
     """Each foreign key referencing ``key`` gains a twin referencing ``shadow``, NOT VALID: no scan,
     a brief SHARE ROW EXCLUSIVE on both tables; new rows are checked against both from now on."""
-    block = Q(_ADD_TWINS).format(referencing=REFERENCING, twin=TWIN, held=HELD_LOCK_TIMEOUT)
+    block = Q(_ADD_TWINS).format(referencing=REFERENCING, twin=TWIN, lock=_lock_family(SHARE_ROW_EXCLUSIVE))
     return _do(table, key, shadow, block)
 
 
@@ -195,7 +201,7 @@ def swap(table: Table, key: str, shadow: str, temp: str, index: str) -> sql.Comp
         twin=TWIN,
         temp=sql.Literal(temp),
         index=sql.Literal(index),
-        held=HELD_LOCK_TIMEOUT,
+        lock=_lock_family(ACCESS_EXCLUSIVE),
     )
     return _do(table, key, shadow, block)
 
