@@ -83,3 +83,24 @@ def test_name_pattern_on_the_server(any_pg_db: str, name: str, text: str, found:
     with psycopg.connect(any_pg_db) as conn:
         row = conn.execute("SELECT %s ~* %s", [text, usage.name_pattern(name)]).fetchone()
     assert row is not None and row[0] is found
+
+
+def test_zdm_statements_are_told_apart_from_the_apps(any_pg_db: str) -> None:
+    """Every statement zdm sends ends with a comment that pg_stat_statements keeps (on 15 and 18):
+    the gate's evidence lists the app's statements and only counts zdm's own."""
+    from zdm_runbook.core.connect import connect  # noqa: PLC0415
+
+    with psycopg.connect(any_pg_db, autocommit=True) as app:
+        app.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        app.execute("CREATE TABLE t (id int PRIMARY KEY, old int)")
+        app.execute("SELECT pg_stat_statements_reset()")
+        app.execute("SELECT old FROM t WHERE id = 1")
+    with connect(any_pg_db, autocommit=True) as ours:
+        ours.execute("UPDATE t SET old = old WHERE id > 2;")
+        ours.execute(
+            psycopg.sql.SQL("SELECT count(*) FROM t WHERE {} IS NULL").format(psycopg.sql.Identifier("old"))
+        )
+        ours.execute("SELECT old FROM t WHERE id = 5 -- a comment to the end of the line")
+        seen = usage.watch(ours, [usage.Target("column", "old", "t")], 0)
+    assert [s["query"] for s in seen.app] == ["SELECT old FROM t WHERE id = $1"]
+    assert seen.ours == 2 and seen.reasons() == []  # the line comment's statement merged with the app's

@@ -29,6 +29,14 @@ class ZdmError(Exception):
 
     exit_code: ClassVar[ExitCode] = ExitCode.FAILED
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows in a notebook instead of a traceback: the class and the message.
+
+        Our errors are raised on purpose and their message says what to do; the frames through
+        the runbook say nothing more to a DBA. The cell still fails (Run All stops there, papermill
+        still sees the class name), and the message is shown once."""
+        return [f"\x1b[1;31m{type(self).__name__}\x1b[0m: {self}"]
+
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         _BY_NAME.setdefault(cls.__name__, cls)
@@ -42,6 +50,13 @@ def exit_code_of(class_name: str) -> ExitCode:
     which reaches the runner as papermill's ``ename``. Unknown names (not ours) mean FAILED."""
     cls = _BY_NAME.get(class_name)
     return cls.exit_code if cls is not None else ExitCode.FAILED
+
+
+class Interrupted(ZdmError):
+    """The operator stopped the run (Jupyter's Stop, Ctrl-C); what was committed stays."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[1;33m{self}\x1b[0m"]
 
 
 class Refused(ZdmError):

@@ -4,7 +4,9 @@ The contract phase drops old columns, indexes and tables. Where the extension is
 samples the statistics twice, ``window`` seconds apart: a data statement (not DDL, not ours)
 naming a dropped column (and its table), index or table whose call count grew in between is an
 app still reading or writing the old shape, and the gate refuses. The statements seen, with
-their calls, are shown as evidence either way. pg_stat_statements keeps no per-call time, so
+their calls, are shown as evidence either way. zdm-runbook's own statements (its backfill,
+verification and compat checks) end with :data:`~zdm_runbook.core.connect.STATEMENT_TAG`:
+they are counted apart and never held against the gate. pg_stat_statements keeps no per-call time, so
 "recent" means "during the window"; the calls since the statistics were reset are shown as well.
 """
 
@@ -18,7 +20,7 @@ import psycopg
 from pglast import ast, parse_sql
 from pglast.enums.parsenodes import AlterTableType, ObjectType
 
-from zdm_runbook.core.connect import redact
+from zdm_runbook.core.connect import STATEMENT_TAG, redact
 from zdm_runbook.plan.planner import Plan
 from zdm_runbook.spec.model import Phase
 
@@ -96,13 +98,13 @@ def _matches(conn: Conn, targets: list[Target]) -> dict[int, dict[str, Any]]:
     for target in targets:
         words = [target.name] + ([target.table] if target.table else [])
         rows = conn.execute(
-            "SELECT queryid, calls, query FROM pg_stat_statements"
+            "SELECT queryid, calls, query, rtrim(query) LIKE %s FROM pg_stat_statements"
             " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
             " AND query ~* %s AND query !~* %s AND query ~* ALL(%s)",
-            [_DML, r"\mzdm\.", [name_pattern(w) for w in words]],
+            ["%" + STATEMENT_TAG.strip(), _DML, r"\mzdm\.", [name_pattern(w) for w in words]],
         ).fetchall()
-        for queryid, calls, query in rows:
-            entry = found.setdefault(int(queryid), {"query": redact(str(query))[:300], "uses": []})
+        for queryid, calls, query, ours in rows:
+            entry = found.setdefault(int(queryid), {"query": redact(str(query)), "uses": [], "ours": ours})
             entry["calls"] = int(calls)
             entry["uses"].append(str(target))
     return found
@@ -117,8 +119,18 @@ class Usage:
     statements: list[dict[str, Any]]
 
     @property
+    def app(self) -> list[dict[str, Any]]:
+        """The statements that are not zdm-runbook's own."""
+        return [s for s in self.statements if not s["ours"]]
+
+    @property
+    def ours(self) -> int:
+        """How many of the statements seen are zdm-runbook's own (not shown, not held against the gate)."""
+        return len(self.statements) - len(self.app)
+
+    @property
     def recent(self) -> list[dict[str, Any]]:
-        return [s for s in self.statements if s["calls_in_window"] > 0]
+        return [s for s in self.app if s["calls_in_window"] > 0]
 
     def reasons(self) -> list[str]:
         return [
@@ -146,6 +158,7 @@ def watch(conn: Conn, targets: list[Target], window_s: float) -> Usage:
             "queryid": qid,
             "query": e["query"],
             "uses": e["uses"],
+            "ours": bool(e["ours"]),
             "calls_total": e["calls"],
             "calls_in_window": in_window(qid, e["calls"]),
         }
