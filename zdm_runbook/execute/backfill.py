@@ -18,22 +18,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from zdm_runbook.core.connect import connect, redact
-from zdm_runbook.core.errors import ConfigError, DatabaseError, ParameterError, Problem, SpecError
-from zdm_runbook.execute.guard import read_settings
+from zdm_runbook.core.errors import ConfigError, DatabaseError, Problem, SpecError
+from zdm_runbook.execute.fill_settings import BackfillSettings, backfill_settings
 from zdm_runbook.execute.keyset import Key, TableKey, table_key
 from zdm_runbook.execute.progress import Batch, State
 from zdm_runbook.execute.verify import verify
 from zdm_runbook.ledger import checkpoints
 from zdm_runbook.plan.steps import BackfillSpec, Step
 
+__all__ = ["BackfillEngine", "BackfillError", "BackfillSettings", "backfill_settings", "runner"]
 log = logging.getLogger(__name__)
 Conn = psycopg.Connection[Any]
 # lock_timeout and statement_timeout: retry the range, smaller; a deadlock: retry it as it was.
@@ -41,54 +41,6 @@ SHRINK_ON = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)
 RETRY_ON = (*SHRINK_ON, psycopg.errors.DeadlockDetected)
 GROWTH = 1.2
 CHECK_EVERY = 0.5  # seconds between checks of the controls, replica lag and the lock queue
-
-
-@dataclass(frozen=True)
-class BackfillSettings:
-    """Batch sizing, throttling and timeouts of a backfill (durations in seconds)."""
-
-    target_batch: float = 0.2
-    start_batch_size: int = 5000
-    min_batch_size: int = 100
-    max_batch_size: int = 20000
-    pause: float = 0.0
-    max_replay_lag: float = 30.0
-    lock_timeout: float = 1.0
-    statement_timeout: float = 30.0
-    busy_duty: float = 0.15
-    busy_max_batch_size: int = 500
-    max_failures: int = 10
-    reconnect_attempts: int = 10
-    log_every: float = 5.0
-
-
-def backfill_settings(values: Mapping[str, Any] | None, path: str = "backfill") -> BackfillSettings:
-    """Settings from parameters; :class:`ParameterError` names every bad field."""
-    ranges = {
-        "start_batch_size": (1, 1_000_000),
-        "min_batch_size": (1, 1_000_000),
-        "max_batch_size": (1, 1_000_000),
-        "max_failures": (1, 1000),
-        "reconnect_attempts": (0, 1000),
-        "busy_max_batch_size": (1, 1_000_000),
-    }
-    result, problems = read_settings(
-        BackfillSettings(), values, path, ranges, frozenset({"pause"}), frozenset({"busy_duty"})
-    )
-    if not problems and "start_batch_size" not in (values or {}):  # the default follows the bounds
-        start = min(max(result.start_batch_size, result.min_batch_size), result.max_batch_size)
-        result = replace(result, start_batch_size=start)
-    if not problems and result.min_batch_size > result.max_batch_size:
-        problems.append(Problem(f"{path}.min_batch_size", "must not exceed max_batch_size"))
-    elif not problems and not result.min_batch_size <= result.start_batch_size <= result.max_batch_size:
-        problems.append(
-            Problem(f"{path}.start_batch_size", "must lie between min_batch_size and max_batch_size")
-        )
-    if not problems and result.lock_timeout >= result.statement_timeout:
-        problems.append(Problem(f"{path}.lock_timeout", "must be shorter than statement_timeout"))
-    if problems:
-        raise ParameterError(problems)
-    return result
 
 
 Listener = Callable[[State], None]
@@ -199,14 +151,19 @@ class BackfillEngine:
         try:
             return self._run()
         except BackfillError:
-            self._mark_failed()
+            self._mark("failed")
+            raise
+        except BaseException:  # Jupyter's Stop, Ctrl-C (psycopg cancels the statement; it rolls back)
+            self._mark("interrupted")
             raise
 
-    def _mark_failed(self) -> None:
-        try:
-            checkpoints.mark_failed(self._connect(), self.change_id, self.step.key)
+    def _mark(self, status: str) -> None:
+        self.state.doing = f"{status}: what is committed stays; run again to resume"
+        try:  # on a connection of its own: the batch's may be the one that was stopped
+            with connect(self.dsn, phase="migrate:backfill", autocommit=True) as conn:
+                checkpoints.mark_stopped(conn, self.change_id, self.step.key, status)
         except (psycopg.Error, DatabaseError):  # the error being raised says more than this one
-            log.warning("backfill %s: could not mark the ledger row failed", self.step.key)
+            log.warning("backfill %s: could not mark the ledger row %s", self.step.key, status)
 
     def _run(self) -> State:
         lower, upper = self.prepare()
@@ -215,6 +172,7 @@ class BackfillEngine:
         control: dict[str, Any] = {}
         while upper is not None:
             try:
+                self.state.doing = "batching"
                 throttled, control = self._throttle()
                 size = control.get("batch_size") or size
                 batch = self._batch(lower, upper, size, failures, throttled)
@@ -249,6 +207,7 @@ class BackfillEngine:
             if self.state.app_busy and pause_ms is None:  # share the server: run busy_duty of the time
                 size = min(size, self.settings.busy_max_batch_size)
                 pause = max(pause, batch.seconds * (1 / self.settings.busy_duty - 1))
+                self.state.doing = f"sharing the server with the app: {1000 * pause:.0f} ms between batches"
             time.sleep(pause)
         try:
             self._finish()
@@ -388,7 +347,9 @@ def runner(
             print(state.summary(), flush=True)
             conn = engine._connect()
             if step.backfill is not None:
+                state.doing = "verifying the whole table"
                 check = verify(conn, step.backfill)
+                state.doing = "verified" if check.ok else "NOT verified"
                 print(check, flush=True)
                 if not check.ok:
                     raise BackfillError(f"backfill {step.key} done but {check}")

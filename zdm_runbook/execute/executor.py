@@ -182,8 +182,12 @@ class Executor:
         attempt_id = self._start(step, 1, timeouts)
         try:
             self.backfill(step)
-        except BaseException as exc:
+        except Exception as exc:
             self._finish(attempt_id, Attempt(1, "failed", time.monotonic() - started, message=str(exc)))
+            raise
+        except BaseException as exc:  # Jupyter's Stop, Ctrl-C: the committed batches stay
+            why = f"interrupted by {type(exc).__name__}: what is committed stays; run again to resume"
+            self._finish(attempt_id, Attempt(1, "interrupted", time.monotonic() - started, message=why))
             raise
         attempt = Attempt(1, "applied", time.monotonic() - started)
         self._finish(attempt_id, attempt)

@@ -51,6 +51,7 @@ class State:
     reconnects: int = 0
     resumed_from: int = 0  # rows a previous run had already done: not part of this run's rate
     app_busy: bool = False  # other sessions used the database in the last second: share it
+    doing: str = "starting"  # what the engine is doing between batches: see activity()
 
     @property
     def elapsed(self) -> float:
@@ -108,6 +109,18 @@ def line(state: State) -> str:
         f" {state.rate:,.0f} rows/s{eta}, batch {state.batch_size:,} rows"
     )
     return f"{text}; waiting: {state.paused}" if state.paused else text
+
+
+def activity(state: State) -> str:
+    """What the backfill is doing right now, for a display that refreshes between batches:
+    ``holding: …`` (paused, replica lag, a lock queue), ``sharing the server …``, ``batching``,
+    then ``verifying …`` and its result; with the time since the last batch committed."""
+    if state.paused:
+        return f"holding: {state.paused}"
+    if state.finished is not None or not state.batches or state.doing.startswith(("interrupted", "failed")):
+        return state.doing
+    ago = time.monotonic() - state.batches[-1].at
+    return f"{state.doing}, last batch {human_seconds(ago)} ago"
 
 
 class LogProgress:

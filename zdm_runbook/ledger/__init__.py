@@ -8,6 +8,7 @@ the record only through the functions here.
 from zdm_runbook.ledger.checkpoints import backfills, control_backfill
 from zdm_runbook.ledger.runs import (
     applied_steps,
+    attach_notebook,
     attempts,
     close_abandoned_runs,
     finish_attempt,
@@ -29,6 +30,7 @@ __all__ = [
     "VERSIONS",
     "Conn",
     "applied_steps",
+    "attach_notebook",
     "attempts",
     "backfills",
     "close_abandoned_runs",

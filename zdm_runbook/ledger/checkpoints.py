@@ -50,10 +50,10 @@ def checkpoint(conn: Conn, change_id: str, step_key: str) -> Checkpoint | None:
 
 
 def reopen(conn: Conn, change_id: str, step_key: str) -> None:
-    """A failed backfill runs again from its checkpoint."""
+    """A failed or interrupted backfill runs again from its checkpoint."""
     conn.execute(
         "UPDATE zdm.backfills SET status = 'running', updated_at = now()"
-        " WHERE change_id = %s AND step_key = %s AND status = 'failed'",
+        " WHERE change_id = %s AND step_key = %s AND status IN ('failed', 'interrupted')",
         [change_id, step_key],
     )
 
@@ -133,12 +133,15 @@ def record_batch(
     return number
 
 
-def mark_failed(conn: Conn, change_id: str, step_key: str) -> None:
-    """A running backfill gave up: what is committed stays, and the next run resumes."""
+def mark_stopped(conn: Conn, change_id: str, step_key: str, status: str = "failed") -> None:
+    """A running backfill gave up (``failed``) or was stopped by the operator (``interrupted``):
+    what is committed stays, and the next run resumes."""
+    if status not in ("failed", "interrupted"):
+        raise ValueError(f"a stopped backfill is failed or interrupted, not {status!r}")
     conn.execute(
-        "UPDATE zdm.backfills SET status = 'failed', updated_at = now()"
+        "UPDATE zdm.backfills SET status = %s, updated_at = now()"
         " WHERE change_id = %s AND step_key = %s AND status = 'running'",
-        [change_id, step_key],
+        [status, change_id, step_key],
     )
 
 

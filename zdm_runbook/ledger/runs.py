@@ -68,6 +68,15 @@ def finish_phase_run(conn: Conn, run_id: uuid.UUID, outcome: str, message: str |
     )
 
 
+def attach_notebook(conn: Conn, run_id: uuid.UUID, path: str, sha256: str | None = None) -> None:
+    """An interactive run's notebook: its path when the run starts, its SHA-256 once signed off."""
+    conn.execute(
+        "UPDATE zdm.phase_runs SET notebook_path = %s, notebook_sha256 = coalesce(%s, notebook_sha256)"
+        " WHERE run_id = %s",
+        [path, sha256, run_id],
+    )
+
+
 def record_notebook(conn: Conn, run_id: uuid.UUID, path: str, sha256: str, message: str | None) -> str | None:
     """Attach the archived notebook to its phase run; a run the kernel never finished (killed,
     crashed) is closed as ``failed`` with ``message``. Returns the run's outcome (None: no such run)."""

@@ -130,12 +130,20 @@ _V4 = (
         CHECK (outcome IN ('running', 'succeeded', 'failed', 'refused', 'interrupted', 'dry_run'))""",
 )
 
+_V5 = (
+    # A backfill the operator stopped (Jupyter's Stop, Ctrl-C) says so, rather than "running".
+    "ALTER TABLE zdm.backfills DROP CONSTRAINT backfills_status_check",
+    """ALTER TABLE zdm.backfills ADD CONSTRAINT backfills_status_check
+        CHECK (status IN ('running', 'done', 'failed', 'interrupted'))""",
+)
+
 # (version, what it adds, statements). Append only: a released version is never edited.
 VERSIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
     (1, "changes and step attempts", _V1),
     (2, "backfill checkpoints, batches and controls", _V2),
     (3, "phase runs and sign-offs", _V3),
     (4, "dry runs", _V4),
+    (5, "interrupted backfills", _V5),
 )
 
 

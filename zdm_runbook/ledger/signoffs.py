@@ -116,7 +116,7 @@ def sign_off(
     """Record an approval of a *complete* phase; refused (nothing written) when it is not."""
     p = Phase(phase)
     if not by.strip():
-        raise ZdmError("sign-off: --by names who approves; it cannot be empty")
+        raise ZdmError("a sign-off names who approves: the name cannot be empty")
     state = phase_state(conn, change_id, p)
     if not state.complete:
         raise ZdmError(
