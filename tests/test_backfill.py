@@ -28,7 +28,7 @@ from zdm_runbook.execute.backfill import BackfillEngine, BackfillSettings, backf
 from zdm_runbook.execute.executor import execute_phase
 from zdm_runbook.execute.progress import LogProgress, frame
 from zdm_runbook.execute.verify import verify
-from zdm_runbook.notebook.charts import backfill_figure, png
+from zdm_runbook.notebook.charts import backfill_figure, png, show
 from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.change import parse_change
 from zdm_runbook.spec.model import Phase
@@ -320,20 +320,32 @@ def test_verification_counts_mismatches_and_samples_their_keys(db: str) -> None:
     assert str(check).startswith("NOT verified public.big: 3 of 30,000 rows differ from their expression")
 
 
-def test_widget_progress_updates_its_bar_and_label() -> None:
-    from zdm_runbook.execute.progress import State  # noqa: PLC0415
-    from zdm_runbook.notebook.widgets import WidgetProgress  # noqa: PLC0415
+def test_widget_progress_draws_from_its_ticker_and_says_what_the_engine_does() -> None:
+    from zdm_runbook.execute.progress import Batch, State  # noqa: PLC0415
+    from zdm_runbook.notebook.widgets import LogLines, WidgetProgress, progress_view  # noqa: PLC0415
 
-    widget = WidgetProgress(chart_every=3600)
+    widget = WidgetProgress("01-fill", every=0.05, chart_every=0.0)
     state = State("public.big", rows_estimate=1000, rows_scanned=250, rows_updated=200, batch_size=50)
-    widget(state)
-    assert widget.bar.value == 0.25
-    assert "250 / ~1,000 rows (25%)" in widget.label.value
-    from zdm_runbook.notebook.charts import show  # noqa: PLC0415
-    from zdm_runbook.notebook.widgets import LogProgress, reporter  # noqa: PLC0415
-
-    assert isinstance(reporter(interactive=False), LogProgress)
-    assert isinstance(reporter(interactive=True), WidgetProgress)
+    widget(state)  # the engine's callback draws nothing itself
+    assert widget.bar.value == 0.0
+    deadline = time.monotonic() + 5
+    while widget.bar.value != 0.25 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert widget.bar.value == 0.25  # the ticker drew it
+    assert "250 / ~1,000 rows (25%)" in widget.label.value and "starting" in widget.label.value
+    assert bytes(widget.chart.value) == b"", "no chart of a single point"
+    for n in (1, 2):
+        state.batches.append(Batch(n, None, [str(n)], 125, 100, 125, 0.01, 0, 0.0, time.monotonic()))
+    state.doing = "batching"
+    widget.draw()
+    assert bytes(widget.chart.value).startswith(b"\x89PNG") and "batch 2 " in widget.caption.value
+    assert "batching, last batch" in widget.label.value
+    state.paused = "2 session(s) queued for a lock on public.big"
+    widget.draw()
+    assert "holding: 2 session(s) queued" in widget.label.value
+    widget.close()
+    assert not widget._ticker.is_alive() and bytes(widget.chart.value) == b"" and widget.caption.value == ""
+    assert isinstance(progress_view(False, "x"), LogLines)
     image = show(backfill_figure(frame(state), state.table))
     assert image.data.startswith(b"\x89PNG")
 

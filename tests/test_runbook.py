@@ -363,7 +363,13 @@ def test_contract_gate_refuses_while_the_old_column_is_still_queried(orders_env:
     done = _run("contract", spec, archive, deploy_cycle_override="test", usage_window="1s")
     assert done.exit_code == 0, done
     assert "customer_id" not in columns(orders_env, "orders")
-    assert "pg_stat_statements, watched for 1 s" in _outputs(done.notebook)  # type: ignore[arg-type]
+    assert "pg_stat_statements (watched for 1 s)" in _outputs(done.notebook)  # type: ignore[arg-type]
+    # The evidence: the app's statement whole, as code that MathJax leaves alone; zdm's own counted.
+    evidence = _outputs(refused.notebook)  # type: ignore[arg-type]
+    assert "<pre class='tex2jax_ignore mathjax_ignore'" in evidence
+    assert "SELECT customer_id FROM orders WHERE id = $1\n" in evidence or "WHERE id = $1</pre>" in evidence
+    assert "of zdm-runbook's own statements, tagged, not shown" in evidence
+    assert "CAST" not in evidence.split("pg_stat_statements")[1], "a statement of zdm's shown as the app's"
 
 
 def test_prepare_writes_a_notebook_with_the_parameters_filled_in(orders_env: str, tmp_path: Path) -> None:
@@ -372,9 +378,10 @@ def test_prepare_writes_a_notebook_with_the_parameters_filled_in(orders_env: str
     done = zdm("prepare", "migrate", str(spec), "-p", "batch_size", "250", "-o", str(out))
     assert done.returncode == 0, done.stderr
     nb = nbformat.read(out, as_version=4)
-    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
-    assert "batch_size = 250" in injected.source and "headless = False" in injected.source
-    assert "run_id" not in injected.source
+    (cell,) = [c for c in nb.cells if c.cell_type == "code" and "batch_size =" in c.source]  # one cell
+    assert cell.metadata["tags"] == ["parameters"]
+    assert "batch_size = 250  # rows per backfill batch" in cell.source and "headless = False" in cell.source
+    assert f'spec = "{spec.resolve()}"' in cell.source and 'run_id = ""' in cell.source
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
     assert json.loads(out.read_text())["metadata"]["kernelspec"]["name"] == "python3"
 
@@ -401,12 +408,15 @@ def test_interactive_sign_off_form_records_the_approval(orders_env: str, tmp_pat
     book.execute()
     book.summary()
     book.sign_off()
-    assert book.form is not None
-    name, ticket, notes, button = book.form.children[:4]
-    name.value, ticket.value, notes.value = "dana", "CHG-9", "looked at the lock report"
-    button.click()
-    assert button.disabled
-    book.session.close()
+    form = book.form
+    assert form is not None
+    assert book.session._control.closed and book.session._worker.closed  # type: ignore[union-attr]  # the form's own
+    form.button.click()  # no name yet: refused in the form's words
+    assert "enter your name" in form.message.value and not form.button.disabled
+    form.name.value, form.ticket.value, form.notes.value = "dana", "CHG-9", "looked at the lock report"
+    form.button.click()
+    assert "signed off</b> by dana" in form.message.value and "not signed off" not in form.message.value
+    assert form.button.disabled and all(f.disabled for f in form.fields)
     with psycopg.connect(orders_env) as conn:
         row = conn.execute(
             "SELECT by_name, ticket, notes FROM zdm.signoffs WHERE change_id = 'orders-ref'"

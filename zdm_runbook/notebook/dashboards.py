@@ -9,7 +9,6 @@ backfill's chart from its committed batches.
 
 from __future__ import annotations
 
-import html
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,16 @@ from typing import Any
 import pandas as pd
 
 from zdm_runbook.core.connect import connect, describe, resolve_dsn
-from zdm_runbook.core.display import display, show_html
+from zdm_runbook.core.display import display
 from zdm_runbook.core.durations import parse_duration
 from zdm_runbook.inspect.preflight import snapshot
 from zdm_runbook.ledger import status
 from zdm_runbook.ledger.status import ledger_ready
 from zdm_runbook.notebook.charts import backfill_figure, show
+from zdm_runbook.notebook.views import show_section
 
+# The tree's bookkeeping: its indentation already says depth and root.
+HIDDEN = ("depth", "root")
 VIEWS = (
     ("blocking_tree", "Blocking tree: who blocks whom (roots first)"),
     ("waiting", "Sessions waiting for a lock"),
@@ -53,8 +55,7 @@ class LockInspector:
         for key, title in VIEWS:
             view = snap.get(key)
             if isinstance(view, pd.DataFrame):
-                show_html(f"<h4>{html.escape(title)}</h4>")
-                display(view if len(view) else "none")
+                show_section(title, view, hide=HIDDEN)
 
     def refresh(self, interactive: bool = False) -> None:
         """Render now; ``interactive`` adds a Refresh button that re-renders in place."""

@@ -4,65 +4,99 @@ Each cell is one method, in the order the templates run them: :func:`start` (par
 connected, change locked, run recorded), :meth:`Runbook.gate`, :meth:`Runbook.preflight`,
 :meth:`Runbook.show_plan`, :meth:`Runbook.execute`, :meth:`Runbook.compat`,
 :meth:`Runbook.summary` and :meth:`Runbook.sign_off`. A method that fails records the run as
-``failed`` (or ``refused`` at a gate) before raising, so the ledger agrees with the archived
-notebook. Everything shown goes through :func:`~zdm_runbook.core.connect.redact`.
+``failed`` (or ``refused`` at a gate, ``interrupted`` by Jupyter's Stop) before raising, so the
+ledger agrees with the archived notebook; our errors show as one message, not a traceback
+(:meth:`zdm_runbook.core.errors.ZdmError._render_traceback_`). The run's two connections close when
+its last cell (the sign-off) has run, when a cell fails, and when the notebook is run again in the
+same kernel. An interactive run records the notebook's path (the kernel knows it) and, at
+sign-off, the SHA-256 of the file as saved. Everything shown goes through
+:func:`~zdm_runbook.core.connect.redact`.
 """
 
 from __future__ import annotations
 
-import html
+import logging
 import time
 from collections.abc import Callable, Mapping
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
 
-from zdm_runbook.core.connect import redact, resolve_dsn
-from zdm_runbook.core.display import display, show_html
-from zdm_runbook.core.errors import ZdmError
+from zdm_runbook import ledger
+from zdm_runbook.core.connect import connect, resolve_dsn
+from zdm_runbook.core.display import show_html
+from zdm_runbook.core.errors import Interrupted
 from zdm_runbook.execute import backfill as engine
 from zdm_runbook.execute import compat
 from zdm_runbook.execute.attempts import StepFailed, StepResult
 from zdm_runbook.execute.executor import Executor
-from zdm_runbook.execute.progress import LogProgress, State, frame
+from zdm_runbook.execute.progress import State, frame
 from zdm_runbook.execute.session import PhaseSession
 from zdm_runbook.inspect import usage
 from zdm_runbook.inspect.preflight import PreflightRefused, Verdict, preflight
 from zdm_runbook.ledger.gates import GateRefused, check_gate
 from zdm_runbook.ledger.signoffs import SignOff, phase_state, sign_off
-from zdm_runbook.lint.analysis import step_locks
 from zdm_runbook.notebook.charts import backfill_figure, show
+from zdm_runbook.notebook.notebook_file import notebook_path, saved_notebook
 from zdm_runbook.notebook.parameters import RunParameters, declared, for_ledger, validate
-from zdm_runbook.notebook.widgets import WidgetProgress
+from zdm_runbook.notebook.signoff_form import SignOffForm, form_note
+from zdm_runbook.notebook.views import (
+    backfilled,
+    facts_html,
+    frame_html,
+    outcomes_frame,
+    plan_html,
+    show_section,
+    usage_html,
+)
+from zdm_runbook.notebook.widgets import progress_view
 from zdm_runbook.plan.steps import Step
 from zdm_runbook.spec.catalog import require_valid
 from zdm_runbook.spec.compat import MUST_WORK
 from zdm_runbook.spec.model import Phase
 
+log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+RERUN = "a new run of this notebook started in the same kernel"
+STOPPED = "interrupted — run again to resume"
+
+
 def _records_failure(fn: F) -> F:
-    """On an exception, record the run as refused (gates) or failed before re-raising."""
+    """On an exception, record the run as refused (gates), interrupted (Jupyter's Stop, Ctrl-C) or
+    failed, close its connections, and re-raise; an interrupt becomes :class:`Interrupted`."""
 
     @wraps(fn)
     def wrapper(self: Runbook, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(self, *args, **kwargs)
         except (GateRefused, PreflightRefused) as exc:
-            self.session.finish("refused", str(exc))
+            self.close("refused", str(exc))
             raise
+        except Interrupted as exc:
+            self.close("interrupted", str(exc))
+            raise
+        except KeyboardInterrupt:
+            self.close("interrupted", STOPPED)
+            raise Interrupted(f"{STOPPED}: steps already applied are skipped") from None
         except BaseException as exc:
-            self.session.finish("failed" if isinstance(exc, Exception) else "interrupted", str(exc))
+            self.close("failed" if isinstance(exc, Exception) else "interrupted", str(exc))
             raise
 
     return wrapper  # type: ignore[return-value]
 
 
+_current: list[Runbook] = []  # the run this kernel started last: closed when the notebook runs again
+
+
 def start(phase: str, namespace: Mapping[str, Any]) -> Runbook:
     """Check the notebook's parameters (read by name from ``namespace``), connect, lock the
     change against a concurrent run, record the run, and show where it runs."""
+    while _current:  # the notebook runs again in this kernel: the earlier run lets go first
+        _current.pop().close("interrupted", RERUN)
     params = validate(phase, {n: namespace[n] for n in declared(phase) if n in namespace})
     require_valid(resolve_dsn(env=params.values["dsn_env"]), params.plan.change)
     session = PhaseSession(
@@ -73,6 +107,11 @@ def start(phase: str, namespace: Mapping[str, Any]) -> Runbook:
         parameters=for_ledger(params.values),
     ).open()
     book = Runbook(params, session)
+    if not book.headless:
+        book.notebook = notebook_path(namespace)
+        if book.notebook is not None:
+            ledger.attach_notebook(session.control, session.run_id, str(book.notebook))
+    _current.append(book)
     book.header()
     return book
 
@@ -88,9 +127,20 @@ class Runbook:
         self.results: list[StepResult] = []
         self.fills: dict[str, State] = {}
         self.started = time.monotonic()
+        self.started_at = time.time()
         self.signed: SignOff | None = None
         self.verdict: Verdict | None = None
-        self.form: Any = None  # the sign-off form, when one is shown
+        self.form: SignOffForm | None = None  # the sign-off form, when one is shown
+        self.notebook: Path | None = None  # interactive: the notebook file, when the kernel knows it
+
+    def close(self, outcome: str | None = None, message: str | None = None) -> None:
+        """Record how the run ended (if it had not) and close its connections; idempotent."""
+        if outcome is not None and self.session.outcome is None:
+            try:
+                self.session.finish(outcome, message)
+            except Exception:  # the connection is gone: closing must still happen
+                log.warning("could not record the run as %s", outcome, exc_info=True)
+        self.session.close()
 
     @property
     def change_id(self) -> str:
@@ -115,8 +165,10 @@ class Runbook:
             "mode": ("headless" if self.headless else "interactive")
             + (", dry run" if self.params.values["dry_run"] else ""),
         }
-        show_html(_table_html(facts) + "<h4>parameters</h4>" + _table_html(for_ledger(self.params.values)))
-        display(self.status())
+        if self.notebook is not None:
+            facts["notebook"] = str(self.notebook)
+        show_html(facts_html(facts) + "<h4>parameters</h4>" + facts_html(for_ledger(self.params.values)))
+        show_html(frame_html(self.status().reset_index()))
 
     def status(self) -> pd.DataFrame:
         """The change's phases as the ledger sees them."""
@@ -150,9 +202,9 @@ class Runbook:
         if self.phase == Phase.CONTRACT:
             gate.reasons += self._usage(window=self.params.usage_window_s if gate.ok else 0.0)
             gate.ok = not gate.reasons
-        print(gate, flush=True)
-        if not gate.ok:
+        if not gate.ok:  # shown once: by the error, as the cell's result
             raise GateRefused(gate)
+        print(gate, flush=True)
 
     def _usage(self, window: float) -> list[str]:
         conn = self.session.control
@@ -168,11 +220,9 @@ class Runbook:
             )
             return []
         seen = usage.watch(conn, targets, window)
-        print(f"pg_stat_statements, watched for {window:g} s: statements using", ", ".join(map(str, targets)))
-        if seen.statements:
-            display(pd.DataFrame(seen.statements).drop(columns=["queryid"]))
-        else:
-            print("  none recorded")
+        how = f"watched for {window:g} s" if window > 0 else "not watched: the gate is already closed"
+        print(f"pg_stat_statements ({how}): the application's statements using", ", ".join(map(str, targets)))
+        show_html(usage_html(seen))
         return seen.reasons()
 
     @_records_failure
@@ -180,12 +230,13 @@ class Runbook:
         """The live lock report on the phase's tables; no-go stops here when ``require_go``."""
         tables = sorted({str(t) for st in self.steps for t in st.tables})
         verdict = self.verdict = preflight(self.session.control, tables)
-        print(verdict, flush=True)
+        refused = not verdict.go and self.params.values["require_go"]
+        if not refused:  # a refusal is shown once: by the error, after the evidence
+            print(verdict, flush=True)
         for name, view in verdict.frames.items():
             if len(view):
-                show_html(f"<h4>{html.escape(name)}</h4>")
-                display(view)
-        if not verdict.go and self.params.values["require_go"]:
+                show_section(name.replace("_", " "), view, hide=("depth", "root"))
+        if refused:
             raise PreflightRefused(verdict)
 
     def show_plan(self) -> None:
@@ -193,15 +244,7 @@ class Runbook:
         if not self.steps:
             show_html(f"<p>{self.phase.value} has no schema steps for this change.</p>")
             return
-        parts = []
-        for n, step in enumerate(self.steps, 1):
-            mode = "in one transaction" if step.transactional else "outside a transaction (autocommit)"
-            parts.append(
-                f"<h4>{n}. {html.escape(step.description)}</h4>"
-                f"<p><code>{html.escape(step.key)}</code>, {mode}; {html.escape(step_locks(step))}</p>"
-                f"<pre>{html.escape(redact(step.render()))}</pre>"
-            )
-        show_html("\n".join(parts))
+        show_html(plan_html(self.steps))
 
     @_records_failure
     def execute(self) -> None:
@@ -212,19 +255,22 @@ class Runbook:
             return
         session = self.session
         fill = self.params.backfill
-        listener = WidgetProgress() if not self.headless else LogProgress(fill.log_every)
 
-        current: list[str] = []
+        def run_fill(step: Step) -> None:  # one progress view per backfill; its chart when it ends
+            view = progress_view(not self.headless, step.key, fill.log_every)
 
-        def on_batch(state: State) -> None:
-            self.fills[current[-1]] = state
-            listener(state)
+            def on_batch(state: State) -> None:
+                self.fills[step.key] = state
+                view(state)
 
-        fill_step = engine.runner(session.conninfo, self.change_id, fill, on_batch)
-
-        def run_fill(step: Step) -> None:
-            current.append(step.key)
-            fill_step(step)
+            try:
+                engine.runner(session.conninfo, self.change_id, fill, on_batch)(step)
+            finally:
+                view.close()
+                state = self.fills.get(step.key)
+                if state is not None and state.batches:
+                    title = f"{self.change_id} {step.key}: {state.table}"
+                    show(backfill_figure(frame(state), title), alt=f"backfill chart of {title}")
 
         executor = Executor(
             session.worker,
@@ -240,13 +286,22 @@ class Runbook:
             self.results = executor.run_phase(self.phase)
         except StepFailed as exc:
             self.results = exc.results
-            display(self.outcomes())
+            show_html(frame_html(self.outcomes()))
             raise
-        finally:
-            for key, state in self.fills.items():
-                title = f"{self.change_id} {key}: {state.table}"
-                show(backfill_figure(frame(state), title), alt=f"backfill chart of {title}")
-        display(self.outcomes())
+        except KeyboardInterrupt:
+            raise Interrupted(self._stopped()) from None
+        show_html(frame_html(self.outcomes()))
+
+    def _stopped(self) -> str:
+        """The one line an interrupted execute ends with: what stays, and that a re-run resumes."""
+        parts = [
+            f"{key} committed {s.rows_scanned:,}"
+            + (f" of ~{s.rows_estimate:,}" if s.rows_estimate else "")
+            + f" rows of {s.table}"
+            for key, s in self.fills.items()
+            if s.finished is None
+        ]
+        return f"{STOPPED}: " + ("; ".join(parts) or "steps already applied are skipped")
 
     def _after_step(self, step: Step) -> None:
         if self.plan.change.compat is not None:
@@ -254,24 +309,7 @@ class Runbook:
 
     def outcomes(self) -> pd.DataFrame:
         """One row per step: outcome, attempts, time waited for locks, last error."""
-        rows = [
-            {
-                "step": r.key,
-                "outcome": r.outcome,
-                "attempts": len(r.attempts),
-                "lock wait (s)": round(sum(a.lock_wait_s for a in r.attempts), 3),
-                "seconds": round(sum(a.seconds for a in r.attempts), 3),
-                "last error": redact(
-                    f"{r.attempts[-1].sqlstate or ''} {r.attempts[-1].message or ''}".strip()
-                )[:200]
-                if r.attempts and r.outcome != "applied"
-                else "",
-            }
-            for r in self.results
-        ]
-        return pd.DataFrame(
-            rows, columns=["step", "outcome", "attempts", "lock wait (s)", "seconds", "last error"]
-        )
+        return outcomes_frame(self.results)
 
     @_records_failure
     def compat(self) -> None:
@@ -289,7 +327,7 @@ class Runbook:
         bad = sum(r.required and not r.ok for r in results)
         print(f"compatibility {when}: {len(results)} statements, {bad} failed; {must} must work", flush=True)
         if show_all or bad:
-            display(compat.frame(results))
+            show_html(frame_html(compat.frame(results)))
         compat.raise_failures(results, when)
 
     @_records_failure
@@ -301,70 +339,70 @@ class Runbook:
         self.session.finish("succeeded")
         applied = sum(r.outcome == "applied" for r in self.results)
         skipped = sum(r.outcome == "skipped" for r in self.results)
-        rows = sum(s.rows_updated for s in self.fills.values())
         took = time.monotonic() - self.started
         print(
             f"{self.phase.value} of {self.change_id} succeeded in {took:.1f} s: {applied} step(s) applied,"
-            f" {skipped} already done" + (f", {rows:,} rows backfilled" if self.fills else "")
+            f" {skipped} already done" + "".join(f"; {text}" for text in self._backfilled())
         )
-        display(self.status())
+        show_html(frame_html(self.status().reset_index()))
+
+    def _backfilled(self) -> list[str]:
+        """Per table, not per step: two columns of one 200,000-row table are 200,000 rows."""
+        return backfilled(self.fills.values())
 
     def sign_off(self) -> None:
-        """Headless: sign off with ``signoff_by`` if given. Interactive: the same, or a form."""
+        """Headless: sign off with ``signoff_by`` if given. Interactive: a form (``signoff_by`` fills
+        its name). Then the run's connections close: the form records through a connection of its own."""
         values = self.params.values
-        if self.session.outcome != "succeeded":
-            print("no sign-off: the phase did not complete in this run")
-        elif values["signoff_by"]:
-            self._record(values["signoff_by"], values["signoff_ticket"], values["signoff_notes"])
-        elif self.headless:
-            print(
-                f"awaiting sign-off: read this archived run, then\n"
-                f"  zdm signoff {self.change_id} {self.phase.value} --by NAME [--ticket T] [--notes TEXT]"
-            )
-        else:
-            self._form()
+        try:
+            if self.session.outcome != "succeeded":
+                print("no sign-off: the phase did not complete in this run")
+            elif self.headless and values["signoff_by"]:
+                by, ticket, notes = values["signoff_by"], values["signoff_ticket"], values["signoff_notes"]
+                self._show_record(self.record_sign_off(by, ticket, notes))
+            elif self.headless:
+                print(
+                    f"awaiting sign-off: read this archived run, then\n"
+                    f"  zdm signoff {self.change_id} {self.phase.value} --by NAME [--ticket T] [--notes TEXT]"
+                )
+            else:
+                self.form = SignOffForm(
+                    self.record_sign_off,
+                    name=values["signoff_by"],
+                    ticket=values["signoff_ticket"],
+                    notes=values["signoff_notes"],
+                    note=form_note(self.notebook),
+                )
+                self.form.show()
+        finally:
+            self.close()
 
-    def _record(self, by: str, ticket: str, notes: str) -> SignOff:
-        evidence = {"run_id": str(self.session.run_id), "steps": {r.key: r.outcome for r in self.results}}
-        self.signed = sign_off(
-            self.session.control, self.change_id, self.phase, by, ticket or None, notes or None, evidence
-        )
-        record = {
-            "signed off": f"{self.change_id} {self.phase.value}",
-            "by": self.signed.by,
-            "ticket": self.signed.ticket or "",
-            "notes": self.signed.notes or "",
-            "at": f"{self.signed.at:%Y-%m-%d %H:%M:%S %Z}",
+    def record_sign_off(self, by: str, ticket: str, notes: str) -> SignOff:
+        """Write the sign-off with its evidence (the run, its steps and, interactively, the saved
+        notebook's path and SHA-256) through a connection of its own; :class:`ZdmError` when refused."""
+        evidence: dict[str, Any] = {
+            "run_id": str(self.session.run_id),
+            "steps": {r.key: r.outcome for r in self.results},
         }
-        print(f"signed off by {self.signed.by} at {record['at']}", flush=True)
-        show_html("<h4>sign-off</h4>" + _table_html(record))
+        digest = None
+        if self.notebook is not None:
+            digest, saved = saved_notebook(self.notebook, since=self.started_at)
+            evidence["notebook"] = {"path": str(self.notebook), "sha256": digest, "saved_at": saved}
+        with connect(self.session.conninfo, phase=f"{self.phase.value}:signoff", autocommit=True) as conn:
+            self.signed = sign_off(
+                conn, self.change_id, self.phase, by, ticket or None, notes or None, evidence
+            )
+            if self.notebook is not None:
+                ledger.attach_notebook(conn, self.session.run_id, str(self.notebook), digest)
         return self.signed
 
-    def _form(self) -> None:
-        import ipywidgets as widgets  # noqa: PLC0415 - only in JupyterLab
-
-        name, ticket = widgets.Text(description="name"), widgets.Text(description="ticket")
-        notes = widgets.Textarea(description="notes")
-        button = widgets.Button(description="Approve and sign off", button_style="success")
-        out = widgets.Output()
-
-        def approve(_: Any) -> None:
-            with out:
-                try:
-                    self._record(name.value, ticket.value, notes.value)
-                    button.disabled = True
-                except ZdmError as exc:
-                    print(f"not signed off: {exc}")
-
-        button.on_click(approve)
-        self.form = widgets.VBox([name, ticket, notes, button, out])
-        display(self.form)
-
-
-def _table_html(facts: Mapping[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
-        f"<td style='text-align:left'>{html.escape(redact(str(v)))}</td></tr>"
-        for k, v in facts.items()
-    )
-    return f"<table>{rows}</table>"
+    def _show_record(self, signed: SignOff) -> None:
+        record = {
+            "signed off": f"{self.change_id} {self.phase.value}",
+            "by": signed.by,
+            "ticket": signed.ticket or "",
+            "notes": signed.notes or "",
+            "at": f"{signed.at:%Y-%m-%d %H:%M:%S %Z}",
+        }
+        print(f"signed off by {signed.by} at {record['at']}", flush=True)
+        show_html("<h4>sign-off</h4>" + facts_html(record))

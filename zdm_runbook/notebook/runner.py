@@ -29,7 +29,7 @@ from zdm_runbook.core.connect import connect, find_secrets, redact, resolve_dsn
 from zdm_runbook.core.errors import ExitCode, ParameterError, Problem, ZdmError, exit_code_of
 from zdm_runbook.core.pooling import refuse_transaction_pooling
 from zdm_runbook.notebook.parameters import RunParameters, coerce, validate
-from zdm_runbook.notebook.templates import template_path
+from zdm_runbook.notebook.templates import prepared, template_path
 from zdm_runbook.spec.catalog import require_valid
 from zdm_runbook.spec.model import Phase
 
@@ -230,12 +230,11 @@ def _record(result: RunResult, notebook: Path, params: RunParameters) -> None:
 
 def prepare(phase: Phase | str, spec: Path, raw: Mapping[str, str], output: Path | None) -> Path:
     """A notebook of ``phase`` with these parameters filled in, to open and run in JupyterLab."""
-    import papermill  # noqa: PLC0415
+    import nbformat  # noqa: PLC0415 - slow to import: only once the input is good
 
     params = check(phase, spec, raw, headless=False)
     target = output or Path(f"{params.plan.change.id}-{params.phase.value}.ipynb")
     given = {k: v for k, v in params.values.items() if k in raw or k in ("spec", "headless")}
-    papermill.execute_notebook(
-        str(template_path(params.phase)), str(target), parameters=given, prepare_only=True, progress_bar=False
-    )
+    now = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    nbformat.write(prepared(params.phase, given, now), str(target))  # type: ignore[no-untyped-call]
     return target

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +144,27 @@ def template_path(phase: Phase | str) -> Path:
     raise ConfigError(f"the {name} template is missing (looked in {', '.join(map(str, _SEARCH))})")
 
 
-def _parameters_cell(phase: Phase) -> str:
-    lines = ["# Parameters: `zdm run` and `zdm prepare` replace these. The DSN is never one of them."]
+def parameters_cell(phase: Phase, values: Mapping[str, Any] | None = None, head: str = "") -> str:
+    """The ``parameters`` cell: one line per parameter with its help, ``values`` over the defaults."""
+    given = values or {}
+    lines = [head or "# Parameters: `zdm run` and `zdm prepare` replace these. The DSN is never one of them."]
     for par in declared(phase).values():
-        value = json.dumps(par.default) if isinstance(par.default, str) else repr(par.default)
-        lines.append(f"{par.name} = {value}  # {par.help}")  # as ruff formats it
+        value = given.get(par.name, par.default)
+        text = json.dumps(value) if isinstance(value, str) else repr(value)
+        lines.append(f"{par.name} = {text}  # {par.help}")  # as ruff formats it
     return "\n".join(lines)
+
+
+def prepared(phase: Phase | str, values: Mapping[str, Any], when: str) -> Any:
+    """The template of ``phase`` with ``values`` written into its one ``parameters`` cell (papermill
+    would add a second cell after it, leaving the template's defaults above the values that count)."""
+    p = Phase(phase)
+    nb = build(p)
+    head = f"# Parameters, written by `zdm prepare` at {when}: edit them here, or prepare again."
+    for cell in nb.cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            cell.source = parameters_cell(p, values, head)
+    return nb
 
 
 def build(phase: Phase | str) -> Any:
@@ -163,7 +179,7 @@ def build(phase: Phase | str) -> Any:
             f"# {title}\n\n{about}\n\n## Operator's checklist\n\n"
             + "\n".join(f"- [ ] {c}" for c in checklist)
         ),
-        v4.new_code_cell(_parameters_cell(p), metadata={"tags": ["parameters"]}),
+        v4.new_code_cell(parameters_cell(p), metadata={"tags": ["parameters"]}),
     ]
     for heading, text, code in CELLS:
         cells.append(v4.new_markdown_cell(f"## {heading}\n\n{text}"))
