@@ -162,17 +162,26 @@ def open_notebook(page: Any, lab: Lab, relative: str) -> None:
 
 
 def run_all(page: Any) -> None:
-    """Run > Run All Cells, after a click into the notebook (the Run menu acts on the last focused one)."""
+    """Run > Run All Cells, after a click into the notebook (the Run menu acts on the last focused
+    one). A click that did not take (a menu still opening) is tried once more; a run that never
+    starts leaves a screenshot in the artifacts."""
     before = page.evaluate(_PROMPTS)
-    page.locator(".jp-Notebook .jp-Cell").first.click()
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-    # Started: the last cell is queued, running or has a new number (a fast run may be done already).
-    page.wait_for_function(
-        f"before => {{ const p = ({_PROMPTS})(); return p[p.length - 1] !== before[before.length - 1]; }}",
-        arg=before,
-        timeout=30_000,
+    started = (
+        f"before => {{ const p = ({_PROMPTS})(); return p[p.length - 1] !== before[before.length - 1]; }}"
     )
+    for attempt in (1, 2):
+        page.keyboard.press("Escape")
+        page.locator(".jp-Notebook .jp-Cell").first.click()
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        # Started: the last cell is queued, running or has a new number (a fast run may be done).
+        try:
+            page.wait_for_function(started, arg=before, timeout=15_000)
+            return
+        except Exception:
+            screenshot(page, f"run-all-not-started-{attempt}")
+            if attempt == 2:
+                raise
 
 
 def wait_idle(page: Any, timeout_s: float = 180) -> list[str]:
