@@ -72,7 +72,10 @@ def test_a_app_waits_at_most_about_lock_timeout_and_the_step_retries_until_it_su
     assert all(a["sqlstate"] == "55P03" for a in timeouts)
     assert all(blocker.pid in [b["pid"] for b in a["blockers"]] for a in timeouts)
     assert all(b["application_name"] == "billing-report" for a in timeouts for b in a["blockers"])
-    assert all(0.9 <= a["lock_wait_s"] <= 1.5 for a in timeouts)
+    # The lock-wait ladder: the first attempts give up soon; the wait doubles up to lock_timeout.
+    rungs = [float(a["settings"]["lock_timeout"]) for a in timeouts]
+    assert rungs[:4] == [0.1, 0.2, 0.4, 0.8] and all(r == 1.0 for r in rungs[4:]), rungs
+    assert all(0.9 * r <= a["lock_wait_s"] <= r + 0.5 for a, r in zip(timeouts, rungs, strict=True))
     assert attempts[-1]["outcome"] == "applied"
     assert [a["attempt"] for a in attempts] == list(range(1, len(attempts) + 1))
     assert "note" in columns(db, "orders")

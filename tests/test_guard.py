@@ -74,3 +74,17 @@ def test_full_jitter_backoff_is_bounded_by_the_capped_exponential() -> None:
         assert max(draws) <= ceiling
         assert max(draws) > 0.9 * ceiling  # spread over the whole range, not a fixed delay
         assert min(draws) < 0.1 * ceiling
+
+
+def test_the_lock_wait_ladder_climbs_to_lock_timeout_for_catalog_only_steps() -> None:
+    g = GuardSettings()
+    base = g.timeouts_for(transactional=True, long_running=False)
+    rungs = [g.attempt_timeouts(base, n, catalog_only=True)["lock_timeout"] for n in range(1, 8)]
+    assert rungs == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
+    assert g.attempt_timeouts(base, 1, catalog_only=True)["statement_timeout"] == 60.0
+    scan = g.timeouts_for(transactional=True, long_running=True)  # VALIDATE: it waits as it always did
+    assert g.attempt_timeouts(scan, 1, catalog_only=False) == scan
+    off = settings_from({"lock_timeout_first": "0"})
+    assert off.attempt_timeouts(base, 1, catalog_only=True) == base
+    with pytest.raises(ParameterError, match=r"guard.lock_timeout_first"):
+        settings_from({"lock_timeout_first": "soon"})

@@ -139,8 +139,9 @@ class Executor:
         if step.index is not None and (parts := partition_steps(self.control, step)) is not None:
             return self._run_partitioned(step, parts, timeouts)
         attempts: list[Attempt] = []
+        catalog_only = step.transactional and not step.long_running
         for number in range(1, settings.max_attempts + 1):
-            attempt = self._attempt(step, number, timeouts)
+            attempt = self._attempt(step, number, settings.attempt_timeouts(timeouts, number, catalog_only))
             attempts.append(attempt)
             if attempt.outcome == "applied":
                 self.event(f"{step.key}: applied (attempt {number}, {attempt.seconds:.2f} s)")

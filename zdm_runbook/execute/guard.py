@@ -7,6 +7,11 @@ Defaults, and why:
   Catalog-only DDL needs its lock for milliseconds once granted; a short wait and a retry beat a
   long wait. (The founding design's example is 5 s; raise it per run or per step if the table
   is held by transactions that legitimately last longer.)
+- The lock-wait ladder, ``lock_timeout_first = 100ms``: a catalog-only step (in a transaction, not
+  a scan) waits 100 ms for its lock on the first attempt, and the wait doubles per attempt up to
+  ``lock_timeout`` (100, 200, 400, 800 ms, then 1 s), as GitLab's ``with_lock_retries`` does. An
+  attempt that meets a long-held lock fails after 100 ms instead of queueing the app behind it
+  for a full second; one that meets a short-lived lock is granted at once. ``0`` turns it off.
 - ``concurrent_lock_timeout = 5min`` for CONCURRENTLY statements. Their waits (for transactions
   older than the index build) never queue app queries, and a timeout there leaves an INVALID
   index whose rebuild costs a whole table scan, so they may wait longer.
@@ -39,6 +44,7 @@ class GuardSettings:
     """Timeouts (seconds) and retry policy for guarded steps; see the module text for defaults."""
 
     lock_timeout: float = 1.0
+    lock_timeout_first: float = 0.1
     concurrent_lock_timeout: float = 300.0
     statement_timeout: float = 60.0
     long_statement_timeout: float = 4 * 3600.0
@@ -52,6 +58,16 @@ class GuardSettings:
         stmt = self.long_statement_timeout if long_running or not transactional else self.statement_timeout
         return {"lock_timeout": lock, "statement_timeout": stmt}
 
+    def attempt_timeouts(
+        self, timeouts: Mapping[str, float], attempt: int, catalog_only: bool
+    ) -> dict[str, float]:
+        """The timeouts of attempt ``attempt`` (1-based): on the ladder for a catalog-only step,
+        ``lock_timeout_first`` doubled per attempt up to ``lock_timeout``; else ``timeouts``."""
+        if not catalog_only or self.lock_timeout_first <= 0:
+            return dict(timeouts)
+        rung = min(timeouts["lock_timeout"], self.lock_timeout_first * 2 ** (attempt - 1))
+        return {**timeouts, "lock_timeout": rung}
+
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to sleep after failed attempt ``attempt`` (1-based): full jitter, capped."""
         ceiling = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
@@ -63,6 +79,7 @@ class GuardSettings:
 
 _DURATIONS = {
     "lock_timeout",
+    "lock_timeout_first",
     "concurrent_lock_timeout",
     "statement_timeout",
     "long_statement_timeout",
@@ -115,7 +132,11 @@ def settings_from(
 ) -> GuardSettings:
     """``base`` with ``values`` applied, every field checked; :class:`ParameterError` lists all problems."""
     result, problems = read_settings(
-        base or GuardSettings(), values, path, {"max_attempts": (1, MAX_ATTEMPTS_LIMIT)}
+        base or GuardSettings(),
+        values,
+        path,
+        {"max_attempts": (1, MAX_ATTEMPTS_LIMIT)},
+        zero_ok=frozenset({"lock_timeout_first"}),
     )
     if not problems:
         problems += _consistency(result, path)

@@ -46,6 +46,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param("spec", "", "path of the change's YAML spec"),
     Param("dsn_env", "ZDM_DSN", "NAME of the environment variable holding the DSN (never the DSN)"),
     Param("lock_timeout", "1s", "longest wait for a lock per attempt; the app stalls at most this long"),
+    Param("lock_timeout_first", "100ms", "first attempt's lock wait; doubles per attempt up to lock_timeout"),
     Param("statement_timeout", "60s", "longest run of one statement (index builds and scans get 4h)"),
     Param("max_attempts", 10, "tries per step when a lock wait times out or a deadlock is detected"),
     Param(
@@ -190,8 +191,9 @@ def validate(phase: Phase | str, given: Mapping[str, Any]) -> RunParameters:
     cycle = window = 0.0
     if not problems:
         timeouts = {k: values[k] for k in ("lock_timeout", "statement_timeout")}
+        ladder = {"lock_timeout_first": values["lock_timeout_first"], "max_attempts": values["max_attempts"]}
         try:
-            guard = settings_from({**timeouts, "max_attempts": values["max_attempts"]}, path="p")
+            guard = settings_from({**timeouts, **ladder}, path="p")
         except ParameterError as exc:
             problems += [Problem(x.path.removeprefix("p."), x.message) for x in exc.problems]
         fixed = values.get("batch_size") or 0
