@@ -9,6 +9,7 @@ log line and the end chart.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import signal
@@ -255,6 +256,62 @@ def test_pause_resume_and_batch_size_from_another_session(db: str) -> None:
     sizes = [b.size for b in engine.state.batches]
     assert 123 in sizes
     assert sizes[-2] == 123
+
+
+def _hold(dsn: str) -> str | None:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        row = c.execute("SELECT hold FROM zdm.backfills WHERE change_id = 'fill-w'").fetchone()
+    return row[0] if row else None
+
+
+def test_a_vacuum_of_the_table_holds_the_backfill_which_resumes_by_itself(db: str) -> None:
+    """A real VACUUM of the table, slowed to a crawl by its cost delay: the backfill holds (in its
+    progress and in the ledger) until the vacuum is gone, then finishes by itself."""
+    _big(db, 40_000)
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute("UPDATE big SET v = v + 1")  # dead tuples: the vacuum has every page to visit
+    vacuum = psycopg.connect(db, autocommit=True, application_name="vacuum")
+    vacuum.execute("SET vacuum_cost_delay = 100")
+    vacuum.execute("SET vacuum_cost_limit = 1")
+    crawl = threading.Thread(target=_quietly, args=(vacuum, "VACUUM big"), daemon=True)
+    crawl.start()
+    assert wait_for(lambda: scalar(db, "SELECT count(*) FROM pg_stat_progress_vacuum") == 1)
+    engine = _engine(db, max_batch_size=2000)
+    thread = threading.Thread(target=engine.run)
+    thread.start()
+    try:
+        assert wait_for(lambda: "is vacuuming public.big" in (engine.state.paused or ""))
+        assert engine.state.paused.startswith("VACUUM (pid ")  # type: ignore[union-attr]
+        assert wait_for(lambda: "is vacuuming public.big" in (_hold(db) or ""))
+        time.sleep(1.0)
+        assert engine.state.rows_scanned == 0, "no batch while the table is vacuumed"
+    finally:
+        scalar(db, f"SELECT pg_cancel_backend({vacuum.info.backend_pid})")
+    thread.join(timeout=120)
+    crawl.join(timeout=30)
+    vacuum.close()
+    engine.close()
+    assert engine.state.finished is not None and engine.state.rows_scanned == 40_000
+    assert engine.state.batches[0].throttled_s >= 1.0  # the wait is recorded with the first batch
+    assert _hold(db) is None
+
+
+def test_a_wal_cap_holds_the_backfill(db: str) -> None:
+    _big(db, 200_000)  # long enough for two checks of the WAL position
+    engine = _engine(db, max_batch_size=2000, max_wal_mb_per_s=1)  # any real backfill writes more
+    thread = threading.Thread(target=engine.run)
+    thread.start()
+    assert wait_for(lambda: "MB/s > 1 MB/s" in (engine.state.paused or ""))
+    assert "WAL written at" in (_hold(db) or "")
+    thread.join(timeout=120)
+    engine.close()
+    assert engine.state.finished is not None and _hold(db) is None
+    assert sum(b.throttled_s for b in engine.state.batches) > 0
+
+
+def _quietly(conn: psycopg.Connection[Any], statement: str) -> None:
+    with contextlib.suppress(psycopg.Error):
+        conn.execute(statement)  # type: ignore[arg-type]
 
 
 def test_adaptive_size_grows_by_at_most_20_percent_and_shrinks_on_timeouts(db: str) -> None:

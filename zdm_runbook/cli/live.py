@@ -192,6 +192,7 @@ def backfill_status(change: str | None, as_json: bool, dsn_env: str | None) -> N
             f"{f' / ~{total:,}' if total else ''} rows{share}, {r['rows_updated']:,} updated,"
             f" {r['batches']} batches{'; ' + controls if controls else ''}"
             + (f"; last batch {_ago(r['updated_at'])} ago" if r["status"] == "running" else "")
+            + (f"; holding: {r['hold']}" if r["status"] == "running" and r["hold"] else "")
         )
 
 

@@ -27,6 +27,7 @@ from psycopg import sql
 from zdm_runbook.core.connect import connect, redact
 from zdm_runbook.core.errors import ConfigError, DatabaseError, Problem, SpecError
 from zdm_runbook.execute.fill_settings import BackfillSettings, backfill_settings
+from zdm_runbook.execute.holds import Health, hold_reason, read_health
 from zdm_runbook.execute.keyset import Key, TableKey, table_key
 from zdm_runbook.execute.progress import Batch, State
 from zdm_runbook.execute.verify import verify
@@ -74,6 +75,7 @@ class BackfillEngine:
         self._checked = float("-inf")
         self._control: dict[str, Any] = {}
         self._busy_seen = False
+        self._health: Health | None = None
 
     # --- connection ---
 
@@ -223,7 +225,8 @@ class BackfillEngine:
         return int(max(self.settings.min_batch_size, min(self.settings.max_batch_size, new)))
 
     def _throttle(self) -> tuple[float, dict[str, Any]]:
-        """Wait while paused, while replicas lag, or while sessions queue for a lock on the table.
+        """Wait while a health hold applies (:mod:`.holds`): paused, a vacuum of the table, replica
+        lag, WAL rate, a lock queue on the table.
 
         Checked at most every ``CHECK_EVERY`` seconds (not per batch: one round trip fewer each)."""
         now = time.monotonic()
@@ -235,29 +238,24 @@ class BackfillEngine:
             steer = checkpoints.controls(conn, self.change_id, self.step.key)
             if steer is None:
                 raise BackfillError(f"backfill {self.step.key}: its ledger row disappeared")
-            load = conn.execute(
-                "SELECT (SELECT count(*) FROM pg_locks l WHERE l.relation = %s::int8::oid AND NOT l.granted),"
-                " (SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication)::float8,"
-                " (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = current_database()"
-                "   AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'"
-                "   AND a.application_name NOT LIKE 'zdm_runbook%%'"
-                "   AND (a.state <> 'idle' OR a.state_change > now() - interval '1 second'))",
-                [self.table_oid],
-            ).fetchone()
-            queued, lag, busy = load if load else (0, None, 0)
+            health = read_health(conn, self.table_oid)
             paused, batch_size, pause_ms = steer.paused, steer.batch_size, steer.pause_ms
             # Hysteresis: the app counts as busy (or quiet) once two checks in a row agree.
-            busy_now = bool(busy) and self.settings.busy_duty < 1.0
+            busy_now = bool(health.busy_sessions) and self.settings.busy_duty < 1.0
             if busy_now == self._busy_seen:
                 self.state.app_busy = busy_now
             self._busy_seen = busy_now
-            reason = None
-            if paused:
-                reason = "paused (zdm.backfills.paused)"
-            elif lag is not None and lag > self.settings.max_replay_lag:
-                reason = f"replica lag {lag:.0f} s > {self.settings.max_replay_lag:g} s"
-            elif queued:
-                reason = f"{queued} session(s) queued for a lock on {self.spec.table}"
+            reason = hold_reason(
+                health,
+                self._health,
+                str(self.spec.table),
+                paused=paused,
+                max_replay_lag=self.settings.max_replay_lag,
+                max_wal_mb_per_s=self.settings.max_wal_mb_per_s,
+            )
+            self._health = health
+            if reason != self.state.paused:  # the ledger says why it waits, once per change
+                checkpoints.set_hold(conn, self.change_id, self.step.key, reason)
             self.state.paused = reason
             if reason is None:
                 self._checked = time.monotonic()

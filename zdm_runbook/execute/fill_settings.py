@@ -23,6 +23,7 @@ class BackfillSettings:
     max_batch_size: int = 20000
     pause: float = 0.0
     max_replay_lag: float = 30.0
+    max_wal_mb_per_s: int = 0  # hold while the server writes WAL faster than this (0: no cap)
     lock_timeout: float = 1.0
     statement_timeout: float = 30.0
     busy_duty: float = 0.15
@@ -41,6 +42,7 @@ def backfill_settings(values: Mapping[str, Any] | None, path: str = "backfill") 
         "max_failures": (1, 1000),
         "reconnect_attempts": (0, 1000),
         "busy_max_batch_size": (1, 1_000_000),
+        "max_wal_mb_per_s": (0, 100_000),
     }
     result, problems = read_settings(
         BackfillSettings(), values, path, ranges, frozenset({"pause"}), frozenset({"busy_duty"})

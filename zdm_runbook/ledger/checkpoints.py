@@ -145,9 +145,17 @@ def mark_stopped(conn: Conn, change_id: str, step_key: str, status: str = "faile
     )
 
 
+def set_hold(conn: Conn, change_id: str, step_key: str, reason: str | None) -> None:
+    """Why the backfill waits now (None: it does not); shown by ``zdm backfill status``."""
+    conn.execute(
+        "UPDATE zdm.backfills SET hold = %s WHERE change_id = %s AND step_key = %s",
+        [reason, change_id, step_key],
+    )
+
+
 def mark_done(conn: Conn, change_id: str, step_key: str) -> None:
     conn.execute(
-        "UPDATE zdm.backfills SET status = 'done', finished_at = now(), updated_at = now()"
+        "UPDATE zdm.backfills SET status = 'done', hold = NULL, finished_at = now(), updated_at = now()"
         " WHERE change_id = %s AND step_key = %s",
         [change_id, step_key],
     )
@@ -187,7 +195,7 @@ def backfills(conn: Conn, change_id: str | None = None) -> pd.DataFrame:
     with conn.cursor() as cur:
         cur.execute(
             "SELECT change_id, step_key, table_name, status, rows_scanned, rows_updated, rows_estimate,"
-            " batches, paused, batch_size, pause_ms, started_at, updated_at, finished_at"
+            " batches, paused, hold, batch_size, pause_ms, started_at, updated_at, finished_at"
             " FROM zdm.backfills WHERE %(change)s::text IS NULL OR change_id = %(change)s"
             " ORDER BY change_id, step_key",
             {"change": change_id},

@@ -137,6 +137,11 @@ _V5 = (
         CHECK (status IN ('running', 'done', 'failed', 'interrupted'))""",
 )
 
+_V6 = (
+    # Why a running backfill waits now (a health hold), for a second session to see.
+    "ALTER TABLE zdm.backfills ADD COLUMN hold text",
+)
+
 # (version, what it adds, statements). Append only: a released version is never edited.
 VERSIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
     (1, "changes and step attempts", _V1),
@@ -144,6 +149,7 @@ VERSIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
     (3, "phase runs and sign-offs", _V3),
     (4, "dry runs", _V4),
     (5, "interrupted backfills", _V5),
+    (6, "backfill holds", _V6),
 )
 
 

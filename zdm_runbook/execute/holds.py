@@ -1,0 +1,85 @@
+"""Health holds: why a backfill waits before its next batch, read from the server in one query.
+
+A hold pauses the backfill and lifts by itself when the condition clears; the engine shows it in
+its progress (``holding: …``) and writes it to the ledger (``zdm.backfills.hold``), so
+``zdm backfill status`` and a second notebook see it too. In order:
+
+- ``paused``: an operator said so (``zdm backfill pause``).
+- a vacuum of the table is running (GitLab's ``AutovacuumActiveOnTable``): a backfill writes a
+  dead tuple per row it updates, which the vacuum then has to chase; an anti-wraparound
+  autovacuum must never be fought, and a DDL later in the change would queue behind it.
+- a replica's replay lag is over ``max_replay_lag``.
+- the server writes WAL faster than ``max_wal_mb_per_s`` (0: no cap), measured between two checks.
+- sessions queue for a lock on the table: a DDL (ours or someone's) is waiting, and every batch
+  would hold it up longer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+Conn = psycopg.Connection[Any]
+
+_HEALTH = """
+SELECT (SELECT count(*) FROM pg_locks l WHERE l.relation = %(oid)s::int8::oid AND NOT l.granted),
+       (SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication)::float8,
+       (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = current_database()
+          AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
+          AND a.application_name NOT LIKE 'zdm_runbook%%'
+          AND (a.state <> 'idle' OR a.state_change > now() - interval '1 second')),
+       (SELECT string_agg(format('%%s (pid %%s, %%s)',
+                 CASE WHEN a.backend_type <> 'autovacuum worker' THEN 'VACUUM'
+                      WHEN a.query LIKE '%%to prevent wraparound%%' THEN 'an anti-wraparound autovacuum'
+                      ELSE 'autovacuum' END, v.pid, v.phase), '; ')
+          FROM pg_stat_progress_vacuum v LEFT JOIN pg_stat_activity a ON a.pid = v.pid
+         WHERE v.relid = %(oid)s::int8::oid),
+       (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8
+"""
+
+
+@dataclass(frozen=True)
+class Health:
+    """One reading: lock queue on the table, replica lag, app sessions busy, vacuums, WAL position."""
+
+    queued: int
+    replay_lag_s: float | None
+    busy_sessions: int
+    vacuum: str | None
+    wal_bytes: float
+    at: float
+
+
+def read_health(conn: Conn, table_oid: int) -> Health:
+    """The server's state as the holds read it, for the table of ``table_oid``."""
+    row = conn.execute(_HEALTH, {"oid": table_oid}).fetchone()
+    queued, lag, busy, vacuum, wal = row if row else (0, None, 0, None, 0.0)
+    return Health(int(queued or 0), lag, int(busy or 0), vacuum, float(wal or 0.0), time.monotonic())
+
+
+def hold_reason(
+    now: Health,
+    before: Health | None,
+    table: str,
+    *,
+    paused: bool,
+    max_replay_lag: float,
+    max_wal_mb_per_s: int,
+) -> str | None:
+    """Why the backfill must wait now (the first reason that applies), or None."""
+    if paused:
+        return "paused (zdm backfill resume lifts it)"
+    if now.vacuum:
+        return f"{now.vacuum} is vacuuming {table}"
+    if now.replay_lag_s is not None and now.replay_lag_s > max_replay_lag:
+        return f"replica lag {now.replay_lag_s:.0f} s > {max_replay_lag:g} s"
+    if max_wal_mb_per_s and before is not None and now.at > before.at:
+        rate = (now.wal_bytes - before.wal_bytes) / (now.at - before.at) / 1e6
+        if rate > max_wal_mb_per_s:
+            return f"WAL written at {rate:.0f} MB/s > {max_wal_mb_per_s} MB/s"
+    if now.queued:
+        return f"{now.queued} session(s) queued for a lock on {table}"
+    return None
