@@ -309,6 +309,27 @@ def test_a_wal_cap_holds_the_backfill(db: str) -> None:
     assert sum(b.throttled_s for b in engine.state.batches) > 0
 
 
+def test_a_backfill_that_starts_under_load_begins_small_and_one_on_a_quiet_server_does_not(db: str) -> None:
+    """The first check, before the first batch, sees the app's sessions: no 5,000-row batches
+    run before the engine notices it shares the server."""
+    _big(db, 40_000)
+    with AppProbe(db, "SELECT v FROM big WHERE id = 7", every=0.01, app="app"):
+        time.sleep(0.3)
+        busy = _engine(db)
+        busy.run()
+        busy.close()
+    assert busy.state.batches[0].size <= BackfillSettings().busy_max_batch_size
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute("DROP SCHEMA zdm CASCADE")
+        c.execute("UPDATE big SET w = NULL")
+        ledger.ensure(c)
+        ledger.record_change(c, "fill-w", "", "x")
+    quiet = _engine(db)
+    quiet.run()
+    quiet.close()
+    assert quiet.state.batches[0].size == BackfillSettings().start_batch_size
+
+
 def _quietly(conn: psycopg.Connection[Any], statement: str) -> None:
     with contextlib.suppress(psycopg.Error):
         conn.execute(statement)  # type: ignore[arg-type]

@@ -74,7 +74,7 @@ class BackfillEngine:
         self.table_oid = 0
         self._checked = float("-inf")
         self._control: dict[str, Any] = {}
-        self._busy_seen = False
+        self._busy_seen: bool | None = None  # None: no check yet
         self._health: Health | None = None
 
     # --- connection ---
@@ -177,6 +177,8 @@ class BackfillEngine:
                 self.state.doing = "batching"
                 throttled, control = self._throttle()
                 size = control.get("batch_size") or size
+                if self.state.app_busy and not control.get("batch_size"):
+                    size = min(size, self.settings.busy_max_batch_size)
                 batch = self._batch(lower, upper, size, failures, throttled)
             except psycopg.Error as exc:
                 if isinstance(exc, RETRY_ON):
@@ -240,9 +242,10 @@ class BackfillEngine:
                 raise BackfillError(f"backfill {self.step.key}: its ledger row disappeared")
             health = read_health(conn, self.table_oid)
             paused, batch_size, pause_ms = steer.paused, steer.batch_size, steer.pause_ms
-            # Hysteresis: the app counts as busy (or quiet) once two checks in a row agree.
+            # Hysteresis: the app counts as busy (or quiet) once two checks in a row agree; the
+            # first check, before the first batch, decides alone (gentle from the first batch).
             busy_now = bool(health.busy_sessions) and self.settings.busy_duty < 1.0
-            if busy_now == self._busy_seen:
+            if busy_now == self._busy_seen or self._busy_seen is None:
                 self.state.app_busy = busy_now
             self._busy_seen = busy_now
             reason = hold_reason(
