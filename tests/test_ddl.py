@@ -306,7 +306,10 @@ def test_a_deadlock_is_retried(db: str) -> None:
         other.commit()
 
     with psycopg.connect(db, autocommit=True) as worker, psycopg.connect(db, autocommit=True) as control:
-        ex = _executor(worker, control, plan, lock_timeout=5.0, backoff_base=0.1, backoff_cap=0.2)
+        # No ladder: the first attempt must still be waiting when the cycle closes.
+        ex = _executor(
+            worker, control, plan, lock_timeout=5.0, lock_timeout_first=0.0, backoff_base=0.1, backoff_cap=0.2
+        )
         thread = threading.Timer(0.3, close_the_cycle)
         thread.start()
         result = ex.run_step(plan.steps[0])
@@ -352,10 +355,15 @@ def test_per_step_settings_reach_the_server(db: str) -> None:
     plan = build_plan(parse_change(ADD_NOTE))
     key = plan.steps[0].key
     execute_phase(
-        plan, "expand", db, step_settings={key: {"lock_timeout": "250ms", "statement_timeout": "9s"}}
+        plan,
+        "expand",
+        db,
+        step_settings={
+            key: {"lock_timeout": "250ms", "lock_timeout_first": "250ms", "statement_timeout": "9s"}
+        },
     )
     settings = _attempts(db, "orders-note")[0]["settings"]
-    assert settings == {"lock_timeout": 0.25, "statement_timeout": 9.0}
+    assert settings == {"lock_timeout": 0.25, "statement_timeout": 9.0}  # attempt 1 on the step's ladder
 
 
 def test_a_running_change_is_not_run_twice(db: str) -> None:
