@@ -351,7 +351,11 @@ def test_a_batch_that_meets_a_row_lock_is_retried_smaller(db: str) -> None:
     _big(db, 40_000)
     from .sessions import Blocker  # noqa: PLC0415
 
-    engine = _engine(db, start_batch_size=2000, max_batch_size=2000, lock_timeout=0.2, pause=0.0)
+    # busy_duty=1: no sharing, so the batches reach the locked row while it is still held (the
+    # blocker's own session would otherwise make the engine share the server from the first batch).
+    engine = _engine(
+        db, start_batch_size=2000, max_batch_size=2000, lock_timeout=0.2, pause=0.0, busy_duty=1.0
+    )
     with Blocker(db, "SELECT * FROM big WHERE id = 20000 FOR UPDATE", app="app-txn", hold_for=1.5):
         state = engine.run()
     engine.close()
