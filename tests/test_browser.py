@@ -112,6 +112,7 @@ def test_expand_runs_signs_off_records_its_notebook_and_leaves_no_connection(db:
         assert all(re.fullmatch(r"\[\d+\]:", p) for p in prompts), prompts
         text = output_text(page)
         assert not WIDGET_REPRS.search(text), "a widget showed as its text repr"
+        assert page.locator(".zdm-progress-bar").count() == 0, "a progress bar in a phase without a backfill"
         assert "Traceback" not in text
         # defect 1: nothing stays open once the last cell ran
         assert _wait_no_sessions(db) == []
@@ -127,7 +128,8 @@ def test_expand_runs_signs_off_records_its_notebook_and_leaves_no_connection(db:
         page.get_by_placeholder("change ticket (optional)").fill("CHG-7")
         # defect 2: the record is the notebook as saved, so an unsaved run is not signed off
         button.click()
-        page.locator(".widget-html", has_text="save the notebook first").wait_for()
+        refusal = page.locator(".widget-html", has_text="not signed off: save the notebook first (Ctrl+S)")
+        refusal.wait_for()  # the form's note says "save the notebook first" too: this is the refusal
         save(page, notebook)
         button.click()
         page.locator(".widget-html", has_text="signed off by dana").wait_for()
