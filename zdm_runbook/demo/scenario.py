@@ -136,7 +136,7 @@ class Demo:
     def _report(self, bench: PgBench, took: float) -> int:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             waits = status.lock_wait_by_phase(conn)
-            filled = status.rows_backfilled(conn)
+            filled = status.backfilled_tables(conn)
             lost = self.scenario.lost_writes(conn, self.apps)
         phases = pd.DataFrame(
             [
@@ -153,7 +153,10 @@ class Demo:
         traffic = summary(self.apps)
         errors = int(traffic["errors"].sum()) if len(traffic) else 0
         self.echo(f"\n== summary ({took:.0f} s)\n{phases.to_string(index=False)}")
-        self.echo(f"\nrows backfilled: {filled:,}")
+        for table, rows, steps in filled:
+            self.echo(
+                f"\n{table} backfilled ({rows:,} rows" + (f", {steps} backfill steps)" if steps > 1 else ")")
+            )
         self.echo(f"\napp traffic (per app version and phase):\n{traffic.to_string(index=False)}")
         self.echo(f"\npgbench (read load on orders): {bench.report()}")
         acknowledged = sum(len(a.acknowledged) for a in self.apps)

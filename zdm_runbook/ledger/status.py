@@ -120,7 +120,10 @@ def lock_wait_by_phase(conn: Conn) -> dict[str, float]:
     return {str(phase): float(wait or 0) for phase, wait in rows}
 
 
-def rows_backfilled(conn: Conn) -> int:
-    """Rows every backfill of every change updated."""
-    row = conn.execute("SELECT coalesce(sum(rows_updated), 0) FROM zdm.backfills").fetchone()
-    return int(row[0]) if row else 0
+def backfilled_tables(conn: Conn) -> list[tuple[str, int, int]]:
+    """Per table: rows backfilled (the most any of its backfill steps updated, not their sum: two
+    columns of one 200,000-row table are 200,000 rows) and how many backfill steps ran on it."""
+    rows = conn.execute(
+        "SELECT table_name, max(rows_updated), count(*) FROM zdm.backfills GROUP BY table_name ORDER BY 1"
+    ).fetchall()
+    return [(str(t), int(n), int(k)) for t, n, k in rows]
