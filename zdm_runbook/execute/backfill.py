@@ -209,7 +209,6 @@ class BackfillEngine:
             pause_ms = control.get("pause_ms")
             pause = self.settings.pause if pause_ms is None else pause_ms / 1000
             if self.state.app_busy and pause_ms is None:  # share the server: run busy_duty of the time
-                size = min(size, self.settings.busy_max_batch_size)
                 pause = max(pause, batch.seconds * (1 / self.settings.busy_duty - 1))
                 self.state.doing = f"sharing the server with the app: {1000 * pause:.0f} ms between batches"
             time.sleep(pause)
@@ -257,7 +256,7 @@ class BackfillEngine:
                 max_wal_mb_per_s=self.settings.max_wal_mb_per_s,
             )
             self._health = health
-            if reason != self.state.paused:  # the ledger says why it waits, once per change
+            if reason != self.state.paused:  # the ledger says why it waits: written when that changes
                 checkpoints.set_hold(conn, self.change_id, self.step.key, reason)
             self.state.paused = reason
             if reason is None:

@@ -24,8 +24,6 @@ from zdm_runbook.ledger.status import ledger_ready
 from zdm_runbook.notebook.charts import backfill_figure, show
 from zdm_runbook.notebook.views import show_section
 
-# The tree's bookkeeping: its indentation already says depth and root.
-HIDDEN = ("depth", "root")
 VIEWS = (
     ("blocking_tree", "Blocking tree: who blocks whom (roots first)"),
     ("waiting", "Sessions waiting for a lock"),
@@ -55,7 +53,7 @@ class LockInspector:
         for key, title in VIEWS:
             view = snap.get(key)
             if isinstance(view, pd.DataFrame):
-                show_section(title, view, hide=HIDDEN)
+                show_section(title, view)
 
     def refresh(self, interactive: bool = False) -> None:
         """Render now; ``interactive`` adds a Refresh button that re-renders in place."""

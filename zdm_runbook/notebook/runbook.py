@@ -235,7 +235,7 @@ class Runbook:
             print(verdict, flush=True)
         for name, view in verdict.frames.items():
             if len(view):
-                show_section(name.replace("_", " "), view, hide=("depth", "root"))
+                show_section(name.replace("_", " "), view)
         if refused:
             raise PreflightRefused(verdict)
 
@@ -342,13 +342,9 @@ class Runbook:
         took = time.monotonic() - self.started
         print(
             f"{self.phase.value} of {self.change_id} succeeded in {took:.1f} s: {applied} step(s) applied,"
-            f" {skipped} already done" + "".join(f"; {text}" for text in self._backfilled())
+            f" {skipped} already done" + "".join(f"; {text}" for text in backfilled(self.fills.values()))
         )
         show_html(frame_html(self.status().reset_index()))
-
-    def _backfilled(self) -> list[str]:
-        """Per table, not per step: two columns of one 200,000-row table are 200,000 rows."""
-        return backfilled(self.fills.values())
 
     def sign_off(self) -> None:
         """Headless: sign off with ``signoff_by`` if given. Interactive: a form (``signoff_by`` fills

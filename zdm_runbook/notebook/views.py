@@ -45,6 +45,8 @@ def cell_text(column: str, value: Any) -> str:
     return str(value)
 
 
+# The blocking tree's bookkeeping: its indentation already says depth and root.
+HIDDEN = frozenset({"depth", "root"})
 # Headings as a DBA says them; other columns lose their underscores.
 HEADINGS = {"xact_age_s": "transaction age", "state_age_s": "in this state for", "wait_s": "waiting for"}
 # The tree keeps its lines whole (its indentation is the tree); a query wraps between words.
@@ -63,9 +65,10 @@ def _cell(column: str, value: Any) -> str:
     return f"<td style='{_CELL}'>{text}</td>"
 
 
-def frame_html(table: pd.DataFrame, hide: Iterable[str] = ()) -> str:
-    """``table`` as an HTML table without the index, every value formatted by :func:`cell_text`."""
-    columns = [c for c in table.columns if c not in set(hide)]
+def frame_html(table: pd.DataFrame) -> str:
+    """``table`` as an HTML table without the index or :data:`HIDDEN` columns, every value
+    formatted by :func:`cell_text`."""
+    columns = [c for c in table.columns if c not in HIDDEN]
     head = "".join(f"<th style='{_CELL}'>{html.escape(heading(str(c)))}</th>" for c in columns)
     body = "".join(
         "<tr>" + "".join(_cell(str(c), row[c]) for c in columns) + "</tr>" for _, row in table.iterrows()
@@ -83,9 +86,9 @@ def facts_html(facts: Mapping[str, Any]) -> str:
     return f"<table class='{NO_MATH}'>{rows}</table>"
 
 
-def show_section(title: str, table: pd.DataFrame, hide: Iterable[str] = (), empty: str = "none") -> None:
+def show_section(title: str, table: pd.DataFrame, empty: str = "none") -> None:
     """A heading, then the table, or the word ``empty`` (plain text, not a quoted string)."""
-    body = frame_html(table, hide) if len(table) else f"<p><em>{html.escape(empty)}</em></p>"
+    body = frame_html(table) if len(table) else f"<p><em>{html.escape(empty)}</em></p>"
     show_html(f"<h4>{html.escape(title)}</h4>{body}")
 
 
@@ -140,17 +143,20 @@ def outcomes_frame(results: Iterable[StepResult]) -> pd.DataFrame:
             "attempts": len(r.attempts),
             "lock wait (s)": round(sum(a.lock_wait_s for a in r.attempts), 3),
             "seconds": round(sum(a.seconds for a in r.attempts), 3),
-            "last error": redact(f"{r.attempts[-1].sqlstate or ''} {r.attempts[-1].message or ''}".strip())[
-                :200
-            ]
-            if r.attempts and r.outcome != "applied"
-            else "",
+            "last error": _last_error(r),
         }
         for r in results
     ]
     return pd.DataFrame(
         rows, columns=["step", "outcome", "attempts", "lock wait (s)", "seconds", "last error"]
     )
+
+
+def _last_error(result: StepResult) -> str:
+    if not result.attempts or result.outcome == "applied":
+        return ""
+    last = result.attempts[-1]
+    return redact(f"{last.sqlstate or ''} {last.message or ''}".strip())[:200]
 
 
 def backfilled(fills: Iterable[State]) -> list[str]:

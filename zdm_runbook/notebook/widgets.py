@@ -34,7 +34,7 @@ class WidgetProgress:
     def __init__(self, title: str, every: float = 0.25, chart_every: float = 2.0) -> None:
         import ipywidgets as widgets  # noqa: PLC0415 - only in a notebook
 
-        self.title, self.every, self.chart_every = title, every, chart_every
+        self.every, self.chart_every = every, chart_every
         self.bar = widgets.FloatProgress(
             min=0.0,
             max=1.0,
@@ -50,7 +50,6 @@ class WidgetProgress:
             widget.add_class(f"zdm-progress-{name}")
         self.box = widgets.VBox([self.bar, self.label, self.chart, self.caption])
         self.state: State | None = None
-        self.updates = 0  # widget values sent: what a browser receives, a few per second
         self._charted, self._chart_at, self._chart_cost = 0, 0.0, 0.0
         self._stop = threading.Event()
         display(self.box)
@@ -62,9 +61,9 @@ class WidgetProgress:
         self.state = state
 
     def _set(self, widget: Any, name: str, value: Any) -> None:
+        """Send a value only when it changed: a widget message costs the kernel and the browser."""
         if getattr(widget, name) != value:
             setattr(widget, name, value)
-            self.updates += 1
 
     def _tick(self) -> None:
         while not self._stop.wait(self.every):
