@@ -33,8 +33,8 @@ from psycopg import sql
 
 from zdm_runbook.core.connect import describe, resolve_dsn
 from zdm_runbook.demo.embedded import LocalServer, embedded_bin_dir
-from zdm_runbook.execute.executor import execute_phase
 from zdm_runbook.execute.guard import GuardSettings
+from zdm_runbook.execute.phase import execute_phase
 from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.change import parse_change
 

@@ -77,7 +77,7 @@ def fill(dsn, spec, mode):
         view(state)
     settings = engine.BackfillSettings(start_batch_size=100, min_batch_size=100, max_batch_size=100)
     started = time.monotonic()
-    engine.runner(dsn, plan.change.id, settings, on_batch)(step)
+    engine.runner(dsn, plan.change.id, settings, on_batch)([step])
     seconds = time.monotonic() - started
     if hasattr(view, "close"):
         view.close()

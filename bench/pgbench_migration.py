@@ -38,7 +38,7 @@ import psycopg
 
 from zdm_runbook.demo.embedded import LocalServer, embedded_bin_dir
 from zdm_runbook.demo.pgbench import PgBench
-from zdm_runbook.execute.executor import execute_phase
+from zdm_runbook.execute.phase import execute_phase
 from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.change import parse_change
 from zdm_runbook.spec.model import Phase

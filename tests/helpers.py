@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from zdm_runbook.execute.executor import execute_phase
+from zdm_runbook.execute.phase import execute_phase
 from zdm_runbook.plan.planner import Plan
 from zdm_runbook.spec.model import Phase
 

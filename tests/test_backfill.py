@@ -26,7 +26,7 @@ import pytest
 from zdm_runbook import ledger
 from zdm_runbook.core.errors import ParameterError, SpecError
 from zdm_runbook.execute.backfill import BackfillEngine, BackfillSettings, backfill_settings
-from zdm_runbook.execute.executor import execute_phase
+from zdm_runbook.execute.phase import execute_phase
 from zdm_runbook.execute.progress import LogProgress, frame
 from zdm_runbook.execute.verify import verify
 from zdm_runbook.notebook.charts import backfill_figure, png, show

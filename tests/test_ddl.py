@@ -18,8 +18,9 @@ from psycopg import sql
 from zdm_runbook import ledger
 from zdm_runbook.core.errors import ConfigError, ParameterError
 from zdm_runbook.execute.attempts import StepFailed
-from zdm_runbook.execute.executor import Executor, execute_phase
+from zdm_runbook.execute.executor import Executor
 from zdm_runbook.execute.guard import GuardSettings
+from zdm_runbook.execute.phase import execute_phase
 from zdm_runbook.plan.planner import Plan, build_plan
 from zdm_runbook.plan.steps import Step
 from zdm_runbook.spec.change import parse_change

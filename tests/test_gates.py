@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from zdm_runbook.core.errors import ZdmError
-from zdm_runbook.execute.executor import execute_phase
+from zdm_runbook.execute.phase import execute_phase
 from zdm_runbook.ledger import gates
 from zdm_runbook.ledger.gates import check_gate
 from zdm_runbook.ledger.signoffs import phase_state, sign_off

@@ -11,7 +11,7 @@ import pytest
 
 from zdm_runbook.core.errors import ConfigError
 from zdm_runbook.core.pooling import refuse_transaction_pooling
-from zdm_runbook.execute.executor import execute_phase
+from zdm_runbook.execute.phase import execute_phase
 from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.change import parse_change
 

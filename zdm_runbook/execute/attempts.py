@@ -63,6 +63,7 @@ def failure_text(step: Step, attempt: Attempt, number: int) -> str:
         "query_canceled": "was cancelled (statement_timeout reached, or cancelled by an operator);"
         " it is not retried blindly: raise statement_timeout for this step or run it off-peak",
         "failed": "failed",
+        "no-go": "was not sent",
     }.get(attempt.outcome, attempt.outcome)
     undone = (
         "its transaction was rolled back, nothing of it is applied"

@@ -4,8 +4,9 @@ Each batch is one short transaction: ``SET LOCAL`` timeouts, the next key range,
 its rows whose target still differs (``IS DISTINCT FROM``), and the checkpoint in the ledger, all
 committed together. So a crash, a SIGKILL or a lost connection loses at most the batch in
 flight, and a re-run resumes from the last committed one; a re-run after completion updates
-nothing. The batch size adapts toward a target duration; the engine pauses while told to, while
-replicas lag, or while sessions queue for a lock on the table.
+nothing. The batch size adapts toward a target duration; the engine holds while told to, and
+for the health holds of :mod:`.holds`. Several backfills on one table share one pass
+(:mod:`.walk`): one row version per row, while each keeps its own ledger row, counts and progress.
 
 Defaults, and why: a batch targets 0.2 s (pt-online-schema-change and pt-table-checksum aim their
 chunks at 0.5 s; a shorter batch holds its row locks for less time, so an app UPDATE that meets
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -31,6 +32,7 @@ from zdm_runbook.execute.holds import Health, hold_reason, read_health
 from zdm_runbook.execute.keyset import Key, TableKey, table_key
 from zdm_runbook.execute.progress import Batch, State
 from zdm_runbook.execute.verify import verify
+from zdm_runbook.execute.walk import Walk
 from zdm_runbook.ledger import checkpoints
 from zdm_runbook.plan.steps import BackfillSpec, Step
 
@@ -52,30 +54,55 @@ class BackfillError(DatabaseError):
 
 
 class BackfillEngine:
-    """Runs one backfill step to completion (see the module text); ``state`` is live while it runs."""
+    """Runs backfill steps on one table to completion in one pass (see the module text); ``states``
+    (one per step, ``state`` the first) are live while it runs, and each goes to ``on_batch``."""
 
     def __init__(
         self,
         dsn: str,
         change_id: str,
-        step: Step,
+        steps: Step | Sequence[Step],
         settings: BackfillSettings | None = None,
         on_batch: Listener | None = None,
     ) -> None:
-        if step.backfill is None:
-            raise ConfigError(f"step {step.key} is not a backfill")
-        self.dsn, self.change_id, self.step = dsn, change_id, step
-        self.spec: BackfillSpec = step.backfill
+        self.steps = [steps] if isinstance(steps, Step) else list(steps)
+        specs = [st.backfill for st in self.steps]
+        fills = [spec for spec in specs if spec is not None]
+        if not fills or len(fills) != len(specs):
+            raise ConfigError(f"not a backfill: {', '.join(st.key for st in self.steps) or 'no step'}")
+        try:
+            self.walk = Walk(tuple(fills))
+        except ValueError as exc:
+            raise ConfigError(f"{' and '.join(st.key for st in self.steps)}: {exc}") from None
+        self.dsn, self.change_id, self.step = dsn, change_id, self.steps[0]
+        self.spec: BackfillSpec = fills[0]
+        self.label = " + ".join(st.key for st in self.steps)
         self.settings = settings or BackfillSettings()
         self.on_batch = on_batch
         self.conn: Conn | None = None
         self.key: TableKey | None = None
-        self.state = State(str(self.spec.table), None)
+        self.states = [State(str(self.spec.table), None, step=st.key) for st in self.steps]
         self.table_oid = 0
         self._checked = float("-inf")
         self._control: dict[str, Any] = {}
         self._busy_seen: bool | None = None  # None: no check yet
         self._health: Health | None = None
+
+    @property
+    def state(self) -> State:
+        """The first step's progress (the others differ only in their rows updated)."""
+        return self.states[0]
+
+    def _share(self, **values: Any) -> None:
+        """Set what every step's progress has in common: the pass's activity, holds, batch size."""
+        for state in self.states:
+            for name, value in values.items():
+                setattr(state, name, value)
+
+    def _tell(self) -> None:
+        if self.on_batch:
+            for state in self.states:
+                self.on_batch(state)
 
     # --- connection ---
 
@@ -87,7 +114,7 @@ class BackfillEngine:
     def _reconnect(self, why: str) -> Conn:
         delay = 0.5
         for attempt in range(1, self.settings.reconnect_attempts + 1):
-            log.warning("backfill %s: connection lost (%s); reconnecting (%d)", self.step.key, why, attempt)
+            log.warning("backfill %s: connection lost (%s); reconnecting (%d)", self.label, why, attempt)
             if self.conn is not None:
                 self.conn.close()
             self.conn = None
@@ -97,41 +124,51 @@ class BackfillEngine:
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
-            self.state.reconnects += 1
+            self._share(reconnects=self.state.reconnects + 1)
             return conn
-        raise BackfillError(f"backfill {self.step.key}: connection lost and not regained: {why}")
+        raise BackfillError(f"backfill {self.label}: connection lost and not regained: {why}")
 
     # --- setup ---
 
     def prepare(self) -> tuple[Key | None, Key | None]:
-        """Find the key, check the UPDATE plans (bad expressions fail here, before any batch), and
-        start or resume the ledger row; return the checkpoint and the upper bound."""
+        """Find the key, check each UPDATE's plan (bad expressions fail here, before any batch), and
+        start or resume the ledger rows; return the checkpoint and the upper bound.
+
+        The pass resumes where it stopped when every step's row stopped at the same batch (they
+        commit together); otherwise it starts over for all of them, and the rows already right are
+        read, not written (the UPDATE skips a row whose target already matches)."""
         conn = self._connect()
-        path = f"operations[{self.step.operation}].{self.step.key.split('-', 2)[1]}"
-        self.key = table_key(conn, self.spec.table, f"{path}.table")
+        paths = [f"operations[{st.operation}].{st.key.split('-', 2)[1]}" for st in self.steps]
+        self.key = table_key(conn, self.spec.table, f"{paths[0]}.table")
         oid = conn.execute(
             "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))::oid::int8",
             [self.spec.table.schema, self.spec.table.name],
         ).fetchone()
         self.table_oid = int(oid[0]) if oid and oid[0] else 0
-        try:
-            with conn.transaction():
-                conn.execute(sql.SQL("EXPLAIN {}").format(self.spec.update(self.key.range(None, None))))
-        except psycopg.Error as exc:
-            raise SpecError([Problem(path, f"the backfill cannot run: {redact(str(exc)).strip()}")]) from None
-        row = checkpoints.checkpoint(conn, self.change_id, self.step.key)
-        if row is not None and row.status != "done":  # running (interrupted) or failed: resume
-            checkpoints.reopen(conn, self.change_id, self.step.key)
-            self.state.rows_scanned, self.state.rows_updated = row.rows_scanned, row.rows_updated
-            self.state.resumed_from = self.state.rows_scanned
+        for path, spec in zip(paths, self.walk.specs, strict=True):
+            try:
+                with conn.transaction():
+                    conn.execute(sql.SQL("EXPLAIN {}").format(spec.update(self.key.range(None, None))))
+            except psycopg.Error as exc:
+                raise SpecError(
+                    [Problem(path, f"the backfill cannot run: {redact(str(exc)).strip()}")]
+                ) from None
+        rows = [checkpoints.checkpoint(conn, self.change_id, st.key) for st in self.steps]
+        open_rows = [row for row in rows if row is not None and row.status != "done"]
+        if len(open_rows) == len(rows) and len({(str(r.last_key), str(r.upper_key)) for r in open_rows}) == 1:
+            for st, state, row in zip(self.steps, self.states, open_rows, strict=True):  # stopped: resume
+                checkpoints.reopen(conn, self.change_id, st.key)
+                state.rows_scanned, state.rows_updated = row.rows_scanned, row.rows_updated
+                state.resumed_from = row.rows_scanned
             self._estimate(conn)
-            return row.last_key, row.upper_key
+            return open_rows[0].last_key, open_rows[0].upper_key
         upper_row = conn.execute(self.key.last_key()).fetchone()
         upper = upper_row[0] if upper_row else None
         estimate = self._estimate(conn)
-        checkpoints.start(
-            conn, self.change_id, self.step.key, str(self.spec.table), list(self.key.columns), upper, estimate
-        )
+        for st in self.steps:
+            checkpoints.start(
+                conn, self.change_id, st.key, str(self.spec.table), list(self.key.columns), upper, estimate
+            )
         return None, upper
 
     def _estimate(self, conn: Conn) -> int | None:
@@ -140,7 +177,7 @@ class BackfillEngine:
             " WHERE oid = to_regclass(format('%%I.%%I', %s::text, %s::text))",
             [self.spec.table.schema, self.spec.table.name],
         ).fetchone()
-        self.state.rows_estimate = int(row[0]) if row and row[0] is not None and row[0] >= 0 else None
+        self._share(rows_estimate=int(row[0]) if row and row[0] is not None and row[0] >= 0 else None)
         return self.state.rows_estimate
 
     # --- the loop ---
@@ -160,12 +197,13 @@ class BackfillEngine:
             raise
 
     def _mark(self, status: str) -> None:
-        self.state.doing = f"{status}: what is committed stays; run again to resume"
+        self._share(doing=f"{status}: what is committed stays; run again to resume")
         try:  # on a connection of its own: the batch's may be the one that was stopped
             with connect(self.dsn, phase="migrate:backfill", autocommit=True) as conn:
-                checkpoints.mark_stopped(conn, self.change_id, self.step.key, status)
+                for st in self.steps:
+                    checkpoints.mark_stopped(conn, self.change_id, st.key, status)
         except (psycopg.Error, DatabaseError):  # the error being raised says more than this one
-            log.warning("backfill %s: could not mark the ledger row %s", self.step.key, status)
+            log.warning("backfill %s: could not mark the ledger rows %s", self.label, status)
 
     def _run(self) -> State:
         lower, upper = self.prepare()
@@ -174,7 +212,7 @@ class BackfillEngine:
         control: dict[str, Any] = {}
         while upper is not None:
             try:
-                self.state.doing = "batching"
+                self._share(doing="batching")
                 throttled, control = self._throttle()
                 size = control.get("batch_size") or size
                 if self.state.app_busy and not control.get("batch_size"):
@@ -183,10 +221,10 @@ class BackfillEngine:
             except psycopg.Error as exc:
                 if isinstance(exc, RETRY_ON):
                     failures += 1
-                    self.state.retries += 1
+                    self._share(retries=self.state.retries + 1)
                     if failures > self.settings.max_failures:
                         raise BackfillError(
-                            f"backfill {self.step.key}: {failures} batches in a row failed"
+                            f"backfill {self.label}: {failures} batches in a row failed"
                             f" ({redact(str(exc)).strip()}); what is committed stays, re-run to resume",
                             exc.sqlstate,
                         ) from exc
@@ -199,7 +237,7 @@ class BackfillEngine:
                     lower, upper = self.prepare()
                     continue
                 raise BackfillError(
-                    f"backfill {self.step.key} failed: {redact(str(exc)).strip()}", exc.sqlstate
+                    f"backfill {self.label} failed: {redact(str(exc)).strip()}", exc.sqlstate
                 ) from exc
             if batch is None:
                 break
@@ -210,7 +248,7 @@ class BackfillEngine:
             pause = self.settings.pause if pause_ms is None else pause_ms / 1000
             if self.state.app_busy and pause_ms is None:  # share the server: run busy_duty of the time
                 pause = max(pause, batch.seconds * (1 / self.settings.busy_duty - 1))
-                self.state.doing = f"sharing the server with the app: {1000 * pause:.0f} ms between batches"
+                self._share(doing=f"sharing the server with the app: {1000 * pause:.0f} ms between batches")
             time.sleep(pause)
         try:
             self._finish()
@@ -236,16 +274,19 @@ class BackfillEngine:
         waited = 0.0
         while True:
             conn = self._connect()
-            steer = checkpoints.controls(conn, self.change_id, self.step.key)
-            if steer is None:
-                raise BackfillError(f"backfill {self.step.key}: its ledger row disappeared")
+            steers = [checkpoints.controls(conn, self.change_id, st.key) for st in self.steps]
+            if any(steer is None for steer in steers):
+                raise BackfillError(f"backfill {self.label}: its ledger row disappeared")
+            given = [steer for steer in steers if steer is not None]
             health = read_health(conn, self.table_oid)
-            paused, batch_size, pause_ms = steer.paused, steer.batch_size, steer.pause_ms
+            paused = any(steer.paused for steer in given)  # a pause of any of them holds the pass
+            batch_size = next((steer.batch_size for steer in given if steer.batch_size), None)
+            pause_ms = next((steer.pause_ms for steer in given if steer.pause_ms is not None), None)
             # Hysteresis: the app counts as busy (or quiet) once two checks in a row agree; the
             # first check, before the first batch, decides alone (gentle from the first batch).
             busy_now = bool(health.busy_sessions) and self.settings.busy_duty < 1.0
             if busy_now == self._busy_seen or self._busy_seen is None:
-                self.state.app_busy = busy_now
+                self._share(app_busy=busy_now)
             self._busy_seen = busy_now
             reason = hold_reason(
                 health,
@@ -257,14 +298,14 @@ class BackfillEngine:
             )
             self._health = health
             if reason != self.state.paused:  # the ledger says why it waits: written when that changes
-                checkpoints.set_hold(conn, self.change_id, self.step.key, reason)
-            self.state.paused = reason
+                for st in self.steps:
+                    checkpoints.set_hold(conn, self.change_id, st.key, reason)
+            self._share(paused=reason)
             if reason is None:
                 self._checked = time.monotonic()
                 self._control = {"batch_size": batch_size, "pause_ms": pause_ms}
                 return waited, self._control
-            if self.on_batch:
-                self.on_batch(self.state)
+            self._tell()
             time.sleep(0.5)
             waited += 0.5
 
@@ -291,40 +332,41 @@ class BackfillEngine:
                 scanned, end = (int(left[0]), upper) if left and left[0] else (0, None)
             if end is None:
                 return None
-            updated = conn.execute(self.spec.update(self.key.range(lower, end))).rowcount
+            updated = self.walk.run(conn, self.key, lower, end)
             seconds = time.monotonic() - started
-            number = checkpoints.record_batch(
-                conn,
-                self.change_id,
-                self.step.key,
-                lower=lower,
-                upper=end,
-                rows_scanned=scanned,
-                rows_updated=updated,
-                batch_size=size,
-                seconds=seconds,
-                retries=retries,
-                throttled_s=throttled,
+            numbers = [
+                checkpoints.record_batch(
+                    conn,
+                    self.change_id,
+                    st.key,
+                    lower=lower,
+                    upper=end,
+                    rows_scanned=scanned,
+                    rows_updated=rows,
+                    batch_size=size,
+                    seconds=seconds,
+                    retries=retries,
+                    throttled_s=throttled,
+                )
+                for st, rows in zip(self.steps, updated, strict=True)
+            ]
+        at = time.monotonic()
+        for state, number, rows in zip(self.states, numbers, updated, strict=True):
+            state.batches.append(
+                Batch(number, lower, end, scanned, rows, size, seconds, retries, throttled, at)
             )
-        batch = Batch(
-            number, lower, end, scanned, updated, size, seconds, retries, throttled, time.monotonic()
-        )
-        self.state.rows_scanned += scanned
-        self.state.rows_updated += updated
-        self.state.batch_size = size
-        self.state.batches.append(batch)
-        if self.on_batch:
-            self.on_batch(self.state)
-        return batch
+            state.rows_scanned += scanned
+            state.rows_updated += rows
+            state.batch_size = size
+        self._tell()
+        return self.state.batches[-1]
 
     def _finish(self) -> None:
         conn = self._connect()
-        checkpoints.mark_done(conn, self.change_id, self.step.key)
-        self.state.finished = time.monotonic()
-        self.state.rows_estimate = self.state.rows_scanned
-        self.state.paused = None
-        if self.on_batch:
-            self.on_batch(self.state)
+        for st in self.steps:
+            checkpoints.mark_done(conn, self.change_id, st.key)
+        self._share(finished=time.monotonic(), rows_estimate=self.state.rows_scanned, paused=None)
+        self._tell()
 
     def close(self) -> None:
         if self.conn is not None:
@@ -336,17 +378,21 @@ def runner(
     change_id: str,
     settings: BackfillSettings | None = None,
     on_batch: Listener | None = None,
-) -> Callable[[Step], None]:
-    """What the guarded executor calls for a backfill step: run it to completion, print its
-    summary, then verify the whole table (a mismatch fails the step, with a sample of keys)."""
+) -> Callable[[Sequence[Step]], None]:
+    """What the guarded executor calls for backfill steps on one table: run them to completion in
+    one pass, print each one's summary, then verify each over the whole table (a mismatch fails,
+    with a sample of keys)."""
 
-    def run(step: Step) -> None:
-        engine = BackfillEngine(dsn, change_id, step, settings, on_batch)
+    def run(steps: Sequence[Step]) -> None:
+        engine = BackfillEngine(dsn, change_id, steps, settings, on_batch)
         try:
-            state = engine.run()
-            print(state.summary(), flush=True)
-            conn = engine._connect()
-            if step.backfill is not None:
+            engine.run()
+            for state in engine.states:
+                print(state.summary(), flush=True)
+            for step, state in zip(engine.steps, engine.states, strict=True):
+                if step.backfill is None:  # pragma: no cover - the engine refuses such a step
+                    continue
+                conn = engine._connect()
                 state.doing = "verifying the whole table"
                 check = verify(conn, step.backfill)
                 state.doing = "verified" if check.ok else "NOT verified"

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -22,7 +22,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from zdm_runbook import ledger
-from zdm_runbook.core.connect import redact, resolve_dsn
+from zdm_runbook.core.connect import redact
 from zdm_runbook.core.errors import ConfigError, ZdmError
 from zdm_runbook.execute.attempts import (
     RETRIED,
@@ -33,10 +33,11 @@ from zdm_runbook.execute.attempts import (
     failure_text,
     outcome_of,
 )
-from zdm_runbook.execute.guard import GuardSettings, settings_from, step_settings_from
+from zdm_runbook.execute.guard import GuardSettings
 from zdm_runbook.execute.partitions import partition_steps
-from zdm_runbook.execute.session import PhaseSession
+from zdm_runbook.execute.walk import walks
 from zdm_runbook.inspect.blockers import BlockerWatch, describe, holders
+from zdm_runbook.inspect.locks import autovacuum_rows
 from zdm_runbook.plan import steps as s
 from zdm_runbook.plan.planner import Plan
 from zdm_runbook.plan.steps import Step
@@ -45,7 +46,7 @@ from zdm_runbook.spec.sqltext import regclass
 
 log = logging.getLogger(__name__)
 Conn = psycopg.Connection[Any]
-BackfillRunner = Callable[[Step], None]
+BackfillRunner = Callable[[Sequence[Step]], None]  # backfill steps on one table, run in one pass
 
 
 def _ms(seconds: float) -> str:
@@ -93,20 +94,53 @@ class Executor:
     # --- a phase ---
 
     def run_phase(self, phase: Phase | str) -> list[StepResult]:
-        """Run the phase's steps in order; stop at the first failure (raised as :class:`StepFailed`)."""
+        """Run the phase's steps in order; stop at the first failure (raised as :class:`StepFailed`).
+
+        Consecutive backfill steps run as few passes as they can (:func:`.walk.walks`): those on
+        one table that can share an UPDATE run together, each still recorded as its own step."""
         steps = self.plan.for_phase(phase)
         if any(st.backfill for st in steps) and self.backfill is None:
             raise ConfigError(f"phase {Phase(phase).value} has backfill steps: pass a backfill runner")
         results: list[StepResult] = []
-        for step in steps:
+        at = 0
+        while at < len(steps):
+            run = [steps[at]]
+            while run[0].backfill is not None and at + len(run) < len(steps):
+                if steps[at + len(run)].backfill is None:
+                    break
+                run.append(steps[at + len(run)])
+            at += len(run)
+            if run[0].backfill is not None:
+                results += self._run_backfills(run)
+                continue
             try:
-                results.append(self.run_step(step))
+                results.append(self.run_step(run[0]))
             except StepFailed as exc:
-                exc.results = [*results, StepResult(step.key, "failed", exc.attempts)]
+                exc.results = [*results, StepResult(run[0].key, "failed", exc.attempts)]
                 raise
             if self.after_step is not None and results[-1].outcome == "applied":
-                self.after_step(step)
+                self.after_step(run[0])
         return results
+
+    def _run_backfills(self, run: list[Step]) -> list[StepResult]:
+        """Consecutive backfill steps: the ones done are skipped, the rest run in shared passes."""
+        results = {st.key: self._skip(st) for st in run if self.is_done(st)}
+        todo = [st for st in run if st.key not in results]
+        for group in walks([st.backfill for st in todo if st.backfill is not None]):
+            steps = [todo[i] for i in group]
+            for result in self._run_backfill(steps):
+                results[result.key] = result
+            if self.after_step is not None:
+                for st in steps:
+                    self.after_step(st)
+        return [results[st.key] for st in run]
+
+    def _skip(self, step: Step) -> StepResult:
+        settings = self.step_settings.get(step.key, self.settings)
+        timeouts = settings.timeouts_for(step.transactional, step.long_running)
+        self._record(step, 0, timeouts, Attempt(0, "skipped", 0.0, message="already applied"))
+        self.event(f"{step.key}: already applied, skipped")
+        return StepResult(step.key, "skipped", [])
 
     # --- one step ---
 
@@ -128,19 +162,21 @@ class Executor:
 
     def run_step(self, step: Step) -> StepResult:
         """Apply one step unless already applied; retry lock timeouts and deadlocks with backoff."""
+        if self.is_done(step):
+            return self._skip(step)
         settings = self.step_settings.get(step.key, self.settings)
         timeouts = settings.timeouts_for(step.transactional, step.long_running)
-        if self.is_done(step):
-            self._record(step, 0, timeouts, Attempt(0, "skipped", 0.0, message="already applied"))
-            self.event(f"{step.key}: already applied, skipped")
-            return StepResult(step.key, "skipped", [])
         if step.backfill is not None and self.backfill is not None:
-            return self._run_backfill(step, timeouts)
+            return self._run_backfill([step])[0]
         if step.index is not None and (parts := partition_steps(self.control, step)) is not None:
             return self._run_partitioned(step, parts, timeouts)
         attempts: list[Attempt] = []
         catalog_only = step.transactional and not step.long_running
         for number in range(1, settings.max_attempts + 1):
+            if (why := self._wraparound(step)) is not None:  # checked before every attempt
+                attempts.append(Attempt(number, "no-go", 0.0, message=why))
+                self._record(step, number, timeouts, attempts[-1])
+                raise StepFailed(step.key, failure_text(step, attempts[-1], number), None, attempts)
             attempt = self._attempt(step, number, settings.attempt_timeouts(timeouts, number, catalog_only))
             attempts.append(attempt)
             if attempt.outcome == "applied":
@@ -159,6 +195,22 @@ class Executor:
         last = attempts[-1]
         raise StepFailed(step.key, exhausted_text(step, attempts), last.sqlstate, attempts)
 
+    def _wraparound(self, step: Step) -> str | None:
+        """Why the step must not ask for its lock now: an anti-wraparound vacuum runs on one of its
+        tables. Such a vacuum does not yield to DDL as other autovacuums do, so the step would wait
+        behind it, and every app query on the table behind the step, for as long as it runs."""
+        if not step.tables:
+            return None
+        found = [r for r in autovacuum_rows(self.control, step.tables) if r["wraparound"]]
+        if not found:
+            return None
+        who = "; ".join(f"pid {r['pid']} on {r['table']} ({r['phase']})" for r in found)
+        return (
+            f"an anti-wraparound vacuum runs ({who}) and does not yield its lock, so the step would queue"
+            " behind it and the app behind the step; the step was not sent. Wait for the vacuum to finish"
+            " (zdm_runbook.locks.autovacuum shows its progress), then run the phase again"
+        )
+
     def _run_partitioned(self, step: Step, parts: list[Step], timeouts: dict[str, float]) -> StepResult:
         """The step's index on a partitioned table, piece by piece (see :mod:`.partitions`)."""
         started = time.monotonic()
@@ -176,24 +228,39 @@ class Executor:
         )
         return StepResult(step.key, "applied", [attempt])
 
-    def _run_backfill(self, step: Step, timeouts: dict[str, float]) -> StepResult:
-        if self.backfill is None:  # pragma: no cover - run_step checks first
+    def _run_backfill(self, steps: list[Step]) -> list[StepResult]:
+        """Backfill steps sharing one pass: one attempt each, all ending the way the pass ends."""
+        if self.backfill is None:  # pragma: no cover - run_phase checks first
             raise ConfigError("no backfill runner")
         started = time.monotonic()
-        attempt_id = self._start(step, 1, timeouts)
+        attempt_ids = []
+        for st in steps:
+            settings = self.step_settings.get(st.key, self.settings)
+            attempt_ids.append(self._start(st, 1, settings.timeouts_for(st.transactional, st.long_running)))
+
+        def finish(outcome: str, message: str | None = None) -> Attempt:
+            attempt = Attempt(1, outcome, time.monotonic() - started, message=message)
+            for attempt_id in attempt_ids:
+                self._finish(attempt_id, attempt)
+            return attempt
+
         try:
-            self.backfill(step)
+            self.backfill(steps)
         except Exception as exc:
-            self._finish(attempt_id, Attempt(1, "failed", time.monotonic() - started, message=str(exc)))
+            finish("failed", str(exc))
             raise
         except BaseException as exc:  # Jupyter's Stop, Ctrl-C: the committed batches stay
-            why = f"interrupted by {type(exc).__name__}: what is committed stays; run again to resume"
-            self._finish(attempt_id, Attempt(1, "interrupted", time.monotonic() - started, message=why))
+            finish(
+                "interrupted",
+                f"interrupted by {type(exc).__name__}: what is committed stays; run again to resume",
+            )
             raise
-        attempt = Attempt(1, "applied", time.monotonic() - started)
-        self._finish(attempt_id, attempt)
-        self.event(f"{step.key}: applied (backfilled and verified, {attempt.seconds:.1f} s)")
-        return StepResult(step.key, "applied", [attempt])
+        attempt = finish(
+            "applied", f"in one pass with {', '.join(st.key for st in steps)}" if len(steps) > 1 else None
+        )
+        for st in steps:
+            self.event(f"{st.key}: applied (backfilled and verified, {attempt.seconds:.1f} s)")
+        return [StepResult(st.key, "applied", [attempt]) for st in steps]
 
     def _attempt(self, step: Step, number: int, timeouts: dict[str, float]) -> Attempt:
         attempt_id = self._start(step, number, timeouts)
@@ -322,48 +389,3 @@ class Executor:
 
     def _record(self, step: Step, number: int, timeouts: Mapping[str, float], attempt: Attempt) -> None:
         self._finish(self._start(step, number, timeouts), attempt)
-
-
-def execute_phase(
-    plan: Plan,
-    phase: Phase | str,
-    dsn: str | None = None,
-    *,
-    env: str | None = None,
-    settings: Mapping[str, Any] | GuardSettings | None = None,
-    step_settings: Mapping[str, Mapping[str, Any]] | None = None,
-    backfill: BackfillRunner | None = None,
-    backfill_settings: Mapping[str, Any] | None = None,
-    on_batch: Callable[[Any], None] | None = None,
-    on_event: Callable[[str], None] | None = None,
-) -> list[StepResult]:
-    """Run one phase of ``plan`` with guards: every setting is checked first, then the ledger is
-    created or upgraded, the change is locked against a concurrent run, and the steps run in order.
-
-    Backfill steps run through :mod:`zdm_runbook.execute.backfill` (``backfill_settings``, progress to
-    ``on_batch``, by default a log line every few seconds) unless ``backfill`` replaces it.
-    """
-    from zdm_runbook.execute import backfill as engine  # noqa: PLC0415 - the engine needs pandas only when a phase runs
-    from zdm_runbook.execute.progress import LogProgress  # noqa: PLC0415
-
-    p = Phase(phase)
-    base = settings if isinstance(settings, GuardSettings) else settings_from(settings)
-    per_step = step_settings_from(step_settings, base, [st.key for st in plan.for_phase(p)])
-    fill_settings = engine.backfill_settings(backfill_settings)
-    conninfo = resolve_dsn(dsn, env)
-    if backfill is None:
-        backfill = engine.runner(
-            conninfo, plan.change.id, fill_settings, on_batch or LogProgress(fill_settings.log_every)
-        )
-    with PhaseSession(plan, p, conninfo, parameters={"guard": base.to_dict()}) as session:
-        executor = Executor(
-            session.worker,
-            session.control,
-            plan,
-            settings=base,
-            step_settings=per_step,
-            backfill=backfill,
-            on_event=on_event,
-            run_id=session.run_id,
-        )
-        return executor.run_phase(p)

@@ -52,6 +52,7 @@ class State:
     resumed_from: int = 0  # rows a previous run had already done: not part of this run's rate
     app_busy: bool = False  # other sessions used the database in the last second: share it
     doing: str = "starting"  # what the engine is doing between batches: see activity()
+    step: str = ""  # the backfill step this is the progress of (several may share one pass)
 
     @property
     def elapsed(self) -> float:
@@ -70,8 +71,10 @@ class State:
 
     def summary(self) -> str:
         """The one-line text summary printed at the end."""
+        step = f" {self.step}" if self.step else ""
         return (
-            f"backfill of {self.table}: {self.rows_scanned:,} rows scanned, {self.rows_updated:,} updated"
+            f"backfill{step} of {self.table}: {self.rows_scanned:,} rows scanned,"
+            f" {self.rows_updated:,} updated"
             f" in {len(self.batches)} batches, {self.elapsed:.1f} s, {self.rate:,.0f} rows/s;"
             f" {self.retries} batch retries, {self.reconnects} reconnects"
         )
@@ -129,10 +132,10 @@ class LogProgress:
     def __init__(self, every: float = 5.0, emit: Callable[[str], None] | None = None) -> None:
         self.every = every
         self.emit = emit or (lambda text: print(text, flush=True))
-        self._last = 0.0
+        self._last: dict[str, float] = {}  # per step: backfills sharing one pass report in turn
 
     def __call__(self, state: State) -> None:
         now = time.monotonic()
-        if state.finished is not None or now - self._last >= self.every:
-            self._last = now
+        if state.finished is not None or now - self._last.get(state.step, 0.0) >= self.every:
+            self._last[state.step] = now
             self.emit(("done: " if state.finished is not None else "") + line(state))

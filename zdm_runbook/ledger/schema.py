@@ -15,7 +15,7 @@ from zdm_runbook.core.errors import DatabaseError, ZdmError
 Conn = psycopg.Connection[Any]
 LOCK_CLASS: Final = 0x7A646D  # "zdm": first key of every advisory lock the ledger takes
 SCHEMA: Final = "zdm"
-OUTCOMES: Final = (
+_V1_OUTCOMES: Final = (  # a step attempt's outcomes as version 1 created them
     "running",
     "applied",
     "skipped",
@@ -25,6 +25,8 @@ OUTCOMES: Final = (
     "failed",
     "interrupted",
 )
+# ... and since version 7: "no-go", a step not sent (an anti-wraparound vacuum runs on its table).
+OUTCOMES: Final = (*_V1_OUTCOMES, "no-go")
 
 _V1 = (
     """CREATE TABLE zdm.changes (
@@ -43,7 +45,7 @@ _V1 = (
         started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
         ended_at timestamptz,
         outcome text NOT NULL DEFAULT 'running' CHECK (outcome IN ("""
-    + ", ".join(f"'{o}'" for o in OUTCOMES)
+    + ", ".join(f"'{o}'" for o in _V1_OUTCOMES)
     + """)),
         sqlstate text,
         message text,
@@ -142,6 +144,15 @@ _V6 = (
     "ALTER TABLE zdm.backfills ADD COLUMN hold text",
 )
 
+_V7 = (
+    # A step the executor did not send, because its lock request would have queued behind an
+    # anti-wraparound vacuum, is recorded as "no-go".
+    "ALTER TABLE zdm.step_attempts DROP CONSTRAINT step_attempts_outcome_check",
+    "ALTER TABLE zdm.step_attempts ADD CONSTRAINT step_attempts_outcome_check CHECK (outcome IN ("
+    + ", ".join(f"'{o}'" for o in OUTCOMES)
+    + "))",
+)
+
 # (version, what it adds, statements). Append only: a released version is never edited.
 VERSIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
     (1, "changes and step attempts", _V1),
@@ -150,6 +161,7 @@ VERSIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
     (4, "dry runs", _V4),
     (5, "interrupted backfills", _V5),
     (6, "backfill holds", _V6),
+    (7, "steps not sent for an anti-wraparound vacuum", _V7),
 )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -256,21 +256,22 @@ class Runbook:
         session = self.session
         fill = self.params.backfill
 
-        def run_fill(step: Step) -> None:  # one progress view per backfill; its chart when it ends
-            view = progress_view(not self.headless, step.key, fill.log_every)
+        def run_fill(steps: Sequence[Step]) -> None:  # a view per backfill step; its chart at the end
+            views = {st.key: progress_view(not self.headless, st.key, fill.log_every) for st in steps}
 
             def on_batch(state: State) -> None:
-                self.fills[step.key] = state
-                view(state)
+                self.fills[state.step] = state
+                views[state.step](state)
 
             try:
-                engine.runner(session.conninfo, self.change_id, fill, on_batch)(step)
+                engine.runner(session.conninfo, self.change_id, fill, on_batch)(steps)
             finally:
-                view.close()
-                state = self.fills.get(step.key)
-                if state is not None and state.batches:
-                    title = f"{self.change_id} {step.key}: {state.table}"
-                    show(backfill_figure(frame(state), title), alt=f"backfill chart of {title}")
+                for key, view in views.items():
+                    view.close()
+                    state = self.fills.get(key)
+                    if state is not None and state.batches:
+                        title = f"{self.change_id} {key}: {state.table}"
+                        show(backfill_figure(frame(state), title), alt=f"backfill chart of {title}")
 
         executor = Executor(
             session.worker,

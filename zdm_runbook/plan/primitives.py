@@ -179,7 +179,14 @@ def backfill(b: StepBuilder, op: Backfill) -> None:
     pending = Q(" OR ").join(
         Q("{} IS DISTINCT FROM ({})").format(sql.Identifier(col), e.sql) for col, e in op.assignments
     )
-    fill = BackfillSpec(op.table, tuple((c, e.sql) for c, e in op.assignments), pending, op.where)
+    reads = frozenset().union(*(e.columns for _, e in op.assignments), op.where.columns if op.where else ())
+    fill = BackfillSpec(
+        op.table,
+        tuple((c, e.sql) for c, e in op.assignments),
+        pending,
+        op.where,
+        reads | {c for c, _ in op.assignments},
+    )
     targets = ", ".join(c for c, _ in op.assignments)
     b.add_backfill(f"backfill {op.table} ({targets}) in batches", fill)
 

@@ -77,10 +77,12 @@ def dual_write_steps(
     to_new: tuple[sql.Composable, sql.Composable],
     to_old: sql.Composable,
     not_null: bool | None,
+    reads: frozenset[str],
 ) -> None:
     """The shared shape of rename_column and change_type across all four phases.
 
-    ``to_new`` is the old→new expression twice: for NEW.* in the trigger, and bare for the backfill.
+    ``to_new`` is the old→new expression twice: for NEW.* in the trigger, and bare for the backfill,
+    which reads the columns ``reads``.
     """
     trigger = s.derived_name("zdm", table.name, new, suffix="sync")
     function = trigger
@@ -106,7 +108,7 @@ def dual_write_steps(
             superseded_when=s.column_absent(table, old),
         )
     pending = Q("{} IS DISTINCT FROM ({})").format(sql.Identifier(new), to_new[1])
-    fill = BackfillSpec(table, ((new, to_new[1]),), pending)
+    fill = BackfillSpec(table, ((new, to_new[1]),), pending, reads=reads | {new})
     b.add_backfill(
         f"backfill {table}.{new} from {old} in batches", fill, superseded_when=s.column_absent(table, old)
     )
@@ -142,6 +144,7 @@ def rename_column(change: Change, b: StepBuilder, op: RenameColumn) -> None:
         (Q("NEW.{}").format(sql.Identifier(op.old)), sql.Identifier(op.old)),
         Q("NEW.{}").format(sql.Identifier(op.new)),
         op.not_null,
+        frozenset({op.old}),
     )
 
 
@@ -157,6 +160,7 @@ def change_type(change: Change, b: StepBuilder, op: ChangeType) -> None:
         (op.using.with_row_prefix("new"), op.using.sql),
         op.reverse.with_row_prefix("new"),
         op.not_null,
+        op.using.columns,
     )
 
 
@@ -177,7 +181,9 @@ def add_not_null_column(b: StepBuilder, op: AddNotNullColumn) -> None:
         (op.table,),
     )
     pending = Q("{} IS NULL").format(sql.Identifier(op.column))
-    fill = BackfillSpec(op.table, ((op.column, op.backfill.sql),), pending)
+    fill = BackfillSpec(
+        op.table, ((op.column, op.backfill.sql),), pending, reads=op.backfill.columns | {op.column}
+    )
     b.add_backfill(f"backfill {op.table}.{op.column} where NULL, in batches", fill)
     if op.default is not None:
         not_null_steps(b, Phase.SWITCH, op.table, op.column)
@@ -225,7 +231,9 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
         (table,),
         superseded_when=swapped,
     )
-    fill = BackfillSpec(table, ((shadow, k),), Q("{} IS DISTINCT FROM {}").format(n, k))
+    fill = BackfillSpec(
+        table, ((shadow, k),), Q("{} IS DISTINCT FROM {}").format(n, k), reads=frozenset({key, shadow})
+    )
     b.add_backfill(f"backfill {table}.{shadow} from {key} in batches", fill, superseded_when=swapped)
     not_null_steps(b, Phase.SWITCH, table, shadow, superseded_when=swapped)
     b.add(

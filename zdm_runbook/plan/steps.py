@@ -27,12 +27,21 @@ FK_ACTIONS = {a: Q(a.upper()) for a in operations.FK_ACTIONS}
 
 @dataclass(frozen=True)
 class BackfillSpec:
-    """What the migrate phase copies: ``SET col = expr`` on rows matching ``pending``."""
+    """What the migrate phase copies: ``SET col = expr`` on rows matching ``pending``.
+
+    ``reads`` names the columns its expressions and filter read (None: not known), which decides
+    whether it may share one pass over the table with another backfill (:func:`one_pass`).
+    """
 
     table: Table
     assignments: tuple[tuple[str, sql.Composable], ...]
     pending: sql.Composable
     where: Expr | None = None
+    reads: frozenset[str] | None = None
+
+    @property
+    def writes(self) -> frozenset[str]:
+        return frozenset(col for col, _ in self.assignments)
 
     def condition(self) -> sql.Composed:
         """Rows still to do: the ``where`` filter (if any) and the pending predicate."""
@@ -47,6 +56,20 @@ class BackfillSpec:
         )
         cond = self.condition() if key_range is None else Q("{} AND {}").format(key_range, self.condition())
         return Q("UPDATE {} SET {} WHERE {}").format(qname(self.table), sets, cond)
+
+
+def one_pass(specs: list[BackfillSpec]) -> bool:
+    """Whether ``specs`` can run as one UPDATE per row: one table, no column written twice, and no
+    expression reading a column another of them writes (in one UPDATE every expression sees the
+    row as it was, so a fill reading another's target must wait for it to finish)."""
+    if len({spec.table for spec in specs}) != 1:
+        return False
+    written: set[str] = set()
+    for spec in specs:
+        if spec.reads is None or spec.writes & written:
+            return False
+        written |= spec.writes
+    return all(not (spec.reads & (written - spec.writes)) for spec in specs if spec.reads is not None)
 
 
 # A lock taken while the step already holds another waits at most half of deadlock_timeout (and
