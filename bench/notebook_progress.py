@@ -36,6 +36,7 @@ import json, time, threading
 from zdm_runbook import ledger
 from zdm_runbook.core.connect import connect
 from zdm_runbook.execute import backfill as engine
+from zdm_runbook.execute.fill_runner import runner
 from zdm_runbook.execute.progress import LogProgress, frame, line
 from zdm_runbook.notebook.charts import backfill_figure, show
 from zdm_runbook.notebook.widgets import WidgetProgress
@@ -77,7 +78,7 @@ def fill(dsn, spec, mode):
         view(state)
     settings = engine.BackfillSettings(start_batch_size=100, min_batch_size=100, max_batch_size=100)
     started = time.monotonic()
-    engine.runner(dsn, plan.change.id, settings, on_batch)([step])
+    runner(dsn, plan.change.id, settings, on_batch)([step])
     seconds = time.monotonic() - started
     if hasattr(view, "close"):
         view.close()

@@ -27,16 +27,16 @@ from psycopg import sql
 
 from zdm_runbook.core.connect import connect, redact
 from zdm_runbook.core.errors import ConfigError, DatabaseError, Problem, SpecError
+from zdm_runbook.execute.duty import DutyController, Sampler
 from zdm_runbook.execute.fill_settings import BackfillSettings, backfill_settings
 from zdm_runbook.execute.holds import Health, hold_reason, read_health
 from zdm_runbook.execute.keyset import Key, TableKey, table_key
 from zdm_runbook.execute.progress import Batch, State
-from zdm_runbook.execute.verify import verify
 from zdm_runbook.execute.walk import Walk
 from zdm_runbook.ledger import checkpoints
 from zdm_runbook.plan.steps import BackfillSpec, Step
 
-__all__ = ["BackfillEngine", "BackfillError", "BackfillSettings", "backfill_settings", "runner"]
+__all__ = ["BackfillEngine", "BackfillError", "BackfillSettings", "backfill_settings"]
 log = logging.getLogger(__name__)
 Conn = psycopg.Connection[Any]
 # lock_timeout and statement_timeout: retry the range, smaller; a deadlock: retry it as it was.
@@ -87,6 +87,14 @@ class BackfillEngine:
         self._control: dict[str, Any] = {}
         self._busy_seen: bool | None = None  # None: no check yet
         self._health: Health | None = None
+        self._sampler: Sampler | None = None  # started when the app is first seen
+        self.duty = DutyController(
+            self.settings.busy_duty,
+            self.settings.max_app_slowdown,
+            self.settings.busy_max_batch_size,
+            self.settings.min_batch_size,
+            self.settings.max_batch_size,
+        )
 
     @property
     def state(self) -> State:
@@ -216,8 +224,8 @@ class BackfillEngine:
                 throttled, control = self._throttle()
                 size = control.get("batch_size") or size
                 if self.state.app_busy and not control.get("batch_size"):
-                    size = min(size, self.settings.busy_max_batch_size)
-                batch = self._batch(lower, upper, size, failures, throttled)
+                    size = min(size, self.duty.batch_cap)
+                batch = self._timed_batch(lower, upper, size, failures, throttled)
             except psycopg.Error as exc:
                 if isinstance(exc, RETRY_ON):
                     failures += 1
@@ -246,9 +254,8 @@ class BackfillEngine:
             size = self._next_size(size, batch.seconds)
             pause_ms = control.get("pause_ms")
             pause = self.settings.pause if pause_ms is None else pause_ms / 1000
-            if self.state.app_busy and pause_ms is None:  # share the server: run busy_duty of the time
-                pause = max(pause, batch.seconds * (1 / self.settings.busy_duty - 1))
-                self._share(doing=f"sharing the server with the app: {1000 * pause:.0f} ms between batches")
+            if self.state.app_busy and pause_ms is None:  # share the server: see .duty
+                pause = max(pause, self._shared_pause(batch.seconds))
             time.sleep(pause)
         try:
             self._finish()
@@ -256,6 +263,33 @@ class BackfillEngine:
             self._reconnect(redact(str(exc)).strip())
             self._finish()
         return self.state
+
+    def _timed_batch(
+        self, lower: Key | None, upper: Key, size: int, retries: int, throttled: float
+    ) -> Batch | None:
+        """A batch, with the sampler told while it runs (its samples then count as batching)."""
+        if self._sampler is None and self.state.app_busy and self.settings.busy_duty < 1.0:
+            self._sampler = Sampler(self.dsn)
+            self._sampler.start()
+        if self._sampler is not None:
+            self._sampler.batching(True)
+        try:
+            return self._batch(lower, upper, size, retries, throttled)
+        finally:
+            if self._sampler is not None:
+                self._sampler.batching(False)
+
+    def _shared_pause(self, batch_seconds: float) -> float:
+        """The rest after a batch while the app shares the server, from the duty controller."""
+        if self._sampler is not None:
+            self.duty.observe(*self._sampler.window())
+        pause = self.duty.pause_after(batch_seconds)
+        slowdown = f", app slowed {self.duty.slowdown:.2f}x" if self.duty.slowdown is not None else ""
+        self._share(
+            doing=f"sharing the server with the app: batches {100 * self.duty.duty:.0f}% of the time"
+            f"{slowdown}, {1000 * pause:.0f} ms between batches"
+        )
+        return pause
 
     def _next_size(self, size: int, seconds: float) -> int:
         """Toward the target duration: grow by at most 20%, shrink in proportion, within bounds."""
@@ -369,37 +403,7 @@ class BackfillEngine:
         self._tell()
 
     def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.close()
         if self.conn is not None:
             self.conn.close()
-
-
-def runner(
-    dsn: str,
-    change_id: str,
-    settings: BackfillSettings | None = None,
-    on_batch: Listener | None = None,
-) -> Callable[[Sequence[Step]], None]:
-    """What the guarded executor calls for backfill steps on one table: run them to completion in
-    one pass, print each one's summary, then verify each over the whole table (a mismatch fails,
-    with a sample of keys)."""
-
-    def run(steps: Sequence[Step]) -> None:
-        engine = BackfillEngine(dsn, change_id, steps, settings, on_batch)
-        try:
-            engine.run()
-            for state in engine.states:
-                print(state.summary(), flush=True)
-            for step, state in zip(engine.steps, engine.states, strict=True):
-                if step.backfill is None:  # pragma: no cover - the engine refuses such a step
-                    continue
-                conn = engine._connect()
-                state.doing = "verifying the whole table"
-                check = verify(conn, step.backfill)
-                state.doing = "verified" if check.ok else "NOT verified"
-                print(check, flush=True)
-                if not check.ok:
-                    raise BackfillError(f"backfill {step.key} done but {check}")
-        finally:
-            engine.close()
-
-    return run

@@ -26,7 +26,8 @@ class BackfillSettings:
     max_wal_mb_per_s: int = 0  # hold while the server writes WAL faster than this (0: no cap)
     lock_timeout: float = 1.0
     statement_timeout: float = 30.0
-    busy_duty: float = 0.15
+    busy_duty: float = 0.15  # the duty to start from when the app shares the server (1: no sharing)
+    max_app_slowdown: float = 1.3  # how much longer the app's requests may take while a batch runs
     busy_max_batch_size: int = 500
     max_failures: int = 10
     reconnect_attempts: int = 10
@@ -45,7 +46,13 @@ def backfill_settings(values: Mapping[str, Any] | None, path: str = "backfill") 
         "max_wal_mb_per_s": (0, 100_000),
     }
     result, problems = read_settings(
-        BackfillSettings(), values, path, ranges, frozenset({"pause"}), frozenset({"busy_duty"})
+        BackfillSettings(),
+        values,
+        path,
+        ranges,
+        frozenset({"pause"}),
+        frozenset({"busy_duty"}),
+        frozenset({"max_app_slowdown"}),
     )
     if not problems and "start_batch_size" not in (values or {}):  # the default follows the bounds
         start = min(max(result.start_batch_size, result.min_batch_size), result.max_batch_size)

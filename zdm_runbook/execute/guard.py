@@ -95,10 +95,11 @@ def read_settings(
     ranges: Mapping[str, tuple[int, int]],
     zero_ok: frozenset[str] = frozenset(),
     fractions: frozenset[str] = frozenset(),
+    ratios: frozenset[str] = frozenset(),
 ) -> tuple[T, list[Problem]]:
     """``base`` (a settings dataclass) with ``values`` applied: float fields are durations
-    (``zero_ok``: zero allowed) or ``fractions`` in (0, 1], int fields whole numbers within
-    ``ranges``. Returns the result and every problem, by field path."""
+    (``zero_ok``: zero allowed), ``fractions`` in (0, 1] or ``ratios`` from 1 to 100, int fields
+    whole numbers within ``ranges``. Returns the result and every problem, by field path."""
     problems: list[Problem] = []
     changes: dict[str, Any] = {}
     kinds = {f.name: type(getattr(base, f.name)) for f in fields(base)}  # type: ignore[arg-type]
@@ -109,6 +110,11 @@ def read_settings(
         elif key in fractions:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
                 problems.append(Problem(where, "must be a fraction greater than 0 and at most 1"))
+            else:
+                changes[key] = float(value)
+        elif key in ratios:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 1 < value <= 100:
+                problems.append(Problem(where, "must be a ratio greater than 1 and at most 100, such as 1.3"))
             else:
                 changes[key] = float(value)
         elif kinds[key] is int:

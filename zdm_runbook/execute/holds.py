@@ -8,7 +8,9 @@ its progress (``holding: …``) and writes it to the ledger (``zdm.backfills.hol
 - a vacuum of the table is running (GitLab's ``AutovacuumActiveOnTable``): a backfill writes a
   dead tuple per row it updates, which the vacuum then has to chase; an anti-wraparound
   autovacuum must never be fought, and a DDL later in the change would queue behind it.
-- a replica's replay lag is over ``max_replay_lag``.
+- a replica's replay lag is over ``max_replay_lag``. A replica that has replayed everything counts
+  as 0: ``pg_stat_replication.replay_lag`` keeps its last measured value while no new WAL comes
+  (measured on 18.6), so a held backfill, writing nothing, would otherwise wait forever.
 - the server writes WAL faster than ``max_wal_mb_per_s`` (0: no cap), measured between two checks.
 - sessions queue for a lock on the table: a DDL (ours or someone's) is waiting, and every batch
   would hold it up longer.
@@ -26,7 +28,8 @@ Conn = psycopg.Connection[Any]
 
 _HEALTH = """
 SELECT (SELECT count(*) FROM pg_locks l WHERE l.relation = %(oid)s::int8::oid AND NOT l.granted),
-       (SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication)::float8,
+       (SELECT max(CASE WHEN replay_lsn >= pg_current_wal_lsn() THEN 0
+                        ELSE extract(epoch FROM replay_lag) END) FROM pg_stat_replication)::float8,
        (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = current_database()
           AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
           AND a.application_name NOT LIKE 'zdm_runbook%%'

@@ -34,7 +34,7 @@ def execute_phase(
     Backfill steps run through :mod:`zdm_runbook.execute.backfill` (``backfill_settings``, progress to
     ``on_batch``, by default a log line every few seconds) unless ``backfill`` replaces it.
     """
-    from zdm_runbook.execute import backfill as engine  # noqa: PLC0415 - the engine needs pandas only when a phase runs
+    from zdm_runbook.execute import fill_runner as engine  # noqa: PLC0415 - the engine needs pandas only when a phase runs
     from zdm_runbook.execute.progress import LogProgress  # noqa: PLC0415
 
     p = Phase(phase)

@@ -58,7 +58,8 @@ ORDER BY a.pid
 
 _REPLICATION = """
 SELECT application_name, client_addr::text AS client_addr, state, sync_state,
-       extract(epoch FROM replay_lag)::float8 AS replay_lag_s,
+       CASE WHEN replay_lsn >= pg_current_wal_lsn() THEN 0  -- caught up: replay_lag keeps its last value
+            ELSE extract(epoch FROM replay_lag) END::float8 AS replay_lag_s,
        pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::int8 AS replay_lag_bytes
 FROM pg_stat_replication ORDER BY application_name
 """

@@ -28,8 +28,8 @@ from zdm_runbook import ledger
 from zdm_runbook.core.connect import connect, resolve_dsn
 from zdm_runbook.core.display import show_html
 from zdm_runbook.core.errors import Interrupted
-from zdm_runbook.execute import backfill as engine
 from zdm_runbook.execute import compat
+from zdm_runbook.execute import fill_runner as engine
 from zdm_runbook.execute.attempts import StepFailed, StepResult
 from zdm_runbook.execute.executor import Executor
 from zdm_runbook.execute.progress import State, frame

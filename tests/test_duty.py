@@ -1,0 +1,94 @@
+"""The duty controller: steered by the app's sessions in flight while a batch runs and while it rests.
+
+The controller is arithmetic on sample counts (tested on given counts); the sampler reads a real
+server's sessions: an app session running a statement counts, an idle one and ours do not.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import psycopg
+import pytest
+
+from zdm_runbook.core.connect import connect
+from zdm_runbook.execute.duty import MAX_DUTY, MIN_DUTY, DutyController, Sampler
+
+
+def _controller() -> DutyController:
+    return DutyController(0.15, 1.3, batch_cap=500, min_batch=100, max_batch=20000)
+
+
+def _windows(ctl: DutyController, in_flight_resting: float, in_flight_batching: float, n: int) -> list[float]:
+    """Feed ``n`` one-second windows of 50 samples a side; the duty after each."""
+    duties = []
+    for _ in range(n):
+        rest = (50, round(50 * in_flight_resting))
+        run = (50, round(50 * in_flight_batching))
+        duties.append(ctl.observe(rest, run, now=ctl._since + 1.01))
+    return duties
+
+
+def test_an_app_that_does_not_slow_down_gets_more_of_the_server() -> None:
+    ctl = _controller()
+    ctl.observe((0, 0), (0, 0), now=1000.0)
+    duties = _windows(ctl, 0.4, 0.42, 12)
+    assert duties[0] == pytest.approx(0.15 * 1.5)
+    assert all(b >= a for a, b in itertools.pairwise(duties))
+    assert duties[-1] == MAX_DUTY  # never all of it: rests keep the baseline fresh
+    assert ctl.batch_cap > 500 and ctl.slowdown == pytest.approx((0.42 + 0.05) / (0.4 + 0.05), rel=0.01)
+
+
+def test_an_app_that_slows_down_while_we_batch_gets_it_back_at_once() -> None:
+    ctl = _controller()
+    ctl.observe((0, 0), (0, 0), now=1000.0)
+    _windows(ctl, 0.4, 0.4, 6)
+    high, cap = ctl.duty, ctl.batch_cap
+    duties = _windows(ctl, 0.4, 1.2, 8)  # requests take 3x as long while a batch runs
+    assert duties[0] < high and ctl.batch_cap < cap
+    assert duties[-1] == MIN_DUTY and ctl.batch_cap == 100
+    assert ctl.slowdown is not None and ctl.slowdown > 2.5
+
+
+def test_no_decision_without_a_whole_window_of_samples() -> None:
+    ctl = _controller()
+    assert ctl.observe((50, 0), (5, 4), now=1000.0) == 0.15  # the window has just begun
+    assert ctl.observe((0, 0), (5, 5), now=1002.0) == 0.15  # long enough, but 10 samples batching
+    assert ctl.observe((0, 0), (5, 5), now=1002.1) == 0.15  # still 15
+    slower = ctl.observe((0, 0), (5, 4), now=1002.2)  # 20: decide, on 18 of 20 samples in flight
+    assert slower == pytest.approx(0.15 * 0.5)
+    assert ctl.baseline == 0.0 and ctl.slowdown == pytest.approx((18 / 20 + 0.05) / 0.05)
+    # Batching all the time gives no rests: the last baseline still judges the batches (and the
+    # moving average still remembers the slow window).
+    ctl.duty = 0.6
+    assert ctl.observe((0, 0), (60, 0), now=1003.0) == pytest.approx(0.6 * 0.5)
+    assert ctl.baseline == 0.0 and ctl.slowdown == pytest.approx((19 + 1) / 2)
+
+
+@pytest.mark.pg
+def test_the_sampler_counts_the_app_in_flight_not_idle_sessions_nor_ours(db: str) -> None:
+    sampler = Sampler(db)
+    with (
+        psycopg.connect(db, autocommit=True, application_name="app") as app,
+        psycopg.connect(db, autocommit=True, application_name="idle app"),
+        connect(db, phase="other", autocommit=True) as ours,
+    ):
+        ours_busy = threading.Thread(target=lambda: ours.execute("SELECT pg_sleep(1.5)"))
+        app_busy = threading.Thread(target=lambda: app.execute("SELECT pg_sleep(0.5)"))
+        ours_busy.start()
+        sampler.start()
+        try:
+            time.sleep(0.5)  # resting: only ours is running a statement
+            sampler.batching(True)
+            app_busy.start()
+            app_busy.join()  # batching while the app runs its statement
+            sampler.batching(False)
+            ours_busy.join()
+        finally:
+            sampler.close()
+    (rest_n, rest_sessions), (run_n, run_sessions) = sampler.window()
+    assert rest_n >= 10 and run_n >= 10
+    assert rest_sessions <= 2  # at most the app's statement starting at the edge
+    assert run_sessions >= run_n * 0.7  # the app, in flight in (nearly) every sample

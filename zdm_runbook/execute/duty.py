@@ -1,0 +1,146 @@
+"""The duty controller: how much of the time a backfill runs while the app shares the server.
+
+The signal is the app's own latency, seen through Little's law. A sampler on a second connection
+counts the app's sessions in flight (``state = 'active'``: running or waiting, ours excluded) many
+times a second, each sample marked by whether a batch of ours was running at that moment. At the
+app's steady arrival rate the mean number in flight is the rate times the mean latency, so
+
+    slowdown = mean in flight while we batch / mean in flight while we rest
+
+is how much longer the app's requests take while a batch runs, whatever the app sends and
+without its statements or any extension. That is what decides the app's tail: once the backfill
+runs more than 1% of the time, the app's p99 is a request that met a batch.
+
+The controller (GitLab's batch optimizer steers batch size toward a target efficiency with bounded
+steps; pt-online-schema-change pauses on ``--max-load``, an absolute ``Threads_running``; here the
+count is compared with itself, so no threshold is guessed per server) keeps an exponential moving
+average of the slowdown over windows of at least ``WINDOW`` seconds and changes the duty, the
+share of wall time spent in batches, and the largest batch, by bounded steps: up by half while the
+slowdown stays under ``max_app_slowdown``, halved the moment it goes over. A longer batch holds
+its row locks longer, and an app session waiting for one is in flight too, so the same signal
+steers both. A busy but not
+saturated server (spare cores) shows no slowdown and gets a fast backfill; a saturated one shows
+it at once and gets a polite one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from zdm_runbook.core.connect import connect
+
+Conn = psycopg.Connection[Any]
+SAMPLE_EVERY = 0.005  # seconds between samples: a 5 ms batch is still seen
+WINDOW = 0.5  # seconds of samples, at least, per decision
+MIN_SAMPLES = 20  # per side (batching, resting) of a window
+MIN_DUTY, MAX_DUTY = 0.02, 0.9
+GROW, SHRINK = 1.5, 0.5
+SMOOTH = 0.5  # weight of the newest window in the moving average
+PRIOR = 0.05  # sessions added to both means: an app idle while we rest is not an infinite slowdown
+
+_IN_FLIGHT = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+  AND state = 'active' AND application_name NOT LIKE 'zdm_runbook%%'
+"""
+
+
+class Sampler:
+    """Counts the app's sessions in flight from its own connection, in a daemon thread; the
+    engine says when a batch runs (:meth:`batching`) and takes the counts (:meth:`window`)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._lock = threading.Lock()
+        self._in_batch = False
+        self._sums = [[0, 0], [0, 0]]  # [resting, batching] x [samples, sessions counted]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="zdm-duty-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with connect(self.dsn, phase="migrate:sampler", autocommit=True) as conn:
+                while not self._stop.is_set():
+                    with self._lock:
+                        side = int(self._in_batch)
+                    row: Any = conn.execute(_IN_FLIGHT).fetchone()
+                    with self._lock:
+                        if side == int(self._in_batch):  # a sample across an edge says nothing
+                            self._sums[side][0] += 1
+                            self._sums[side][1] += int(row[0]) if row else 0
+                    self._stop.wait(SAMPLE_EVERY)
+        except (psycopg.Error, OSError):  # no sampler, no evidence: the controller holds its duty
+            return
+
+    def batching(self, running: bool) -> None:
+        with self._lock:
+            self._in_batch = running
+
+    def window(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((samples, sessions) resting, (samples, sessions) batching)`` since the last call."""
+        with self._lock:
+            rest, run = self._sums
+            self._sums = [[0, 0], [0, 0]]
+        return (rest[0], rest[1]), (run[0], run[1])
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+
+
+@dataclass
+class DutyController:
+    """The duty and the smoothed slowdown it is steered by (see the module text).
+
+    The duty stays under ``MAX_DUTY`` so that rests keep coming, and with them the baseline (the
+    app's sessions in flight while we rest, smoothed the same way)."""
+
+    duty: float
+    max_app_slowdown: float
+    batch_cap: int  # the largest batch while the app shares the server: steered like the duty
+    min_batch: int
+    max_batch: int
+    slowdown: float | None = None
+    baseline: float | None = None
+    _since: float = 0.0
+    _rest: tuple[int, int] = (0, 0)
+    _run: tuple[int, int] = (0, 0)
+
+    def observe(self, rest: tuple[int, int], run: tuple[int, int], now: float | None = None) -> float:
+        """Add a sampler window; once a whole window has enough samples, decide. Returns the duty."""
+        now = time.monotonic() if now is None else now
+        if not self._since:
+            self._since = now
+        self._rest = (self._rest[0] + rest[0], self._rest[1] + rest[1])
+        self._run = (self._run[0] + run[0], self._run[1] + run[1])
+        if now - self._since < WINDOW or self._run[0] < MIN_SAMPLES:
+            return self.duty
+        if self._rest[0] >= MIN_SAMPLES:
+            self.baseline = _smooth(self.baseline, self._rest[1] / self._rest[0])
+        if self.baseline is None:
+            return self.duty
+        latest = (self._run[1] / self._run[0] + PRIOR) / (self.baseline + PRIOR)
+        self.slowdown = _smooth(self.slowdown, latest)
+        step = SHRINK if self.slowdown > self.max_app_slowdown else GROW
+        self.duty = min(MAX_DUTY, max(MIN_DUTY, self.duty * step))
+        self.batch_cap = int(min(self.max_batch, max(self.min_batch, self.batch_cap * step)))
+        self._since, self._rest, self._run = now, (0, 0), (0, 0)
+        return self.duty
+
+    def pause_after(self, batch_seconds: float) -> float:
+        """The rest after a batch of ``batch_seconds`` that keeps batches at ``duty`` of the time."""
+        return batch_seconds * (1 / self.duty - 1)
+
+
+def _smooth(average: float | None, latest: float) -> float:
+    return latest if average is None else SMOOTH * latest + (1 - SMOOTH) * average
