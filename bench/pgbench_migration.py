@@ -8,17 +8,24 @@ Two changes (``--change``):
   key    ``pgbench_accounts.aid`` int -> bigint by ``change_key_type``, with ``pgbench_history.aid``
          referencing it (``pgbench -i --foreign-keys``); naive: ALTER COLUMN aid TYPE bigint
 
-Three runs on a freshly initialised database each (``pgbench -i -s SCALE``), pgbench running
-throughout with ``--clients`` clients at full speed in 2 s rounds whose per-transaction latencies
-are logged:
+Each run on a freshly initialised database (``pgbench -i -s SCALE``), pgbench running throughout
+with ``--clients`` clients in 2 s rounds whose per-transaction latencies are logged:
 
   baseline   no change: pgbench alone, for as long as ours took
   ours       the four phases with zdm-runbook's guarded executor and backfill engine (for the key
              change, the swap transaction gets a window of its own, read from the ledger)
   naive      the same change as plain statements
 
+First at a fixed rate, as production runs: pgbench alone at full speed for 10 s measures the
+throughput, and pgbench then runs at half of it (``--rate``; its latencies include the wait for
+the schedule, as an app's users would see them): baseline and ours. In the same run, ours also
+runs without pgbench, so the backfill's rows/s under load is compared with its own rows/s on an
+idle server. Then at full speed (both cores saturated: CPU sharing more than the migration):
+baseline, ours and naive, as before (``--no-full`` skips them).
+
 Printed: pgbench's failed transactions (goal 0), and per step its p50 / p99 latency against the
-baseline's, with the ratios, and the longest single transaction (the worst stall an app saw).
+baseline's, with the ratios, and the longest single transaction (the worst stall an app saw); the
+backfill's rows/s from the ledger.
 
     python bench/pgbench_migration.py                      # scale 10 (1,000,000 accounts)
     python bench/pgbench_migration.py --change key --scale 10
@@ -98,12 +105,18 @@ Windows = list[tuple[str, float, float]]
 
 
 def under_pgbench(
-    server: LocalServer, dbname: str, scale: int, clients: int, work: Callable[[Windows], None]
+    server: LocalServer,
+    dbname: str,
+    scale: int,
+    clients: int,
+    work: Callable[[Windows], None],
+    rate: int | None = None,
 ) -> tuple[PgBench, Windows]:
-    """Run ``work`` while pgbench runs; ``work`` appends a (label, start, end) window per step."""
+    """Run ``work`` while pgbench runs (at ``rate`` tx/s, or full speed); ``work`` appends a
+    (label, start, end) window per step."""
     windows: Windows = []
     bench = PgBench(
-        server, dbname, scale * 100_000, lambda: "run", clients=clients, rate=None, builtin="tpcb-like"
+        server, dbname, scale * 100_000, lambda: "run", clients=clients, rate=rate, builtin="tpcb-like"
     )
     bench.start()
     time.sleep(4)  # warm-up, not measured
@@ -157,6 +170,23 @@ def idle(seconds: float) -> Callable[[Windows], None]:
     return run
 
 
+def fill_rate(dsn: str) -> float:
+    """The backfill's rows/s, from the ledger: rows walked over the pass's wall time."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT max(rows_scanned), extract(epoch FROM max(finished_at) - min(started_at))::float8"
+            " FROM zdm.backfills"
+        ).fetchone()
+    return float(row[0]) / float(row[1]) if row and row[0] and row[1] else 0.0
+
+
+def full_speed(server: LocalServer, dbname: str, scale: int, clients: int) -> float:
+    """pgbench's throughput alone at full speed, tx/s (10 s after the warm-up)."""
+    bench, windows = under_pgbench(server, dbname, scale, clients, idle(10))
+    _, start, end = windows[0]
+    return sum(1 for at, _ in bench.finished if start <= at < end) / (end - start)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -165,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="pgbench clients (4)")
     parser.add_argument("--pg-bin", type=Path, default=None, help="PostgreSQL binaries (embedded 18)")
     parser.add_argument("--change", choices=("cents", "key"), default="cents", help="which change (cents)")
+    parser.add_argument("--no-full", action="store_true", help="skip the full-speed runs")
     args = parser.parse_args(argv)
     key = args.change == "key"
     spec, statements = (SPEC_KEY, NAIVE_KEY) if key else (SPEC, NAIVE)
@@ -178,16 +209,49 @@ def main(argv: list[str] | None = None) -> int:
                 f"{server.version()}, scale {args.scale} ({accounts:,} accounts), {args.clients} clients,"
                 f" change {args.change}"
             )
-            dsn = init(server, "b_ours", args.scale, key)
-            runs["ours"] = under_pgbench(server, "b_ours", args.scale, args.clients, ours(dsn, spec))
-            dsn = init(server, "b_naive", args.scale, key)
-            runs["naive"] = under_pgbench(server, "b_naive", args.scale, args.clients, naive(dsn, statements))
-            took = max(end for _, _, end in runs["ours"][1]) - runs["ours"][1][0][1]
-            init(server, "b_base", args.scale, key)
-            runs["baseline"] = under_pgbench(server, "b_base", args.scale, args.clients, idle(max(took, 10)))
+            init(server, "b_full", args.scale, key)
+            rate = max(1, round(full_speed(server, "b_full", args.scale, args.clients) / 2))
+            dsn = init(server, "b_quiet", args.scale, key)
+            ours(dsn, spec)([])
+            quiet = fill_rate(dsn)
+            fixed: dict[str, tuple[PgBench, Windows]] = {}
+            dsn = init(server, "b_ours_r", args.scale, key)
+            fixed["ours"] = under_pgbench(server, "b_ours_r", args.scale, args.clients, ours(dsn, spec), rate)
+            loaded = fill_rate(dsn)
+            took = max(end for _, _, end in fixed["ours"][1]) - fixed["ours"][1][0][1]
+            init(server, "b_base_r", args.scale, key)
+            fixed["baseline"] = under_pgbench(
+                server, "b_base_r", args.scale, args.clients, idle(max(took, 10)), rate
+            )
+            if not args.no_full:
+                dsn = init(server, "b_ours", args.scale, key)
+                runs["ours"] = under_pgbench(server, "b_ours", args.scale, args.clients, ours(dsn, spec))
+                full = fill_rate(dsn)
+                dsn = init(server, "b_naive", args.scale, key)
+                runs["naive"] = under_pgbench(
+                    server, "b_naive", args.scale, args.clients, naive(dsn, statements)
+                )
+                took = max(end for _, _, end in runs["ours"][1]) - runs["ours"][1][0][1]
+                init(server, "b_base", args.scale, key)
+                runs["baseline"] = under_pgbench(
+                    server, "b_base", args.scale, args.clients, idle(max(took, 10))
+                )
         finally:
             server.destroy()
-    report(runs)
+    print(f"\n== at a fixed rate: {rate} tx/s, half of pgbench's full-speed throughput ==")
+    report(fixed)
+    if quiet:
+        print(
+            f"  backfill: {loaded:,.0f} rows/s under this load, {quiet:,.0f} rows/s without load"
+            f" ({loaded / quiet:.0%} of it)"
+        )
+    if runs:
+        print("\n== at full speed ==")
+        report(runs)
+        if quiet:
+            print(
+                f"  backfill: {full:,.0f} rows/s at full load ({full / quiet:.0%} of its rate without load)"
+            )
     return 0
 
 
@@ -200,7 +264,7 @@ def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
         f" longest {b_max:.0f} ms"
     )
     print(f"  failed transactions: {base.failed}")
-    for name in ("ours", "naive"):
+    for name in [n for n in ("ours", "naive") if n in runs]:
         bench, steps = runs[name]
         whole = max(end for _, _, end in steps) - steps[0][1]
         worst = 0.0

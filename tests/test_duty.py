@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from zdm_runbook.core.connect import connect
-from zdm_runbook.execute.duty import MAX_DUTY, MIN_DUTY, DutyController, Sampler
+from zdm_runbook.execute.duty import GROW, MAX_DUTY, MIN_DUTY, DutyController, Sampler
 
 
 def _controller() -> DutyController:
@@ -34,8 +34,8 @@ def _windows(ctl: DutyController, in_flight_resting: float, in_flight_batching: 
 def test_an_app_that_does_not_slow_down_gets_more_of_the_server() -> None:
     ctl = _controller()
     ctl.observe((0, 0), (0, 0), now=1000.0)
-    duties = _windows(ctl, 0.4, 0.42, 12)
-    assert duties[0] == pytest.approx(0.15 * 1.5)
+    duties = _windows(ctl, 0.4, 0.42, 20)
+    assert duties[0] == pytest.approx(0.15 * GROW)
     assert all(b >= a for a, b in itertools.pairwise(duties))
     assert duties[-1] == MAX_DUTY  # never all of it: rests keep the baseline fresh
     assert ctl.batch_cap > 500 and ctl.slowdown == pytest.approx((0.42 + 0.05) / (0.4 + 0.05), rel=0.01)
@@ -50,6 +50,17 @@ def test_an_app_that_slows_down_while_we_batch_gets_it_back_at_once() -> None:
     assert duties[0] < high and ctl.batch_cap < cap
     assert duties[-1] == MIN_DUTY and ctl.batch_cap == 100
     assert ctl.slowdown is not None and ctl.slowdown > 2.5
+
+
+def test_a_backlog_that_outlives_the_batches_counts_as_a_slowdown() -> None:
+    ctl = _controller()
+    ctl.observe((0, 0), (0, 0), now=1000.0)
+    _windows(ctl, 0.4, 0.4, 8)
+    high = ctl.duty
+    # The app fell behind: as many in flight while we rest as while we batch, but three times
+    # its usual number. Batching / resting says 1.0; against the baseline it is a slowdown.
+    duties = _windows(ctl, 1.2, 1.2, 3)
+    assert duties[-1] < high and ctl.baseline == pytest.approx(0.4)
 
 
 def test_no_decision_without_a_whole_window_of_samples() -> None:

@@ -15,7 +15,7 @@ The controller (GitLab's batch optimizer steers batch size toward a target effic
 steps; pt-online-schema-change pauses on ``--max-load``, an absolute ``Threads_running``; here the
 count is compared with itself, so no threshold is guessed per server) keeps an exponential moving
 average of the slowdown over windows of at least ``WINDOW`` seconds and changes the duty, the
-share of wall time spent in batches, and the largest batch, by bounded steps: up by half while the
+share of wall time spent in batches, and the largest batch, by bounded steps: up by 20% while the
 slowdown stays under ``max_app_slowdown``, halved the moment it goes over. A longer batch holds
 its row locks longer, and an app session waiting for one is in flight too, so the same signal
 steers both. A busy but not
@@ -25,9 +25,11 @@ it at once and gets a polite one.
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -35,11 +37,12 @@ import psycopg
 from zdm_runbook.core.connect import connect
 
 Conn = psycopg.Connection[Any]
-SAMPLE_EVERY = 0.005  # seconds between samples: a 5 ms batch is still seen
+SAMPLE_EVERY = 0.01  # seconds between samples
 WINDOW = 0.5  # seconds of samples, at least, per decision
 MIN_SAMPLES = 20  # per side (batching, resting) of a window
 MIN_DUTY, MAX_DUTY = 0.02, 0.9
-GROW, SHRINK = 1.5, 0.5
+GROW, SHRINK = 1.2, 0.5  # GitLab's batch optimizer grows by at most 20% a step
+BASELINE_S = 30.0  # how long the lowest resting mean stays the baseline
 SMOOTH = 0.5  # weight of the newest window in the moving average
 PRIOR = 0.05  # sessions added to both means: an app idle while we rest is not an infinite slowdown
 
@@ -102,8 +105,13 @@ class Sampler:
 class DutyController:
     """The duty and the smoothed slowdown it is steered by (see the module text).
 
-    The duty stays under ``MAX_DUTY`` so that rests keep coming, and with them the baseline (the
-    app's sessions in flight while we rest, smoothed the same way)."""
+    The baseline is the app's sessions in flight while we rest: the median window mean of the last
+    ``BASELINE_S`` seconds, not the latest. A backlog our batches cause outlives them (an app
+    that fell behind its arrivals catches up in our rests too), so the latest rest would rise with
+    it and hide it; compared with the median, a rest that stays high counts as slowed too (the
+    lowest mean would do the same, but one quiet window would then make every later one look
+    slow). If the app itself gets busier, the baseline follows within ``BASELINE_S``, and until
+    then the backfill is the more polite. The duty stays under ``MAX_DUTY`` so rests keep coming."""
 
     duty: float
     max_app_slowdown: float
@@ -111,10 +119,14 @@ class DutyController:
     min_batch: int
     max_batch: int
     slowdown: float | None = None
-    baseline: float | None = None
+    _rests: deque[tuple[float, float]] = field(default_factory=deque)  # (when, mean in flight)
     _since: float = 0.0
     _rest: tuple[int, int] = (0, 0)
     _run: tuple[int, int] = (0, 0)
+
+    @property
+    def baseline(self) -> float | None:
+        return statistics.median(mean for _, mean in self._rests) if self._rests else None
 
     def observe(self, rest: tuple[int, int], run: tuple[int, int], now: float | None = None) -> float:
         """Add a sampler window; once a whole window has enough samples, decide. Returns the duty."""
@@ -125,12 +137,15 @@ class DutyController:
         self._run = (self._run[0] + run[0], self._run[1] + run[1])
         if now - self._since < WINDOW or self._run[0] < MIN_SAMPLES:
             return self.duty
-        if self._rest[0] >= MIN_SAMPLES:
-            self.baseline = _smooth(self.baseline, self._rest[1] / self._rest[0])
+        resting = self._rest[1] / self._rest[0] if self._rest[0] >= MIN_SAMPLES else None
+        if resting is not None:
+            self._rests.append((now, resting))
+        while self._rests and self._rests[0][0] < now - BASELINE_S and len(self._rests) > 1:
+            self._rests.popleft()
         if self.baseline is None:
             return self.duty
-        latest = (self._run[1] / self._run[0] + PRIOR) / (self.baseline + PRIOR)
-        self.slowdown = _smooth(self.slowdown, latest)
+        worst = max(self._run[1] / self._run[0], resting or 0.0)
+        self.slowdown = _smooth(self.slowdown, (worst + PRIOR) / (self.baseline + PRIOR))
         step = SHRINK if self.slowdown > self.max_app_slowdown else GROW
         self.duty = min(MAX_DUTY, max(MIN_DUTY, self.duty * step))
         self.batch_cap = int(min(self.max_batch, max(self.min_batch, self.batch_cap * step)))
