@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from zdm_runbook.core.connect import connect
-from zdm_runbook.execute.duty import GROW, MAX_DUTY, MIN_DUTY, DutyController, Sampler
+from zdm_runbook.execute.duty import GROW, GROW_FAST, MAX_DUTY, MIN_DUTY, DutyController, Sampler
 
 
 def _controller() -> DutyController:
@@ -35,10 +35,17 @@ def test_an_app_that_does_not_slow_down_gets_more_of_the_server() -> None:
     ctl = _controller()
     ctl.observe((0, 0), (0, 0), now=1000.0)
     duties = _windows(ctl, 0.4, 0.42, 20)
-    assert duties[0] == pytest.approx(0.15 * GROW)
+    assert duties[0] == pytest.approx(0.15 * GROW_FAST)  # flat: the steps double
     assert all(b >= a for a, b in itertools.pairwise(duties))
     assert duties[-1] == MAX_DUTY  # never all of it: rests keep the baseline fresh
     assert ctl.batch_cap > 500 and ctl.slowdown == pytest.approx((0.42 + 0.05) / (0.4 + 0.05), rel=0.01)
+
+
+def test_nearer_the_limit_the_steps_are_small() -> None:
+    ctl = _controller()
+    ctl.observe((0, 0), (0, 0), now=1000.0)
+    duties = _windows(ctl, 0.4, 0.52, 3)  # 1.27x: under the 1.3 allowed, not flat
+    assert duties == pytest.approx([0.15 * GROW, 0.15 * GROW**2, 0.15 * GROW**3])
 
 
 def test_an_app_that_slows_down_while_we_batch_gets_it_back_at_once() -> None:

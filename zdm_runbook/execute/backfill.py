@@ -10,9 +10,10 @@ for the health holds of :mod:`.holds`. Several backfills on one table share one 
 
 Defaults, and why: a batch targets 0.2 s (pt-online-schema-change and pt-table-checksum aim their
 chunks at 0.5 s; a shorter batch holds its row locks for less time, so an app UPDATE that meets
-one waits less), grows by at most 20% per batch (GitLab's batch optimizer takes the same care not
-to overshoot), halves on a timeout, and stays within 100..5,000 rows: the ceiling keeps the rows
-locked at any moment a small share of a large table.
+one waits less), grows by at most 20% per batch while the app shares the server (GitLab's batch
+optimizer takes the same care not to overshoot) and doubles while it is alone, halves on a
+timeout, and stays within 100..20,000 rows: the ceiling keeps the rows locked at any moment a
+small share of a large table.
 """
 
 from __future__ import annotations
@@ -292,9 +293,10 @@ class BackfillEngine:
         return pause
 
     def _next_size(self, size: int, seconds: float) -> int:
-        """Toward the target duration: grow by at most 20%, shrink in proportion, within bounds."""
+        """Toward the target duration: grow by at most 20% (double while alone on the server),
+        shrink in proportion, within bounds."""
         wanted = size * self.settings.target_batch / max(seconds, 1e-3)
-        new = min(wanted, size * GROWTH)
+        new = min(wanted, size * (GROWTH if self.state.app_busy else 2.0))
         return int(max(self.settings.min_batch_size, min(self.settings.max_batch_size, new)))
 
     def _throttle(self) -> tuple[float, dict[str, Any]]:

@@ -15,8 +15,9 @@ The controller (GitLab's batch optimizer steers batch size toward a target effic
 steps; pt-online-schema-change pauses on ``--max-load``, an absolute ``Threads_running``; here the
 count is compared with itself, so no threshold is guessed per server) keeps an exponential moving
 average of the slowdown over windows of at least ``WINDOW`` seconds and changes the duty, the
-share of wall time spent in batches, and the largest batch, by bounded steps: up by 20% while the
-slowdown stays under ``max_app_slowdown``, halved the moment it goes over. A longer batch holds
+share of wall time spent in batches, and the largest batch, by bounded steps: doubled while the
+slowdown stays flat (at most 1.1), up by 20% while it stays under ``max_app_slowdown``, halved the
+moment it goes over. A longer batch holds
 its row locks longer, and an app session waiting for one is in flight too, so the same signal
 steers both. A busy but not
 saturated server (spare cores) shows no slowdown and gets a fast backfill; a saturated one shows
@@ -39,9 +40,11 @@ from zdm_runbook.core.connect import connect
 Conn = psycopg.Connection[Any]
 SAMPLE_EVERY = 0.01  # seconds between samples
 WINDOW = 0.5  # seconds of samples, at least, per decision
-MIN_SAMPLES = 20  # per side (batching, resting) of a window
+MIN_SAMPLES = 10  # per side (batching, resting) of a window
 MIN_DUTY, MAX_DUTY = 0.02, 0.9
-GROW, SHRINK = 1.2, 0.5  # GitLab's batch optimizer grows by at most 20% a step
+# While the slowdown is flat (at most FLAT) the steps double; nearer the limit they grow by 20%
+# (GitLab's batch optimizer's bound); over it they halve.
+FLAT, GROW_FAST, GROW, SHRINK = 1.1, 2.0, 1.2, 0.5
 BASELINE_S = 30.0  # how long the lowest resting mean stays the baseline
 SMOOTH = 0.5  # weight of the newest window in the moving average
 PRIOR = 0.05  # sessions added to both means: an app idle while we rest is not an infinite slowdown
@@ -146,7 +149,10 @@ class DutyController:
             return self.duty
         worst = max(self._run[1] / self._run[0], resting or 0.0)
         self.slowdown = _smooth(self.slowdown, (worst + PRIOR) / (self.baseline + PRIOR))
-        step = SHRINK if self.slowdown > self.max_app_slowdown else GROW
+        if self.slowdown > self.max_app_slowdown:
+            step = SHRINK
+        else:
+            step = GROW_FAST if self.slowdown <= FLAT else GROW
         self.duty = min(MAX_DUTY, max(MIN_DUTY, self.duty * step))
         self.batch_cap = int(min(self.max_batch, max(self.min_batch, self.batch_cap * step)))
         self._since, self._rest, self._run = now, (0, 0), (0, 0)

@@ -26,7 +26,7 @@ class BackfillSettings:
     max_wal_mb_per_s: int = 0  # hold while the server writes WAL faster than this (0: no cap)
     lock_timeout: float = 1.0
     statement_timeout: float = 30.0
-    busy_duty: float = 0.15  # the duty to start from when the app shares the server (1: no sharing)
+    busy_duty: float = 0.25  # the duty to start from when the app shares the server (1: no sharing)
     max_app_slowdown: float = 1.5  # how much longer the app's requests may take while a batch runs
     busy_max_batch_size: int = 500
     max_failures: int = 10
