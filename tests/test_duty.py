@@ -72,12 +72,12 @@ def test_a_backlog_that_outlives_the_batches_counts_as_a_slowdown() -> None:
 
 def test_no_decision_without_a_whole_window_of_samples() -> None:
     ctl = _controller()
-    assert ctl.observe((50, 0), (5, 4), now=1000.0) == 0.15  # the window has just begun
-    assert ctl.observe((0, 0), (5, 5), now=1002.0) == 0.15  # long enough, but 10 samples batching
-    assert ctl.observe((0, 0), (5, 5), now=1002.1) == 0.15  # still 15
-    slower = ctl.observe((0, 0), (5, 4), now=1002.2)  # 20: decide, on 18 of 20 samples in flight
+    assert ctl.observe((50, 0), (2, 2), now=1000.0) == 0.15  # the window has just begun
+    assert ctl.observe((0, 0), (3, 3), now=1002.0) == 0.15  # long enough, but 5 samples batching
+    assert ctl.observe((0, 0), (2, 2), now=1002.1) == 0.15  # still 7
+    slower = ctl.observe((0, 0), (3, 2), now=1002.2)  # 10: decide, on 9 of 10 samples in flight
     assert slower == pytest.approx(0.15 * 0.5)
-    assert ctl.baseline == 0.0 and ctl.slowdown == pytest.approx((18 / 20 + 0.05) / 0.05)
+    assert ctl.baseline == 0.0 and ctl.slowdown == pytest.approx((9 / 10 + 0.05) / 0.05)
     # Batching all the time gives no rests: the last baseline still judges the batches (and the
     # moving average still remembers the slow window).
     ctl.duty = 0.6

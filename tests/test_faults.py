@@ -43,7 +43,7 @@ def test_sigkill_during_the_backfill_then_rerun_resumes_and_verifies(orders_env:
     dsn = orders_env
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO orders (customer_id, note) SELECT g % 50 + 1, 'm' || g FROM generate_series(1, 60000) g"
+            "INSERT INTO orders (customer_id, note) SELECT g % 50 + 1, 'm' || g FROM generate_series(1, 240000) g"
         )
     spec, archive = tmp_path / "change.yaml", tmp_path / "archive"
     spec.write_text(REF)
