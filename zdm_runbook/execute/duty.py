@@ -8,8 +8,10 @@ app's steady arrival rate the mean number in flight is the rate times the mean l
     slowdown = mean in flight while we batch / mean in flight while we rest
 
 is how much longer the app's requests take while a batch runs, whatever the app sends and
-without its statements or any extension. That is what decides the app's tail: once the backfill
-runs more than 1% of the time, the app's p99 is a request that met a batch.
+without its statements or any extension. (The resting level is a median over the last 30 s, and
+a rest that stays above it counts as slowed too: see :class:`DutyController`.) That is what
+decides the app's tail: once the backfill runs more than 1% of the time, the app's p99 is a
+request that met a batch.
 
 The controller (GitLab's batch optimizer steers batch size toward a target efficiency with bounded
 steps; pt-online-schema-change pauses on ``--max-load``, an absolute ``Threads_running``; here the
@@ -17,11 +19,10 @@ count is compared with itself, so no threshold is guessed per server) keeps an e
 average of the slowdown over windows of at least ``WINDOW`` seconds and changes the duty, the
 share of wall time spent in batches, and the largest batch, by bounded steps: doubled while the
 slowdown stays flat (at most 1.1), up by 20% while it stays under ``max_app_slowdown``, halved the
-moment it goes over. A longer batch holds
-its row locks longer, and an app session waiting for one is in flight too, so the same signal
-steers both. A busy but not
-saturated server (spare cores) shows no slowdown and gets a fast backfill; a saturated one shows
-it at once and gets a polite one.
+moment it goes over. A longer batch holds its row locks longer, and an app session waiting for
+one is in flight too, so the same signal steers both. A busy but not saturated server (spare
+cores) shows no slowdown and gets a fast backfill; a saturated one shows it at once and gets a
+polite one.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ MIN_DUTY, MAX_DUTY = 0.02, 0.9
 # While the slowdown is flat (at most FLAT) the steps double; nearer the limit they grow by 20%
 # (GitLab's batch optimizer's bound); over it they halve.
 FLAT, GROW_FAST, GROW, SHRINK = 1.1, 2.0, 1.2, 0.5
-BASELINE_S = 30.0  # how long the lowest resting mean stays the baseline
+BASELINE_S = 30.0  # the resting means the baseline is the median of
 SMOOTH = 0.5  # weight of the newest window in the moving average
 PRIOR = 0.05  # sessions added to both means: an app idle while we rest is not an infinite slowdown
 
