@@ -75,7 +75,7 @@ class BackfillEngine:
             self.walk = Walk(tuple(fills))
         except ValueError as exc:
             raise ConfigError(f"{' and '.join(st.key for st in self.steps)}: {exc}") from None
-        self.dsn, self.change_id, self.step = dsn, change_id, self.steps[0]
+        self.dsn, self.change_id = dsn, change_id
         self.spec: BackfillSpec = fills[0]
         self.label = " + ".join(st.key for st in self.steps)
         self.settings = settings or BackfillSettings()

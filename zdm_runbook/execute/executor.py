@@ -10,6 +10,7 @@ attempt is written to the ledger with who blocked it, sampled from a second sess
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -102,24 +103,18 @@ class Executor:
         if any(st.backfill for st in steps) and self.backfill is None:
             raise ConfigError(f"phase {Phase(phase).value} has backfill steps: pass a backfill runner")
         results: list[StepResult] = []
-        at = 0
-        while at < len(steps):
-            run = [steps[at]]
-            while run[0].backfill is not None and at + len(run) < len(steps):
-                if steps[at + len(run)].backfill is None:
-                    break
-                run.append(steps[at + len(run)])
-            at += len(run)
-            if run[0].backfill is not None:
-                results += self._run_backfills(run)
+        for fills, run in itertools.groupby(steps, key=lambda st: st.backfill is not None):
+            if fills:
+                results += self._run_backfills(list(run))
                 continue
-            try:
-                results.append(self.run_step(run[0]))
-            except StepFailed as exc:
-                exc.results = [*results, StepResult(run[0].key, "failed", exc.attempts)]
-                raise
-            if self.after_step is not None and results[-1].outcome == "applied":
-                self.after_step(run[0])
+            for step in run:
+                try:
+                    results.append(self.run_step(step))
+                except StepFailed as exc:
+                    exc.results = [*results, StepResult(step.key, "failed", exc.attempts)]
+                    raise
+                if self.after_step is not None and results[-1].outcome == "applied":
+                    self.after_step(step)
         return results
 
     def _run_backfills(self, run: list[Step]) -> list[StepResult]:
@@ -135,10 +130,13 @@ class Executor:
                     self.after_step(st)
         return [results[st.key] for st in run]
 
-    def _skip(self, step: Step) -> StepResult:
+    def _settings(self, step: Step) -> tuple[GuardSettings, dict[str, float]]:
+        """The step's guard settings and the timeouts they give a step of its kind."""
         settings = self.step_settings.get(step.key, self.settings)
-        timeouts = settings.timeouts_for(step.transactional, step.long_running)
-        self._record(step, 0, timeouts, Attempt(0, "skipped", 0.0, message="already applied"))
+        return settings, settings.timeouts_for(step.transactional, step.long_running)
+
+    def _skip(self, step: Step) -> StepResult:
+        self._record(step, 0, self._settings(step)[1], Attempt(0, "skipped", 0.0, message="already applied"))
         self.event(f"{step.key}: already applied, skipped")
         return StepResult(step.key, "skipped", [])
 
@@ -164,8 +162,7 @@ class Executor:
         """Apply one step unless already applied; retry lock timeouts and deadlocks with backoff."""
         if self.is_done(step):
             return self._skip(step)
-        settings = self.step_settings.get(step.key, self.settings)
-        timeouts = settings.timeouts_for(step.transactional, step.long_running)
+        settings, timeouts = self._settings(step)
         if step.backfill is not None and self.backfill is not None:
             return self._run_backfill([step])[0]
         if step.index is not None and (parts := partition_steps(self.control, step)) is not None:
@@ -233,10 +230,7 @@ class Executor:
         if self.backfill is None:  # pragma: no cover - run_phase checks first
             raise ConfigError("no backfill runner")
         started = time.monotonic()
-        attempt_ids = []
-        for st in steps:
-            settings = self.step_settings.get(st.key, self.settings)
-            attempt_ids.append(self._start(st, 1, settings.timeouts_for(st.transactional, st.long_running)))
+        attempt_ids = [self._start(st, 1, self._settings(st)[1]) for st in steps]
 
         def finish(outcome: str, message: str | None = None) -> Attempt:
             attempt = Attempt(1, outcome, time.monotonic() - started, message=message)

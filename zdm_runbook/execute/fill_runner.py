@@ -29,12 +29,10 @@ def runner(
             engine.run()
             for state in engine.states:
                 print(state.summary(), flush=True)
-            for step, state in zip(engine.steps, engine.states, strict=True):
-                if step.backfill is None:  # pragma: no cover - the engine refuses such a step
-                    continue
+            for step, spec, state in zip(engine.steps, engine.walk.specs, engine.states, strict=True):
                 conn = engine._connect()
                 state.doing = "verifying the whole table"
-                check = verify(conn, step.backfill)
+                check = verify(conn, spec)
                 state.doing = "verified" if check.ok else "NOT verified"
                 print(check, flush=True)
                 if not check.ok:

@@ -23,13 +23,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
+
+from zdm_runbook.inspect.locks import REPLAY_LAG_S
 
 Conn = psycopg.Connection[Any]
 
-_HEALTH = """
+_HEALTH = sql.SQL("""
 SELECT (SELECT count(*) FROM pg_locks l WHERE l.relation = %(oid)s::int8::oid AND NOT l.granted),
-       (SELECT max(CASE WHEN replay_lsn >= pg_current_wal_lsn() THEN 0
-                        ELSE extract(epoch FROM replay_lag) END) FROM pg_stat_replication)::float8,
+       (SELECT max({}) FROM pg_stat_replication),
        (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = current_database()
           AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
           AND a.application_name NOT LIKE 'zdm_runbook%%'
@@ -41,7 +43,7 @@ SELECT (SELECT count(*) FROM pg_locks l WHERE l.relation = %(oid)s::int8::oid AN
           FROM pg_stat_progress_vacuum v LEFT JOIN pg_stat_activity a ON a.pid = v.pid
          WHERE v.relid = %(oid)s::int8::oid),
        (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8
-"""
+""").format(REPLAY_LAG_S)
 
 
 @dataclass(frozen=True)

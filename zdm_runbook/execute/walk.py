@@ -3,8 +3,8 @@
 Two backfills of one change on one table (a changed type and a new NOT NULL column, say) run as
 one keyset walk whose UPDATE sets every target column in one new row version: one dead tuple and
 one WAL record per row instead of one per backfill, so half the vacuum and replica traffic for
-two. Measured on 200,000 rows (embedded PostgreSQL 18): two walks wrote 1.72x the WAL of one
-UPDATE setting both columns; the one-pass walk 0.98x (``bench/one_pass.py``).
+two. Measured with ``bench/one_pass.py`` on 300,000 rows (PostgreSQL 15 and 18): two walks wrote
+1.78x the WAL of one UPDATE setting both columns, the one-pass walk 1.00x.
 
 The UPDATE sets a column only where its own backfill's condition (filter and pending predicate)
 holds, ``CASE WHEN cond THEN expr ELSE col END``, on the rows where any holds: a row that needs
@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from zdm_runbook.execute.keyset import Key, TableKey
-from zdm_runbook.plan.steps import BackfillSpec, one_pass, qname
+from zdm_runbook.plan.steps import BackfillSpec, one_pass, order_matters, qname
 
 Conn = psycopg.Connection[Any]
 
@@ -79,26 +79,19 @@ class Walk:
         return [int(n) for n in row] if row else [0] * len(self.specs)
 
 
-def _conflict(a: BackfillSpec, b: BackfillSpec) -> bool:
-    """Whether the order of ``a`` and ``b`` matters: one writes what the other reads or writes."""
-    if a.table != b.table:
-        return False
-    if a.reads is None or b.reads is None:
-        return True
-    return bool(a.writes & (b.reads | b.writes) or b.writes & (a.reads | a.writes))
-
-
 def walks(specs: Sequence[BackfillSpec]) -> list[list[int]]:
     """``specs`` (in step order) grouped into passes, as indexes, the passes in the order they run.
 
     A backfill joins the first earlier pass it can share (:func:`one_pass`) unless a backfill in a
-    later pass must still come before it (:func:`_conflict`); otherwise it starts a pass of its own.
+    later pass must still come before it (:func:`order_matters`); otherwise it starts a pass of its own.
     """
     groups: list[list[int]] = []
     for i, spec in enumerate(specs):
         for g, group in enumerate(groups):
             later = [specs[j] for other in groups[g + 1 :] for j in other]
-            if one_pass([*(specs[j] for j in group), spec]) and not any(_conflict(spec, o) for o in later):
+            if one_pass([*(specs[j] for j in group), spec]) and not any(
+                order_matters(spec, o) for o in later
+            ):
                 group.append(i)
                 break
         else:

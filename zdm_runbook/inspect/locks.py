@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from zdm_runbook.core.durations import human_seconds
@@ -56,16 +57,20 @@ WHERE p.datname = current_database()
 ORDER BY a.pid
 """
 
-_REPLICATION = """
+# A row of pg_stat_replication's replay lag in seconds. A standby that has replayed everything is
+# 0: replay_lag keeps its last measured value while no new WAL comes (measured on 18.6).
+REPLAY_LAG_S = sql.SQL(
+    "(CASE WHEN replay_lsn >= pg_current_wal_lsn() THEN 0 ELSE extract(epoch FROM replay_lag) END)::float8"
+)
+_REPLICATION = sql.SQL("""
 SELECT application_name, client_addr::text AS client_addr, state, sync_state,
-       CASE WHEN replay_lsn >= pg_current_wal_lsn() THEN 0  -- caught up: replay_lag keeps its last value
-            ELSE extract(epoch FROM replay_lag) END::float8 AS replay_lag_s,
+       {} AS replay_lag_s,
        pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::int8 AS replay_lag_bytes
 FROM pg_stat_replication ORDER BY application_name
-"""
+""").format(REPLAY_LAG_S)
 
 
-def rows(conn: Conn, query: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+def rows(conn: Conn, query: str | sql.Composed, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
     """The rows of ``query`` as dicts keyed by column name."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(query, params).fetchall()

@@ -8,6 +8,7 @@ which builders each operation needs, and the executors decide how to run them.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from typing import TypedDict, Unpack
 
@@ -58,18 +59,24 @@ class BackfillSpec:
         return Q("UPDATE {} SET {} WHERE {}").format(qname(self.table), sets, cond)
 
 
-def one_pass(specs: list[BackfillSpec]) -> bool:
-    """Whether ``specs`` can run as one UPDATE per row: one table, no column written twice, and no
-    expression reading a column another of them writes (in one UPDATE every expression sees the
-    row as it was, so a fill reading another's target must wait for it to finish)."""
-    if len({spec.table for spec in specs}) != 1:
+def order_matters(a: BackfillSpec, b: BackfillSpec) -> bool:
+    """Whether running ``a`` and ``b`` in one UPDATE, or in either order, could differ from running
+    them one after the other: on one table, one writes a column the other reads or writes (or what
+    they read is not known)."""
+    if a.table != b.table:
         return False
-    written: set[str] = set()
-    for spec in specs:
-        if spec.reads is None or spec.writes & written:
-            return False
-        written |= spec.writes
-    return all(not (spec.reads & (written - spec.writes)) for spec in specs if spec.reads is not None)
+    if a.reads is None or b.reads is None:
+        return True
+    return bool(a.writes & (b.reads | b.writes) or b.writes & (a.reads | a.writes))
+
+
+def one_pass(specs: list[BackfillSpec]) -> bool:
+    """Whether ``specs`` can run as one UPDATE per row: one table, and no two of them whose order
+    matters (in one UPDATE every expression sees the row as it was, so a fill reading another's
+    target must wait for it to finish)."""
+    return len({spec.table for spec in specs}) == 1 and not any(
+        order_matters(a, b) for a, b in itertools.combinations(specs, 2)
+    )
 
 
 # A lock taken while the step already holds another waits at most half of deadlock_timeout (and
