@@ -53,6 +53,9 @@ def test_gates_follow_the_phases_and_their_sign_offs(orders: str) -> None:
         assert gate.reasons == [
             "expand is not signed off: read its archived run, then zdm signoff rename-note expand --by NAME"
         ]
+        assert gate.waiting  # only a sign-off is missing: a scheduler may wait for it
+        switch = check_gate(conn, "rename-note", Phase.SWITCH)
+        assert not switch.ok and not switch.waiting  # migrate has not run: no wait opens it
         with pytest.raises(ZdmError, match=r"cannot sign off migrate of rename-note: 0 of 1 steps are done"):
             sign_off(conn, "rename-note", Phase.MIGRATE, "dba")
         assert scalar(db, "SELECT count(*) FROM zdm.signoffs") == 0
@@ -72,6 +75,7 @@ def test_gates_follow_the_phases_and_their_sign_offs(orders: str) -> None:
         contract = check_gate(conn, "rename-note", Phase.CONTRACT)
         assert not contract.ok
         assert "one deploy cycle (24.0 h) must pass" in contract.reasons[0]
+        assert contract.waiting  # time alone opens it
         waived = check_gate(conn, "rename-note", Phase.CONTRACT, deploy_cycle_override="hotfix: no N-1 left")
         assert waived.ok and waived.waived == "hotfix: no N-1 left"
         assert check_gate(conn, "rename-note", Phase.CONTRACT, deploy_cycle_s=0).ok

@@ -28,6 +28,9 @@ class Gate:
     ok: bool
     reasons: list[str] = field(default_factory=list)
     waived: str | None = None
+    # Closed only by time (the deploy cycle) or a missing sign-off: it opens by itself or by a
+    # person's sign-off, with nothing to fix or re-run. A scheduler may wait on such a gate.
+    waiting: bool = False
 
     def __str__(self) -> str:
         if self.ok:
@@ -37,7 +40,13 @@ class Gate:
         return f"gate to {self.phase}: closed\n" + "\n".join(f"  - {r}" for r in self.reasons)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "ok": self.ok, "reasons": self.reasons, "waived": self.waived}
+        return {
+            "phase": self.phase,
+            "ok": self.ok,
+            "reasons": self.reasons,
+            "waived": self.waived,
+            "waiting": self.waiting,
+        }
 
 
 class GateRefused(Refused):
@@ -63,12 +72,14 @@ def check_gate(
     before = _BEFORE[p]
     state = phase_state(conn, change_id, before)
     reasons = []
+    waits = 0  # how many of the reasons time or a sign-off alone will clear
     if not state.complete and not state.ran:
         why = " (it has no schema steps, but its run is the record)" if state.steps == 0 else ""
         reasons.append(f"{before.value} has not run yet{why}: zdm run {before.value} SPEC")
     elif not state.complete:
         reasons.append(f"{before.value} is not complete: {state.why_not()}")
     if state.signoff is None:
+        waits += 1
         reasons.append(
             f"{before.value} is not signed off: read its archived run, then"
             f" zdm signoff {change_id} {before.value} --by NAME"
@@ -90,9 +101,10 @@ def check_gate(
             if deploy_cycle_override and deploy_cycle_override.strip():
                 waived = deploy_cycle_override.strip()
             else:
+                waits += 1
                 reasons.append(
                     f"switch was signed off {human_seconds(age)} ago: one deploy cycle"
                     f" ({human_seconds(deploy_cycle_s)}) must pass so no old-app instance still uses the old"
                     " shape; or give deploy_cycle_override a reason"
                 )
-    return Gate(p.value, not reasons, reasons, waived)
+    return Gate(p.value, not reasons, reasons, waived, waiting=bool(reasons) and waits == len(reasons))

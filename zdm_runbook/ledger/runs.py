@@ -198,3 +198,13 @@ def phase_run_recorded(conn: Conn, run_id: uuid.UUID) -> bool:
         return False
     row = conn.execute("SELECT EXISTS (SELECT 1 FROM zdm.phase_runs WHERE run_id = %s)", [run_id]).fetchone()
     return bool(row and row[0])
+
+
+def failed_sqlstate(conn: Conn, run_id: uuid.UUID) -> str | None:
+    """The SQLSTATE of the latest failed step attempt of a phase run (None: no statement failed)."""
+    row = conn.execute(
+        "SELECT sqlstate FROM zdm.step_attempts WHERE run_id = %s AND sqlstate IS NOT NULL"
+        " AND outcome NOT IN ('applied', 'skipped', 'running') ORDER BY attempt_id DESC LIMIT 1",
+        [run_id],
+    ).fetchone()
+    return str(row[0]) if row else None

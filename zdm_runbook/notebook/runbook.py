@@ -200,8 +200,9 @@ class Runbook:
             deploy_cycle_override=values.get("deploy_cycle_override") or None,
         )
         if self.phase == Phase.CONTRACT:
-            gate.reasons += self._usage(window=self.params.usage_window_s if gate.ok else 0.0)
-            gate.ok = not gate.reasons
+            used = self._usage(window=self.params.usage_window_s if gate.ok else 0.0)
+            gate.reasons += used
+            gate.ok, gate.waiting = not gate.reasons, gate.waiting and not used
         if not gate.ok:  # shown once: by the error, as the cell's result
             raise GateRefused(gate)
         print(gate, flush=True)

@@ -104,8 +104,13 @@ def run(
     *,
     stream: IO[str] | None = None,
     kernel_name: str = "python3",
+    log_cells: bool = True,
 ) -> RunResult:
-    """Run one phase headless and archive it; bad input raises before anything is written."""
+    """Run one phase headless and archive it; bad input raises before anything is written.
+
+    ``stream`` receives the notebook's output as it runs; ``log_cells`` also sends it, with a line
+    per cell, to papermill's logger (off where that logger is already routed to ``stream``'s end).
+    """
     params = check(phase, spec, raw)
     # An unset variable, or tables, columns, types or expressions this database does not have, are
     # bad input: refused before the kernel starts, with nothing written.
@@ -126,7 +131,7 @@ def run(
             parameters=given,
             kernel_name=kernel_name,
             progress_bar=False,
-            log_output=stream is not None,
+            log_output=stream is not None and log_cells,
             stdout_file=stream,
             stderr_file=stream,
             cwd=os.getcwd(),

@@ -86,7 +86,7 @@ def create_index(b: StepBuilder, op: CreateIndex) -> None:
         "create",
         Phase.EXPAND,
         f"build {'unique ' if op.unique else ''}index {op.name} on {op.table} CONCURRENTLY"
-        " (a partitioned table: ON ONLY the parent, each partition CONCURRENTLY, then ATTACH)",
+        " (if the table is partitioned: ON ONLY the parent, each partition CONCURRENTLY, then ATTACH)",
         s.create_index_concurrently(
             op.table, op.name, keys, unique=op.unique, method=op.method, where=op.where
         ),
