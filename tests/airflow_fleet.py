@@ -79,12 +79,18 @@ class Airflow:
         return self.home / "airflow.db"
 
     def run_dag(
-        self, settings: Mapping[str, str], *, approve: int = 0, during: Any = None, timeout_s: float = 400
+        self,
+        settings: Mapping[str, str],
+        *,
+        approve: int = 0,
+        choice: str = "Approve",
+        during: Any = None,
+        timeout_s: float = 400,
     ) -> DagRun:
         """``airflow dags test zdm_fleet`` with these ``ZDM_FLEET_*`` settings (and connections).
 
         ``approve``: how many approvals a second process gives through Airflow's REST API as
-        :data:`APPROVER`. ``during(output_path)``: called in a loop while the DAG runs (return True
+        :data:`APPROVER`, answering ``choice``. ``during(output_path)``: called in a loop while the DAG runs (return True
         when done with it)."""
         env = {**self.env, **settings}
         out_path = self.home / f"run-{time.monotonic_ns()}.log"
@@ -92,7 +98,15 @@ class Airflow:
         with out_path.open("w") as out:
             if approve:
                 approver = subprocess.Popen(
-                    [sys.executable, "-m", "tests.fleet_approver", "zdm_fleet", APPROVER, str(approve)],
+                    [
+                        sys.executable,
+                        "-m",
+                        "tests.fleet_approver",
+                        "zdm_fleet",
+                        APPROVER,
+                        str(approve),
+                        choice,
+                    ],
                     env=env,
                     cwd=REPO,
                     stdout=subprocess.PIPE,

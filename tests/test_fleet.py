@@ -391,6 +391,20 @@ def test_the_wave_stops_when_too_many_targets_fail(
     assert _one(fine, "SELECT count(*) FROM zdm.phase_runs WHERE phase = 'migrate'") == 0
 
 
+def test_a_rejected_approval_stops_the_wave_and_signs_nothing(
+    airflow: Airflow, fleet_db: FleetDb, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    targets = {"tenant_one": fleet_db()}
+    run = airflow.run_dag(_fleet(request, tmp_path, targets, approval="airflow"), approve=1, choice="Reject")
+    assert run.state == "failed", run.output[-5000:]
+    assert run.tasks[("expand", "tenant_one")][0] == "success"
+    assert run.tasks[("signoff_expand", "")][0] == "skipped"
+    assert run.tasks[("migrate", "")][0] == "skipped"
+    dsn = _db(request, targets["tenant_one"])
+    assert _one(dsn, "SELECT count(*) FROM zdm.signoffs") == 0
+    assert _one(dsn, "SELECT count(*) FROM zdm.phase_runs WHERE phase = 'migrate'") == 0
+
+
 _IMPORT = """
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
