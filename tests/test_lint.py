@@ -27,9 +27,21 @@ def test_the_corpus_is_large_and_balanced() -> None:
     assert unsafe >= 50 and len(CORPUS) - unsafe >= 50
 
 
+# Where text alone cannot know what PostgreSQL measurably does (the labels are measured: see
+# tests/test_lint_measured.py); catalog mode and --app-queries are for these.
+TEXT_MODE_GUESSES = {
+    "DROP TABLE IF EXISTS old_orders": "whether the old app uses the table",
+    "ALTER TABLE orders SET LOGGED": "that the table is logged already (nothing to rewrite)",
+    "ALTER TABLE orders SET TABLESPACE pg_default": "that the table is in that tablespace already",
+}
+
+
 @pytest.mark.parametrize(("sql", "unsafe"), CORPUS, ids=[s[:70] for s, _ in CORPUS])
 def test_corpus_statement_is_judged_as_labelled(sql: str, unsafe: bool) -> None:
-    assert _unsafe(sql) == unsafe
+    if sql in TEXT_MODE_GUESSES:
+        assert _unsafe(sql) != unsafe  # text mode errs on the side of an error here
+    else:
+        assert _unsafe(sql) == unsafe
 
 
 def test_a_lock_taking_statement_needs_lock_timeout_first() -> None:

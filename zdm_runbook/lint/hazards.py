@@ -191,11 +191,20 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
                     "upgrade first, or detach in a quiet window with lock_timeout set",
                 )
             elif sub == "AT_DetachPartition" and not getattr(cmd.def_, "concurrent", False):
-                add(
+                add(  # measured: a brief catalog update, bounded by lock_timeout like any other
                     "detach-partition-blocking",
-                    "error",
-                    "DETACH PARTITION takes AccessExclusiveLock on the parent table",
+                    "warning",
+                    "DETACH PARTITION takes AccessExclusiveLock on the parent table (briefly)",
                     "DETACH PARTITION … CONCURRENTLY (PostgreSQL 14+), outside a transaction block",
+                )
+            elif sub == "AT_AttachPartition":
+                add(  # measured: the partition-to-be is scanned under AccessExclusiveLock on it
+                    "attach-partition-scan",
+                    "error",
+                    "ATTACH PARTITION scans the new partition (and a default partition) for rows outside"
+                    " its bounds, under AccessExclusiveLock on the partition",
+                    "first add a CHECK constraint matching the bounds (NOT VALID, then VALIDATE): the scan"
+                    " is then skipped",
                 )
             elif sub == "AT_DropColumn":
                 add(
@@ -221,10 +230,10 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
     elif isinstance(node, ast.DropStmt):
         obj = ObjectType(int(node.removeType or 0))
         if obj == ObjectType.OBJECT_INDEX and not node.concurrent:
-            add(
+            add(  # measured: a brief catalog update, bounded by lock_timeout like any other
                 "drop-index-blocking",
-                "error",
-                "DROP INDEX without CONCURRENTLY takes AccessExclusiveLock on the table",
+                "warning",
+                "DROP INDEX without CONCURRENTLY takes AccessExclusiveLock on the table (briefly)",
                 "DROP INDEX CONCURRENTLY",
             )
         elif obj == ObjectType.OBJECT_TABLE:

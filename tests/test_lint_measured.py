@@ -1,0 +1,123 @@
+"""The lint corpus labelled by measurement, and the probe that measures (``zdm_runbook.lint.probe``).
+
+Every case of ``tests/lint_corpus.py`` runs on a fresh database with rows, on PostgreSQL 18 and 15,
+through the probe; its stored label must be what the measurement says. A label written by hand
+that PostgreSQL contradicts fails here.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.conftest import available_servers, server_dsn
+from zdm_runbook.lint.probe import Probe
+from zdm_runbook.lint.verdicts import judge
+
+from .lint_corpus import CORPUS, SETUP
+from .lint_measure import OLD_APP, PRELUDE, measure, scratch, unsafe
+
+pytestmark = pytest.mark.pg
+
+
+@pytest.mark.parametrize("server", available_servers())
+def test_every_corpus_label_is_what_postgresql_measurably_does(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    admin = server_dsn(request.config, server)
+    wrong = []
+    for sql, label in CORPUS:
+        verdicts = measure(admin, sql, SETUP.get(sql, ""))
+        if unsafe(verdicts) != label:
+            reasons = [r for v in verdicts for r in v.reasons]
+            wrong.append(
+                f"{'unsafe' if label else 'safe'} in the corpus, measured otherwise: {sql} {reasons}"
+            )
+    assert wrong == []
+
+
+@pytest.fixture
+def shop(request: pytest.FixtureRequest) -> str:
+    with scratch(server_dsn(request.config, "primary")) as dsn:
+        yield dsn
+
+
+def _run(dsn: str, text: str, app: bool = False) -> list:  # type: ignore[type-arg]
+    with Probe(dsn, app=OLD_APP if app else ()) as probe:
+        return probe.run_file(text)
+
+
+def test_a_set_local_outside_a_block_is_measured_to_have_no_effect(shop: str) -> None:
+    outside = _run(shop, "SET LOCAL lock_timeout = '1s'; ALTER TABLE orders ADD COLUMN a int;")
+    inside = _run(shop, "BEGIN; SET LOCAL lock_timeout = '1s'; ALTER TABLE orders ADD COLUMN b int; COMMIT;")
+    assert outside[1].lock_timeout == "0" and inside[2].lock_timeout == "1s"
+    assert outside[1].locks == {"orders": "AccessExclusiveLock"} and not outside[1].rewritten
+    (verdict,) = judge(outside[1:])
+    assert verdict.reasons == [
+        "takes AccessExclusiveLock on orders with no lock_timeout in effect: a wait queues every query"
+    ]
+    assert not judge(inside)[2].unsafe
+
+
+def test_timestamp_to_timestamptz_is_catalog_only_a_rebuild_or_a_rewrite_as_measured(shop: str) -> None:
+    with psycopg.connect(shop, autocommit=True) as conn:
+        conn.execute("ALTER TABLE orders ADD COLUMN a timestamp DEFAULT '2026-01-01', ADD COLUMN b timestamp")
+        conn.execute("CREATE INDEX orders_b_idx ON orders (b)")
+    text = (
+        "SET lock_timeout = '1s'; SET TimeZone = 'UTC';"
+        " ALTER TABLE orders ALTER COLUMN a TYPE timestamptz;"  # UTC: the same instants, no index
+        " ALTER TABLE orders ALTER COLUMN b TYPE timestamptz;"  # UTC, but an index on it is rebuilt
+        " SET TimeZone = 'Europe/Paris'; ALTER TABLE orders ALTER COLUMN a TYPE timestamp;"  # values change
+    )
+    measured = _run(shop, text)
+    plain, indexed, paris = measured[2], measured[3], measured[5]
+    assert not plain.rewritten and not plain.scans
+    assert not indexed.rewritten and indexed.scans == {"orders": 1}  # the index build reads the table
+    assert paris.rewritten == {"orders"}
+    verdicts = judge(measured)
+    assert not verdicts[2].unsafe
+    assert verdicts[3].reasons == [
+        "holds AccessExclusiveLock on orders while it scans orders (300 rows read)"
+    ]
+    assert verdicts[5].reasons[0] == "holds AccessExclusiveLock on orders while it rewrites orders"
+
+
+def test_what_runs_under_a_lock_held_by_an_earlier_statement_counts(shop: str) -> None:
+    text = PRELUDE + "BEGIN; ALTER TABLE orders ADD COLUMN z int; ANALYZE orders; COMMIT;"
+    measured = _run(shop, text)
+    analyze = measured[4]
+    assert analyze.kind == "VacuumStmt" and analyze.locks["orders"] == "AccessExclusiveLock"
+    assert analyze.blocks_read["orders"] > 0 and not analyze.scans  # ANALYZE reads, it does not scan
+    verdicts = judge(measured)
+    assert not verdicts[3].unsafe  # the ADD COLUMN itself: catalog only, lock_timeout set
+    assert verdicts[4].reasons == [
+        f"holds AccessExclusiveLock on orders while it reads {analyze.blocks_read['orders']} blocks of orders"
+    ]
+
+
+def test_a_statement_that_may_not_run_in_a_block_runs_alone_and_its_lock_is_known(shop: str) -> None:
+    measured = _run(shop, PRELUDE + "CREATE INDEX CONCURRENTLY orders_total_idx ON orders (total);")
+    assert measured[2].sqlstate is None and not measured[2].in_block
+    assert measured[2].locks == {"orders": "ShareUpdateExclusiveLock"}  # seen, or PostgreSQL's documented one
+    assert not judge(measured)[2].unsafe
+    failed = _run(shop, "BEGIN; CREATE INDEX CONCURRENTLY orders_x_idx ON orders (total); COMMIT;")
+    assert failed[1].sqlstate == "25001" and judge(failed)[1].unsafe
+
+
+def test_the_old_app_breaking_is_pinned_on_the_statement_that_broke_it(shop: str) -> None:
+    text = PRELUDE + (
+        "ALTER TABLE orders ADD COLUMN remark text;\n"
+        "ALTER TABLE orders DROP COLUMN note;\n"
+        "ALTER TABLE customers ALTER COLUMN email SET NOT NULL;\n"
+    )
+    verdicts = judge(_run(shop, text, app=True))
+    assert not verdicts[2].unsafe
+    assert verdicts[3].reasons == [
+        'the old app breaks: read order: column "note" does not exist [SQLSTATE 42703]',
+        'the old app breaks: place order: column "note" of relation "orders" does not exist [SQLSTATE 42703]',
+    ]
+    # customers.email SET NOT NULL: the scan under the lock, and sign up still works (it gives an email)
+    assert (
+        verdicts[4].reasons[0].startswith("holds AccessExclusiveLock on customers while it scans customers")
+    )
+    assert not any("old app" in r for r in verdicts[4].reasons)
