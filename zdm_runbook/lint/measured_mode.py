@@ -1,0 +1,107 @@
+"""Catalog mode that measures: the file runs on a shadow of the live schema, and the measurements
+overrule the rules wherever a measurement can answer.
+
+For each statement, :mod:`zdm_runbook.lint.verdicts` reads what the probe measured on the shadow
+(empty tables; whether the live table has rows comes from its file size). An unsafe verdict
+becomes an ``error`` finding per reason (rule ``measured``). A rule's error that the measurement
+does not confirm becomes ``info`` and says so. The rules are kept for what an empty copy cannot
+show:
+
+- failures that depend on rows (a NOT NULL column added without a default);
+- whole-table UPDATE or DELETE;
+- the phase rules;
+- without the old app's statements, drops and renames, which stay errors.
+
+If no shadow can be made, every finding stays the rules' and one ``info`` finding says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from zdm_runbook.lint.analysis import Analysis
+from zdm_runbook.lint.hazards import Finding
+from zdm_runbook.lint.probe import AppStatement, Measured, Probe
+from zdm_runbook.lint.shadow import live_rows, shadow
+from zdm_runbook.lint.verdicts import judge
+
+Conn = Any
+# What an empty shadow cannot show: failures and costs that come from rows, and the file's phase.
+ROW_RULES = frozenset({"add-column-not-null", "whole-table-update", "phase"})
+# About the old app: measured only when its statements are known.
+APP_RULES = frozenset(
+    {"drop-column", "drop-table", "rename", "identity-rejects-values", "new-constraint-checks-writes"}
+)
+
+
+def measure(
+    conn: Conn,
+    text: str,
+    file: str,
+    analyses: Sequence[Analysis],
+    findings: list[Finding],
+    app: Sequence[AppStatement] | None = None,
+) -> list[Finding]:
+    """``findings`` (the rules') corrected by what the file measurably does on a shadow copy."""
+    with shadow(conn) as copy:
+        if copy.dsn is None:
+            why = f"catalog mode could not measure ({copy.why_not}): these are the rules' findings"
+            return [*findings, _note(file, why)]
+        with Probe(copy.dsn, app=app or ()) as probe:
+            measured = probe.run_file(text)
+    sizes = live_rows(conn)
+    verdicts = judge(measured, rows=sizes.get)
+    kept = APP_RULES | ROW_RULES if app is None else ROW_RULES
+    out: list[Finding] = []
+    for i, a in enumerate(analyses):
+        verdict = verdicts[i] if i < len(verdicts) else None
+        mine = [f for f in findings if f.statement_index == a.index]
+        if verdict is None:
+            out += mine
+            continue
+        for f in mine:
+            overruled = f.severity == "error" and not verdict.unsafe and f.rule not in kept
+            note = f"measured on a shadow copy, not unsafe: {f.message}"
+            out.append(replace(f, severity="info", message=note) if overruled else f)
+        out += [_measured(file, a, measured[i], reason) for reason in verdict.reasons]
+    return out
+
+
+def _measured(file: str, a: Analysis, m: Measured, reason: str) -> Finding:
+    relation = next(iter(m.locks), None)
+    mode = m.locks.get(relation) if relation else None
+    return Finding(
+        file,
+        a.line,
+        1,
+        a.index,
+        "measured",
+        "error",
+        relation,
+        mode,
+        bool(m.rewritten),
+        mode == "AccessExclusiveLock",
+        mode in ("ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"),
+        reason,
+        _instead(reason),
+    )
+
+
+def _instead(reason: str) -> str:
+    if reason.startswith("fails as written"):
+        return "fix the statement: PostgreSQL refuses it as written"
+    if "no lock_timeout" in reason:
+        return "SET lock_timeout = '1s' (in the same transaction, or for the session) and retry on a timeout"
+    if reason.startswith("the old app breaks"):
+        return "expand and contract: keep what the old app uses until contract"
+    if reason.startswith("writes all"):
+        return "a batched backfill (zdm migrate)"
+    return (
+        "expand and contract, CONCURRENTLY, or NOT VALID then VALIDATE: nothing heavy under a blocking lock"
+    )
+
+
+def _note(file: str, message: str) -> Finding:
+    return Finding(file, 1, 1, -1, "catalog-mode", "info", None, None, False, False, False, message, "")
