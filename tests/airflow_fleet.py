@@ -8,9 +8,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
@@ -26,6 +28,7 @@ EXAMPLE = REPO / "examples" / "airflow"
 AIRFLOW = Path(sys.executable).parent / "airflow"
 APPROVER = "dba_alice"
 # A password the targets' connections carry; the tests look for it everywhere Airflow and zdm write.
+_migrated: Path | None = None  # the first home's migrated metadata database
 PASSWORD = "Fl33t-S3cret-7c1e"  # noqa: S105 - a test password, looked for in every output
 
 
@@ -168,10 +171,16 @@ def airflow_home(root: Path) -> Iterator[Airflow]:
         AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(home / "logs"),
         PYTHONPATH=str(REPO),
     )
-    done = subprocess.run(
-        [str(AIRFLOW), "db", "migrate"], check=False, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    if _migrated is None:  # once per session; each home gets a copy of the migrated metadata
+        done = subprocess.run(
+            [str(AIRFLOW), "db", "migrate"], check=False, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        pristine = Path(tempfile.mkdtemp(prefix="zdm-airflow-")) / "airflow.db"
+        shutil.copyfile(home / "airflow.db", pristine)  # before any run writes to it
+        globals()["_migrated"] = pristine
+    else:
+        shutil.copyfile(_migrated, home / "airflow.db")
     yield Airflow(home, env)
 
 

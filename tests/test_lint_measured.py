@@ -121,3 +121,52 @@ def test_the_old_app_breaking_is_pinned_on_the_statement_that_broke_it(shop: str
         verdicts[4].reasons[0].startswith("holds AccessExclusiveLock on customers while it scans customers")
     )
     assert not any("old app" in r for r in verdicts[4].reasons)
+
+
+def test_catalog_mode_agrees_with_the_measured_labels(request: pytest.FixtureRequest) -> None:
+    """Every 6th case (the whole corpus: bench/lint_vs_squawk.py), linted in catalog mode with the
+    case's schema, rows and setup as the live database, and the old app's statements."""
+    from zdm_runbook.lint.linter import lint_text  # noqa: PLC0415
+
+    admin = server_dsn(request.config, "primary")
+    wrong = []
+    sample = CORPUS[::6]
+    assert sum(label for _, label in sample) >= 15 and sum(not label for _, label in sample) >= 20
+    for sql, label in sample:
+        with scratch(admin, SETUP.get(sql, "")) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+            _, found = lint_text(PRELUDE + sql + ";\n", "case.sql", 18, conn=conn, app=OLD_APP)
+            left = conn.execute(
+                "SELECT count(*) FROM pg_database WHERE datname LIKE 'zdm_lint_shadow_%'"
+            ).fetchone()
+        flagged = any(f.severity == "error" for f in found)
+        if flagged != label:
+            wrong.append((sql, [f.message for f in found if f.severity == "error"]))
+        assert left == (0,)
+    assert wrong == []
+
+
+def test_catalog_mode_refreshes_copied_matviews_and_asks_the_planner_about_whole_table_writes(
+    shop: str,
+) -> None:
+    from zdm_runbook.lint.linter import lint_text  # noqa: PLC0415
+
+    with psycopg.connect(shop, autocommit=True) as conn:
+        conn.execute(
+            "CREATE MATERIALIZED VIEW totals AS SELECT customer_id, sum(total) AS total FROM orders GROUP BY 1;"
+            " CREATE UNIQUE INDEX totals_key ON totals (customer_id)"
+        )
+
+        def errors(text: str) -> list[str]:
+            _, found = lint_text(PRELUDE + text, "case.sql", 18, conn=conn)
+            return [f.message for f in found if f.severity == "error"]
+
+        assert errors("REFRESH MATERIALIZED VIEW CONCURRENTLY totals;") == []  # it runs on the copy too
+        assert errors("REFRESH MATERIALIZED VIEW totals;")[-1].startswith(
+            "holds AccessExclusiveLock on totals while it rewrites totals"
+        )
+        # 300 rows, analysed: the planner expects id > 0 to match them all, id < 10 a few.
+        assert errors("UPDATE orders SET status = 'x' WHERE id > 0;") == [
+            "writes about 100% of the rows of orders in one transaction (the planner's estimate on the"
+            " live database): it row-locks them all"
+        ]
+        assert errors("UPDATE orders SET status = 'x' WHERE id < 10;") == []

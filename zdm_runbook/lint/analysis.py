@@ -176,6 +176,15 @@ def _relations(node: Any) -> list[str]:
     return list(found)
 
 
+def _constraints(node: ast.CreateStmt) -> list[Any]:
+    """A CREATE TABLE's constraints: the table's own and each column's."""
+    out = [e for e in node.tableElts or () if isinstance(e, ast.Constraint)]
+    for col in node.tableElts or ():
+        if isinstance(col, ast.ColumnDef):
+            out += [c for c in col.constraints or () if isinstance(c, ast.Constraint)]
+    return out
+
+
 def _alter_table(stmt: ast.AlterTableStmt, version: int) -> list[Effect]:
     table = _name(stmt.relation)
     lock, work = "ShareUpdateExclusiveLock", "catalog"
@@ -194,6 +203,12 @@ def _alter_table(stmt: ast.AlterTableStmt, version: int) -> list[Effect]:
             and _volatile_default(cmd.def_, version)
         ):
             step_work = "rewrite"
+        elif sub == "AT_AddColumn" and isinstance(cmd.def_, ast.ColumnDef):
+            inline = {ConstrType(_int(c.contype)) for c in cmd.def_.constraints or ()}
+            if inline & {ConstrType.CONSTR_UNIQUE, ConstrType.CONSTR_PRIMARY}:
+                step_work = "index build"
+            elif ConstrType.CONSTR_CHECK in inline:
+                step_work = "scan"
         if sub == "AT_AddConstraint" and isinstance(cmd.def_, ast.Constraint):
             kind = ConstrType(_int(cmd.def_.contype))
             validated = not cmd.def_.skip_validation
@@ -225,6 +240,8 @@ def _effects(node: Any, version: int) -> tuple[list[Effect], bool]:
         table = _name(node.relation)
         if node.concurrent:
             return [Effect(table, "ShareUpdateExclusiveLock", "index build")], False
+        if not getattr(node.relation, "inh", True):  # ON ONLY a partitioned parent: nothing to read
+            return [Effect(table, "ShareLock")], True
         return [Effect(table, "ShareLock", "index build")], True
     if isinstance(node, ast.DropStmt):
         kind = ObjectType(_int(node.removeType))
@@ -235,6 +252,13 @@ def _effects(node: Any, version: int) -> tuple[list[Effect], bool]:
             return [Effect(n, mode) for n in names], not node.concurrent
         if kind in (ObjectType.OBJECT_TABLE, ObjectType.OBJECT_VIEW, ObjectType.OBJECT_MATVIEW):
             return [Effect(n, "AccessExclusiveLock") for n in names], True
+        if kind == ObjectType.OBJECT_TRIGGER:  # measured: its table, AccessExclusiveLock
+            tables = [
+                ".".join(str(p.sval) for p in obj[:-1])
+                for obj in node.objects or ()
+                if isinstance(obj, tuple)
+            ]
+            return [Effect(t, "AccessExclusiveLock") for t in tables if t], True
         return [], True
     if isinstance(node, ast.ReindexStmt):
         concurrent = any(p.defname == "concurrently" for p in node.params or ())
@@ -273,6 +297,9 @@ def _effects(node: Any, version: int) -> tuple[list[Effect], bool]:
         return [], True
     if isinstance(node, ast.ViewStmt) and node.query is not None:
         return [Effect(name, "AccessShareLock") for name in _relations(node.query)], True
+    if isinstance(node, ast.RefreshMatViewStmt) and node.relation is not None:
+        mode = "ExclusiveLock" if node.concurrent else "AccessExclusiveLock"
+        return [Effect(_name(node.relation), mode, "rewrite")], True
     if isinstance(node, ast.CreateTrigStmt):
         return [Effect(_name(node.relation), "ShareRowExclusiveLock")], True
     if isinstance(node, ast.LockStmt):
@@ -281,7 +308,13 @@ def _effects(node: Any, version: int) -> tuple[list[Effect], bool]:
     if isinstance(node, ast.UpdateStmt | ast.DeleteStmt | ast.InsertStmt):
         return [Effect(_name(node.relation), "RowExclusiveLock", "data")], True
     if isinstance(node, ast.CreateStmt):
-        return [Effect(_name(node.relation), "AccessExclusiveLock")], True
+        # The new table is nobody else's yet; a table it references gets ShareRowExclusiveLock.
+        referenced = [
+            Effect(_name(c.pktable), "ShareRowExclusiveLock")
+            for c in _constraints(node)
+            if ConstrType(_int(c.contype)) == ConstrType.CONSTR_FOREIGN and c.pktable is not None
+        ]
+        return [Effect(_name(node.relation), "AccessExclusiveLock"), *referenced], True
     return [], True
 
 

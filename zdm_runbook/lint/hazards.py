@@ -125,6 +125,20 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
                         " INSERTs",
                         "add it nullable with a default, backfill, then " + _NOT_NULL,
                     )
+                inline = kinds & {
+                    ConstrType.CONSTR_UNIQUE,
+                    ConstrType.CONSTR_PRIMARY,
+                    ConstrType.CONSTR_CHECK,
+                }
+                if inline:
+                    add(  # measured: the index is built, or the check run, over every row under the lock
+                        "add-column-constraint",
+                        "error",
+                        "a UNIQUE, PRIMARY KEY or CHECK written in ADD COLUMN builds its index or checks"
+                        " every row under AccessExclusiveLock",
+                        "add the column bare; CREATE UNIQUE INDEX CONCURRENTLY then ADD CONSTRAINT … USING"
+                        " INDEX, or ADD CONSTRAINT … CHECK … NOT VALID then VALIDATE",
+                    )
                 if ConstrType.CONSTR_IDENTITY in kinds:
                     add(
                         "identity-rejects-values",
@@ -197,7 +211,9 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
                     "DETACH PARTITION takes AccessExclusiveLock on the parent table (briefly)",
                     "DETACH PARTITION … CONCURRENTLY (PostgreSQL 14+), outside a transaction block",
                 )
-            elif sub == "AT_AttachPartition":
+            elif (
+                sub == "AT_AttachPartition" and ObjectType(int(node.objtype or 0)) == ObjectType.OBJECT_TABLE
+            ):
                 add(  # measured: the partition-to-be is scanned under AccessExclusiveLock on it
                     "attach-partition-scan",
                     "error",
@@ -220,7 +236,7 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
                     f"{sub[3:]} rewrites the table under AccessExclusiveLock",
                     "avoid on a live table",
                 )
-    elif isinstance(node, ast.IndexStmt) and not node.concurrent:
+    elif isinstance(node, ast.IndexStmt) and not node.concurrent and getattr(node.relation, "inh", True):
         add(
             "create-index-blocking",
             "error",
@@ -292,13 +308,27 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
                 "adding a domain constraint checks every column of that domain in every table, under locks",
                 "ADD CONSTRAINT … NOT VALID, then VALIDATE CONSTRAINT in a separate transaction",
             )
+    elif isinstance(node, ast.AlterDomainStmt) and node.subtype in ("V", "O"):
+        add(  # measured: every table using the domain is scanned under ShareLock
+            "domain-scan",
+            "error",
+            "VALIDATE CONSTRAINT and SET NOT NULL on a domain scan every table that uses it, under ShareLock",
+            "a NOT VALID table constraint on each column instead, validated table by table",
+        )
+    elif isinstance(node, ast.RefreshMatViewStmt) and not node.concurrent:
+        add(  # measured: rewritten under AccessExclusiveLock, which blocks its readers
+            "refresh-matview-blocking",
+            "error",
+            "REFRESH MATERIALIZED VIEW rebuilds it under AccessExclusiveLock: its readers wait",
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY (it needs a unique index)",
+        )
     elif isinstance(node, ast.RenameStmt) and ObjectType(int(node.renameType or 0)) in _APP_VISIBLE:
         add("rename", "error", "renaming breaks the old app that uses the old name", _EXPAND_CONTRACT)
     elif isinstance(node, ast.LockStmt):
         blocks = bool(main and main.blocks_writes)
-        add(
+        add(  # measured: brief when committed at once; work under it is the file walk's finding
             "explicit-lock",
-            "error" if blocks else "warning",
+            "warning",
             "an explicit LOCK TABLE holds its lock until commit" + (", blocking writes" if blocks else ""),
             "rely on the statements' own locks",
         )

@@ -99,6 +99,11 @@ class _Walk:
     tx_ddl: bool = False
     tx_data: bool = False
     not_valid: set[str] = field(default_factory=set)
+    created: set[str] = field(default_factory=set)  # tables this file created: nobody else's yet
+
+    def only_new(self, a: Analysis) -> bool:
+        """Every relation the statement locks was created earlier in this file (or by it)."""
+        return bool(a.effects) and all(e.relation in self.created for e in a.effects)
 
     def control(self, node: Any) -> bool:
         """Track BEGIN/COMMIT and timeout settings; True when ``node`` was one of those."""
@@ -113,7 +118,9 @@ class _Walk:
         setting = _setting(node)
         if setting:
             name, enabled, is_local = setting
-            (self.local if is_local and self.in_tx else self.timeouts)[name] = enabled
+            if is_local and not self.in_tx:  # measured: no effect outside a transaction block
+                return True
+            (self.local if is_local else self.timeouts)[name] = enabled
             return True
         return False
 
@@ -121,10 +128,14 @@ class _Walk:
         """The file-order rules for one statement, then the state it leaves behind."""
         out: list[Finding] = []
         first = a.effects[0] if a.effects else None
-        strongest = a.strongest
+        if isinstance(node, ast.CreateStmt):
+            self.created.add(first.relation if first else "")
+        old = [e for e in a.effects if e.relation not in self.created]
+        strongest = max((e.lock for e in old), key=LOCK_MODES.index) if old else None
         blocking = strongest is not None and LOCK_MODES.index(strongest) > APP_BLOCKING
         has = {**self.timeouts, **self.local}
-        if blocking and not has.get("lock_timeout"):
+        nowait = isinstance(node, ast.LockStmt) and bool(node.nowait)
+        if blocking and not has.get("lock_timeout") and not nowait:
             out.append(
                 finding(
                     a,
@@ -146,6 +157,18 @@ class _Walk:
                     "warning",
                     _NO_STATEMENT_TIMEOUT,
                     _SET_TIMEOUTS,
+                )
+            )
+        if isinstance(node, ast.LockStmt) and not self.in_tx:
+            out.append(
+                finding(
+                    a,
+                    first,
+                    self.file,
+                    "lock-outside-transaction",
+                    "error",
+                    "LOCK TABLE outside a transaction block: it fails as written",
+                    "BEGIN; LOCK …; the work; COMMIT",
                 )
             )
         if self.in_tx and not a.in_transaction_ok:
@@ -245,7 +268,8 @@ def lint_text(
         ignored = {r.strip() for m in _IGNORE.finditer(raw_text) for r in m[1].split(",")}
         if walk.control(raw.stmt):
             continue
-        found = statement_hazards(a, raw.stmt, file, version) + walk.rules(a, raw.stmt)
+        hazards = [] if walk.only_new(a) else statement_hazards(a, raw.stmt, file, version)
+        found = hazards + walk.rules(a, raw.stmt)
         if phase:
             found += _phase_rules(a, raw.stmt, phase, file)
         if conn is not None:

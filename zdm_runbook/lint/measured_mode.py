@@ -21,15 +21,19 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from pglast import ast, parse_sql
+from pglast.stream import RawStream
+
 from zdm_runbook.lint.analysis import Analysis
 from zdm_runbook.lint.hazards import Finding
 from zdm_runbook.lint.probe import AppStatement, Measured, Probe
-from zdm_runbook.lint.shadow import live_rows, shadow
+from zdm_runbook.lint.shadow import live_rows, matched_share, shadow
 from zdm_runbook.lint.verdicts import judge
 
 Conn = Any
 # What an empty shadow cannot show: failures and costs that come from rows, and the file's phase.
 ROW_RULES = frozenset({"add-column-not-null", "whole-table-update", "phase"})
+WHOLE_TABLE = 0.9  # an UPDATE or DELETE expected to match this share of the rows writes "all" of them
 # About the old app: measured only when its statements are known.
 APP_RULES = frozenset(
     {"drop-column", "drop-table", "rename", "identity-rejects-values", "new-constraint-checks-writes"}
@@ -65,8 +69,31 @@ def measure(
             overruled = f.severity == "error" and not verdict.unsafe and f.rule not in kept
             note = f"measured on a shadow copy, not unsafe: {f.message}"
             out.append(replace(f, severity="info", message=note) if overruled else f)
-        out += [_measured(file, a, measured[i], reason) for reason in verdict.reasons]
+        reasons = list(verdict.reasons)
+        whole = _whole_table(conn, a, sizes)
+        if whole and not any(r.startswith("writes all") for r in reasons):
+            reasons.append(whole)
+        out += [_measured(file, a, measured[i], reason) for reason in reasons]
     return out
+
+
+def _whole_table(conn: Conn, a: Analysis, sizes: dict[str, int | None]) -> str | None:
+    """An UPDATE or DELETE whose WHERE the live planner expects to match (nearly) every row: the
+    shadow copy has no rows to tell, the live statistics do."""
+    try:
+        node = parse_sql(a.text)[0].stmt
+    except Exception:  # the linter reported the file's parse errors already
+        return None
+    if not isinstance(node, ast.UpdateStmt | ast.DeleteStmt) or node.whereClause is None or not node.relation:
+        return None
+    table = RawStream()(node.relation)
+    share = matched_share(conn, table, RawStream()(node.whereClause))
+    if share is None or share < WHOLE_TABLE or not sizes.get(table):
+        return None
+    return (
+        f"writes about {share:.0%} of the rows of {table} in one transaction (the planner's estimate on the"
+        " live database): it row-locks them all"
+    )
 
 
 def _measured(file: str, a: Analysis, m: Measured, reason: str) -> Finding:

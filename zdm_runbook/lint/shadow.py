@@ -100,9 +100,47 @@ def shadow(conn: Conn) -> Iterator[Shadow]:
             timeout=DUMP_TIMEOUT_S,
             check=False,
         )
+        if restored.returncode == 0:
+            _populate(target)
         yield Shadow(target if restored.returncode == 0 else None, redact(restored.stderr.strip())[:300])
     finally:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _populate(dsn: str) -> None:
+    """pg_dump makes materialized views WITH NO DATA; refresh each (empty, so at once), a view
+    that reads another after it, so that a REFRESH … CONCURRENTLY in the file can run."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pending = [
+            str(r[0]) for r in conn.execute("SELECT oid::regclass::text FROM pg_class WHERE relkind = 'm'")
+        ]
+        for _ in range(len(pending)):
+            failed = []
+            for view in pending:
+                try:
+                    conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.SQL(view)))
+                except psycopg.Error:
+                    failed.append(view)
+            if not failed or failed == pending:
+                return
+            pending = failed
+
+
+def matched_share(conn: Conn, table: str, where: str) -> float | None:
+    """The planner's estimate, on the live database, of the share of ``table``'s rows that ``where``
+    matches (EXPLAIN only: nothing is read or run). None when it cannot tell."""
+    try:
+        conn.execute("SELECT set_config('lock_timeout', '1s', false)")
+        plans = [
+            conn.execute(
+                sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} {}").format(sql.SQL(table), sql.SQL(w))
+            ).fetchone()
+            for w in (f"WHERE {where}", "")
+        ]
+    except psycopg.Error:
+        return None
+    rows = [p[0][0]["Plan"]["Plan Rows"] if p else 0 for p in plans]
+    return rows[0] / rows[1] if rows[1] else None
 
 
 def live_rows(conn: Conn) -> dict[str, int | None]:

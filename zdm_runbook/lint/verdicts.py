@@ -77,7 +77,9 @@ def _blocking(m: Measured, created: set[str]) -> dict[str, str]:
     seen: set[str] = set()
     for relation, mode in sorted(m.locks.items(), key=lambda kv: kv[0] in m.owner):
         table = m.owner.get(relation, relation)
-        if mode in BLOCKS_WRITES and table not in created and table not in seen:
+        # Nobody writes a materialized view: only a lock that blocks reads matters there.
+        blocking = mode == "AccessExclusiveLock" if m.kinds.get(relation) == "m" else mode in BLOCKS_WRITES
+        if blocking and table not in created and table not in seen:
             out[relation] = mode
             seen.add(table)
     return out
