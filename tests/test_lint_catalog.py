@@ -214,3 +214,26 @@ def test_app_queries_need_a_database_and_name_their_problems(tmp_path: object) -
     assert done.returncode == 2
     assert "app.sql:2: CreateStmt is not an app statement" in done.stderr
     assert "app.sql:4: params is not JSON" in done.stderr
+
+
+def test_without_app_queries_pg_stat_statements_says_what_the_app_runs(
+    shop: psycopg.Connection[tuple[object, ...]], tmp_path: object
+) -> None:
+    from pathlib import Path  # noqa: PLC0415
+
+    dsn = shop.info.dsn
+    shop.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    shop.execute("SELECT pg_stat_statements_reset()")
+    with psycopg.connect(dsn, autocommit=True) as app:  # the old app, as the server saw it
+        for i in range(3):
+            app.execute("SELECT id, qty, status FROM orders WHERE id = %s", [i])
+    path = Path(str(tmp_path)) / "m.sql"
+    path.write_text(PRELUDE + "ALTER TABLE orders DROP COLUMN qty;\n")
+    code, out = _lint(path, dsn)
+    assert code == 1
+    assert "error measured: the old app breaks: pg_stat_statements: SELECT id, qty, status FROM orders" in out
+    assert 'column "qty" does not exist' in out
+    path.write_text(PRELUDE + "ALTER TABLE orders DROP COLUMN memo;\n")  # nothing the app runs uses it
+    code, out = _lint(path, dsn)
+    assert code == 0, out
+    assert "info drop-column: measured on a shadow copy, not unsafe" in out

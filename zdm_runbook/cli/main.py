@@ -230,7 +230,10 @@ def lint_cmd(
     Exit 0: nothing above info; 1: errors or warnings; 2: unusable input (a parse error names the
     line). Silence a rule for one statement with a comment in it: -- zdm: ignore RULE
     """
-    from zdm_runbook.lint.app_queries import read_app_queries  # noqa: PLC0415 - pglast loads only for lint
+    from zdm_runbook.lint.app_queries import (  # noqa: PLC0415 - pglast loads only for lint
+        from_pg_stat_statements,
+        read_app_queries,
+    )
     from zdm_runbook.lint.linter import lint_text  # noqa: PLC0415
 
     if app_queries and not dsn_env:
@@ -240,6 +243,8 @@ def lint_cmd(
     app = read_app_queries(app_queries.read_text(), str(app_queries)) if app_queries else None
     version = pg_version or 18
     conn = connect(env=dsn_env, autocommit=True) if dsn_env else None
+    if conn is not None and app is None:  # the app as pg_stat_statements saw it, when it is there
+        app = from_pg_stat_statements(conn) or None
     all_findings = []
     try:
         if conn is not None and not pg_version:

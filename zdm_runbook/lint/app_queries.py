@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
+import psycopg
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
+from zdm_runbook.core.connect import STATEMENT_TAG
 from zdm_runbook.core.errors import Problem
 from zdm_runbook.lint.linter import SqlFileError
 from zdm_runbook.lint.placeholders import PLACEHOLDER, numbered
 from zdm_runbook.lint.probe import AppStatement
 
 _PARAMS = re.compile(r"--\s*params:\s*(\{.*\})\s*$", re.M)
+_ZDM = re.compile(r"\bzdm\.", re.I)  # the ledger's own tables
 _APP = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
 
 
@@ -83,4 +87,32 @@ def _spans(original: str, plain: str) -> list[int]:
             out.append(i)
             i, j = i + 1, j + 1
     out.append(i)
+    return out
+
+
+def from_pg_stat_statements(conn: Any, limit: int = 200) -> list[AppStatement] | None:
+    """The app's data statements as ``pg_stat_statements`` saw them in this database (the most
+    called first; zdm's own, tagged, and the statistics view's left out), to prepare on the shadow.
+    None when the extension is not installed here or not loaded by the server."""
+    try:
+        with conn.transaction():
+            rows = conn.execute(
+                "SELECT query FROM pg_stat_statements"
+                " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND rtrim(query) NOT LIKE %s ORDER BY calls DESC LIMIT %s",
+                ["%" + STATEMENT_TAG.strip(), limit * 4],
+            ).fetchall()
+    except psycopg.Error:  # not installed here, or not in shared_preload_libraries
+        return None
+    out: list[AppStatement] = []
+    for (query,) in rows:
+        text = str(query)
+        try:
+            (raw,) = parse_sql(text)
+        except (ParseError, ValueError):
+            continue
+        if isinstance(raw.stmt, _APP) and "pg_stat_statements" not in text and not _ZDM.search(text):
+            out.append((f"pg_stat_statements: {' '.join(text.split())[:60]}", text, None))
+        if len(out) >= limit:
+            break
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+NUMBERED = re.compile(r"\$\d+")  # PostgreSQL's own, as pg_stat_statements shows them
 
 
 def numbered(text: str) -> str:

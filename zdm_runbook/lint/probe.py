@@ -32,7 +32,7 @@ from pglast import ast, parse_sql
 from psycopg import pq, sql
 
 from zdm_runbook.lint.analysis import LOCK_MODES, analyze
-from zdm_runbook.lint.placeholders import PLACEHOLDER, numbered
+from zdm_runbook.lint.placeholders import NUMBERED, PLACEHOLDER, numbered
 
 Conn = psycopg.Connection[Any]
 NOT_IN_BLOCK = "25001"  # active_sql_transaction: "cannot run inside a transaction block"
@@ -224,7 +224,8 @@ class Probe:
         for name, text, params in self.app:
             self.conn.execute("SAVEPOINT zdm_probe_app" if in_block else "BEGIN")
             try:
-                if params is None and PLACEHOLDER.search(text):  # no sample values: prepare it only
+                if params is None and (PLACEHOLDER.search(text) or NUMBERED.search(text)):
+                    # No sample values: prepared only (names gone, types changed), not run.
                     self.conn.execute(b"PREPARE zdm_probe_app AS " + numbered(text).encode())
                     self.conn.execute("DEALLOCATE zdm_probe_app")
                 else:
