@@ -97,7 +97,8 @@ def _whole_table(conn: Conn, a: Analysis, sizes: dict[str, int | None]) -> str |
 
 
 def _measured(file: str, a: Analysis, m: Measured, reason: str) -> Finding:
-    relation = next(iter(m.locks), None)
+    tables = [r for r in m.locks if r not in m.owner]  # the table, rather than one of its indexes
+    relation = next(iter(tables or list(m.locks)), None)
     mode = m.locks.get(relation) if relation else None
     return Finding(
         file,
