@@ -110,10 +110,6 @@ class _Catalog:
             {int(r[0]): (str(r[1]), int(r[2]), str(r[3]), str(r[4])) for r in conn.execute(_RELATIONS)}
         )
 
-    def table_of(self, oid: int) -> str | None:
-        row = self.rows.get(oid)
-        return row[3] if row else None
-
     def note_lock(self, m: Measured, oid: int, mode: str) -> None:
         """Record a lock on ``oid`` if the relation existed before the statement."""
         row = self.rows.get(oid)
@@ -353,7 +349,7 @@ class Probe:
 
 def _documented_locks(sql_text: str, existing: set[str]) -> dict[str, str]:
     """The lock each relation gets by the rules (:mod:`zdm_runbook.lint.analysis`), for a statement
-    that ran alone too fast to be seen; ``locks_observed`` stays False so readers know."""
+    that ran alone too fast to be seen (``locks_observed`` says whether sampling saw them all)."""
     out: dict[str, str] = {}
     for a in analyze(sql_text):
         for e in a.effects:
