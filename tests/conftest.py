@@ -16,6 +16,7 @@ import operator
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -65,12 +66,23 @@ def server_dsn(config: pytest.Config, label: str) -> str:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The servers' versions. A local server's comes from its binary: with pytest-xdist this runs in
+    the controller, which starts no server (each worker starts its own)."""
     lines = []
     for label in available_servers():
         try:
-            with psycopg.connect(server_dsn(config, label), connect_timeout=10) as conn:
-                version = conn.execute("SHOW server_version").fetchone()
-            lines.append(f"PostgreSQL ({label}): {version[0] if version else '?'}")
+            if label == "primary" and config.getoption("--test-dsn"):
+                with psycopg.connect(config.getoption("--test-dsn"), connect_timeout=10) as conn:
+                    row = conn.execute("SHOW server_version").fetchone()
+                version = str(row[0]) if row else "?"
+            else:
+                bin_dir = embedded_bin_dir() if label == "primary" else DEBIAN_PG15_BIN
+                out = subprocess.run(
+                    [str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, check=True
+                )
+                m = re.search(r"\(PostgreSQL\) (\S+)", out.stdout)
+                version = m[1] if m else out.stdout.strip()
+            lines.append(f"PostgreSQL ({label}): {version}")
         except Exception as exc:
             lines.append(f"PostgreSQL ({label}): unavailable ({exc})")
     return lines

@@ -296,8 +296,13 @@ def test_a_wave_with_airflow_approvals_a_held_lock_and_duplicates(
         assert len(_archives(tmp_path, target, "migrate", "html")) == 1
     assert len(_archives(tmp_path, "tenant_ok", "expand")) == 1
     first, second = _archives(tmp_path, "tenant_locked", "expand")
-    assert f"blocked by pid {holder_pid}" in first.read_text()  # the blocker, in the failed try's archive
-    assert "[SQLSTATE 55P03]" in first.read_text()
+    # The failed try's archive names the holder: its DDL timed out blocked by it, or, when Airflow was
+    # slow to start (a loaded machine) and the holder's transaction had passed 30 s, the preflight
+    # said no-go because of it. Both are retried; both are right.
+    failed_try = first.read_text()
+    timed_out = f"blocked by pid {holder_pid}" in failed_try and "[SQLSTATE 55P03]" in failed_try
+    no_go = "NO-GO: preflight on accounts" in failed_try and f"pid {holder_pid} " in failed_try
+    assert timed_out or no_go
     assert f"expand of {CHANGE} succeeded" in second.read_text()
     dupes = _db(request, targets["tenant_dupes"])
     assert _one(dupes, "SELECT count(*) FROM zdm.signoffs") == 0
