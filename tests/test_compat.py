@@ -10,12 +10,13 @@ import pytest
 
 from zdm_runbook.core.errors import SpecError
 from zdm_runbook.execute import compat
+from zdm_runbook.execute.rehearsal import rehearse
 from zdm_runbook.notebook import runner
 from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.change import load_change, parse_change
 from zdm_runbook.spec.model import Phase
 
-from .helpers import apply_phase, scalar, zdm
+from .helpers import ORDERS, apply_phase, scalar, zdm
 
 COMPAT = """
 compat:
@@ -128,3 +129,61 @@ def test_a_failing_compat_check_fails_the_phase_and_blocks_its_sign_off(
     fixed = runner.run("expand", spec, {"signoff_by": "alice"}, tmp_path / "archive")
     assert fixed.exit_code == 0, fixed
     assert "compatibility after expand: 4 statements, 0 failed" in fixed.notebook.read_text()  # type: ignore[union-attr]
+
+
+BREAKS_OLD_APP = """
+change: orders-note-required
+operations:
+  - raw_sql:
+      phase: expand
+      reason: notes become required
+      sql: "ALTER TABLE orders ADD CONSTRAINT orders_note_required CHECK (note IS NOT NULL) NOT VALID"
+compat:
+  old:
+    - {name: place order, sql: "INSERT INTO orders (customer_id) VALUES (%(c)s)", params: {c: 7}}
+    - {name: read customer, sql: "SELECT customer_id FROM orders WHERE id = %(id)s", params: {id: 1}}
+"""
+
+
+def test_zdm_run_rehearses_the_phase_with_the_compat_sets_before_anything_runs(
+    orders_env: str, tmp_path: Path
+) -> None:
+    """A step that would break the old app's INSERT (a NOT VALID CHECK its writes violate: the
+    constraint checks new rows at once) is found on a shadow copy: no-go, nothing ran live."""
+    spec = tmp_path / "change.yaml"
+    spec.write_text(BREAKS_OLD_APP)
+    result = runner.run("expand", spec, {}, tmp_path / "archive")
+    assert result.exit_code == 3 and result.outcome == "refused", result
+    assert "step 01-raw_sql" in result.message, result.message
+    assert "breaks old app: place order" in result.message and "SQLSTATE 23514" in result.message
+    assert "Nothing ran on the live database" in result.message
+    assert scalar(orders_env, "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_note_required'") == 0
+    assert scalar(orders_env, "SELECT count(*) FROM zdm.step_attempts") == 0
+    assert scalar(orders_env, "SELECT count(*) FROM pg_database WHERE datname LIKE 'zdm_lint_shadow%%'") == 0
+    # With the old app's INSERT giving a note, the same step keeps it working: the phase runs.
+    spec.write_text(BREAKS_OLD_APP.replace("(customer_id) VALUES", "(customer_id, note) VALUES").replace("%(c)s)", "%(c)s, 'x')"))
+    fine = runner.run("expand", spec, {}, tmp_path / "archive")
+    assert fine.exit_code == 0, fine
+    text = fine.notebook.read_text()  # type: ignore[union-attr]
+    assert "rehearsal on a shadow copy" in text and "the app&#x27;s statements still work" in text
+    assert scalar(orders_env, "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_note_required'") == 1
+
+
+def test_the_rehearsal_follows_the_phase_and_skips_what_is_applied(db: str, tmp_path: Path) -> None:
+    """Expand of a type change, rehearsed: both apps keep working after each step; once expand is
+    applied, a second rehearsal finds every step applied and runs nothing."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(ORDERS)
+        change = load_change(_spec(tmp_path, CHANGE + COMPAT))
+        plan = build_plan(change)
+        first = rehearse(conn, plan.for_phase(Phase.EXPAND), change.compat, Phase.EXPAND)
+        assert [r["outcome"] for r in first.rows] == ["ok"] * len(plan.for_phase(Phase.EXPAND))
+        assert not [r for r in first.reasons if r.level == "no-go"], first.reasons
+        # The new app's statements need the new column: failing before expand, working after it,
+        # so nothing is said about them.
+        assert not first.reasons, first.reasons
+        assert scalar(db, "SELECT count(*) FROM information_schema.columns WHERE column_name = 'customer_ref'") == 0
+    apply_phase(db, plan, Phase.EXPAND)
+    with psycopg.connect(db, autocommit=True) as conn:
+        again = rehearse(conn, plan.for_phase(Phase.EXPAND), change.compat, Phase.EXPAND)
+    assert {r["outcome"] for r in again.rows} == {"already applied"}

@@ -237,3 +237,36 @@ def test_without_app_queries_pg_stat_statements_says_what_the_app_runs(
     code, out = _lint(path, dsn)
     assert code == 0, out
     assert "info drop-column: measured on a shadow copy, not unsafe" in out
+
+
+def test_catalog_mode_measures_on_a_server_that_asks_for_a_password(tmp_path: object) -> None:
+    """The shadow copy is reached with the live connection's password (pg_dump and psql get it in
+    PGPASSWORD, the probe in memory); the password shows nowhere in what zdm lint prints."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from zdm_runbook.demo.embedded import LocalServer, embedded_bin_dir  # noqa: PLC0415
+
+    folder = Path(str(tmp_path))
+    server = LocalServer(data_dir=folder / "pg", bin_dir=embedded_bin_dir())
+    admin = server.start()
+    secret = "Sh4dow-pw-91x"  # noqa: S105 - a test password, looked for in the output
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE linter LOGIN CREATEDB PASSWORD '{secret}'")  # type: ignore[arg-type]
+            conn.execute("CREATE DATABASE shop OWNER linter")
+            hba = Path(str(conn.execute("SHOW hba_file").fetchone()[0]))  # type: ignore[index]
+            hba.write_text("local all linter scram-sha-256\n" + hba.read_text())
+            conn.execute("SELECT pg_reload_conf()")
+        dsn = psycopg.conninfo.make_conninfo(admin, user="linter", dbname="shop", password=secret)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SCHEMA)  # type: ignore[arg-type]
+        without = psycopg.conninfo.make_conninfo(admin, user="linter", dbname="shop")
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(without).close()  # the server does ask for it
+        path = folder / "m.sql"
+        path.write_text(PRELUDE + "ALTER TABLE orders SET LOGGED;\n")
+        code, out = _lint(path, dsn)
+        assert code == 0 and "info rewrite: measured on a shadow copy, not unsafe" in out, out
+        assert secret not in out
+    finally:
+        server.destroy()

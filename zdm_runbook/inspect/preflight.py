@@ -58,6 +58,12 @@ class Verdict:
         lines += [f"  {r}" for r in self.reasons] or [quiet]
         return "\n".join(lines)
 
+    def add(self, reasons: Iterable[Reason], name: str, view: pd.DataFrame) -> None:
+        """Another check's reasons (and the view they came from) join the verdict."""
+        self.reasons += reasons
+        self.go = not any(r.level == "no-go" for r in self.reasons)
+        self.frames[name] = view
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "go": self.go,
@@ -194,7 +200,7 @@ class PreflightRefused(Refused):
 
     def __init__(self, verdict: Verdict) -> None:
         super().__init__(
-            f"{verdict}\nNothing ran. Deal with the sessions named above, then re-run the phase"
-            " (or set require_go to False to rely on the lock timeouts alone)."
+            f"{verdict}\nNothing ran. Deal with what is named above, then re-run the phase"
+            " (or set require_go to False to rely on the lock timeouts and the live checks alone)."
         )
         self.verdict = verdict

@@ -18,7 +18,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,10 @@ DUMP_TIMEOUT_S = 120
 
 @dataclass
 class Shadow:
-    """A scratch copy's DSN, or why there is none."""
+    """A scratch copy's DSN, or why there is none. The DSN carries the live connection's password
+    (for connections made in this process): it is never shown (``repr`` leaves it out)."""
 
-    dsn: str | None
+    dsn: str | None = field(repr=False)
     why_not: str = ""
 
 
@@ -89,7 +90,9 @@ def shadow(conn: Conn) -> Iterator[Shadow]:
     except psycopg.Error as exc:
         yield Shadow(None, f"could not create a scratch database: {redact(str(exc)).strip()[:200]}")
         return
-    target = make_conninfo(live, dbname=name)
+    target = make_conninfo(live, dbname=name)  # for psql: its password comes in PGPASSWORD
+    secret = conn.info.password
+    inside = make_conninfo(target, password=secret) if secret else target  # for this process
     try:
         restored = subprocess.run(  # noqa: S603 - our own argument list, no shell
             [restore, "-X", "-q", "-v", "ON_ERROR_STOP=0", "-d", target],
@@ -101,8 +104,8 @@ def shadow(conn: Conn) -> Iterator[Shadow]:
             check=False,
         )
         if restored.returncode == 0:
-            _populate(target)
-        yield Shadow(target if restored.returncode == 0 else None, redact(restored.stderr.strip())[:300])
+            _populate(inside)
+        yield Shadow(inside if restored.returncode == 0 else None, redact(restored.stderr.strip())[:300])
     finally:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 

@@ -33,6 +33,7 @@ from zdm_runbook.execute import fill_runner as engine
 from zdm_runbook.execute.attempts import StepFailed, StepResult
 from zdm_runbook.execute.executor import Executor
 from zdm_runbook.execute.progress import State, frame
+from zdm_runbook.execute.rehearsal import rehearse
 from zdm_runbook.execute.session import PhaseSession
 from zdm_runbook.inspect import usage
 from zdm_runbook.inspect.preflight import PreflightRefused, Verdict, preflight
@@ -228,9 +229,13 @@ class Runbook:
 
     @_records_failure
     def preflight(self) -> None:
-        """The live lock report on the phase's tables; no-go stops here when ``require_go``."""
+        """The live lock report on the phase's tables, and the phase rehearsed on a shadow copy with
+        the spec's compat statements (:mod:`.rehearsal`); no-go stops here when ``require_go``."""
         tables = sorted({str(t) for st in self.steps for t in st.tables})
         verdict = self.verdict = preflight(self.session.control, tables)
+        applied = frozenset(ledger.applied_steps(self.session.control, self.change_id))
+        rehearsed = rehearse(self.session.control, self.steps, self.plan.change.compat, self.phase, applied)
+        verdict.add(rehearsed.reasons, "rehearsal on a shadow copy", rehearsed.frame())
         refused = not verdict.go and self.params.values["require_go"]
         if not refused:  # a refusal is shown once: by the error, after the evidence
             print(verdict, flush=True)
