@@ -99,6 +99,9 @@ _COMPARE: dict[str, Callable[[int, int], bool]] = {
 }
 _majors: dict[str, int] = {}
 DATABASE_FIXTURES = frozenset({"db", "any_pg_db"})
+SLOW_FILES = frozenset(
+    {"test_fleet.py", "test_lint_measured.py", "test_browser.py", "test_demo.py", "test_key_change_faults.py"}
+)
 
 
 def version_matches(spec: str, major: int) -> bool:
@@ -135,7 +138,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         keep.append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = keep
+    # The longest files first: pytest-xdist hands files to workers in this order, so no worker is
+    # left with a two-minute file while the other has finished (the order within a file is kept).
+    items[:] = sorted(keep, key=lambda item: item.path.name not in SLOW_FILES)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

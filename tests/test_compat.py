@@ -157,16 +157,24 @@ def test_zdm_run_rehearses_the_phase_with_the_compat_sets_before_anything_runs(
     assert "step 01-raw_sql" in result.message, result.message
     assert "breaks old app: place order" in result.message and "SQLSTATE 23514" in result.message
     assert "Nothing ran on the live database" in result.message
-    assert scalar(orders_env, "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_note_required'") == 0
+    assert (
+        scalar(orders_env, "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_note_required'") == 0
+    )
     assert scalar(orders_env, "SELECT count(*) FROM zdm.step_attempts") == 0
     assert scalar(orders_env, "SELECT count(*) FROM pg_database WHERE datname LIKE 'zdm_lint_shadow%%'") == 0
     # With the old app's INSERT giving a note, the same step keeps it working: the phase runs.
-    spec.write_text(BREAKS_OLD_APP.replace("(customer_id) VALUES", "(customer_id, note) VALUES").replace("%(c)s)", "%(c)s, 'x')"))
+    spec.write_text(
+        BREAKS_OLD_APP.replace("(customer_id) VALUES", "(customer_id, note) VALUES").replace(
+            "%(c)s)", "%(c)s, 'x')"
+        )
+    )
     fine = runner.run("expand", spec, {}, tmp_path / "archive")
     assert fine.exit_code == 0, fine
     text = fine.notebook.read_text()  # type: ignore[union-attr]
     assert "rehearsal on a shadow copy" in text and "the app&#x27;s statements still work" in text
-    assert scalar(orders_env, "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_note_required'") == 1
+    assert (
+        scalar(orders_env, "SELECT count(*) FROM pg_constraint WHERE conname = 'orders_note_required'") == 1
+    )
 
 
 def test_the_rehearsal_follows_the_phase_and_skips_what_is_applied(db: str, tmp_path: Path) -> None:
@@ -182,7 +190,10 @@ def test_the_rehearsal_follows_the_phase_and_skips_what_is_applied(db: str, tmp_
         # The new app's statements need the new column: failing before expand, working after it,
         # so nothing is said about them.
         assert not first.reasons, first.reasons
-        assert scalar(db, "SELECT count(*) FROM information_schema.columns WHERE column_name = 'customer_ref'") == 0
+        assert (
+            scalar(db, "SELECT count(*) FROM information_schema.columns WHERE column_name = 'customer_ref'")
+            == 0
+        )
     apply_phase(db, plan, Phase.EXPAND)
     with psycopg.connect(db, autocommit=True) as conn:
         again = rehearse(conn, plan.for_phase(Phase.EXPAND), change.compat, Phase.EXPAND)

@@ -14,20 +14,20 @@ import psycopg
 import pytest
 
 from zdm_runbook.core.connect import connect
-from zdm_runbook.execute.duty import GROW, GROW_FAST, MAX_DUTY, MIN_DUTY, DutyController, Sampler
+from zdm_runbook.execute.duty import GROW, GROW_FAST, MAX_DUTY, MIN_DUTY, WINDOW, DutyController, Sampler
 
 
 def _controller() -> DutyController:
-    return DutyController(0.15, 1.3, batch_cap=500, min_batch=100, max_batch=20000)
+    return DutyController(0.15, 1.3, batch_cap=250, min_batch=100, max_batch=500)
 
 
 def _windows(ctl: DutyController, in_flight_resting: float, in_flight_batching: float, n: int) -> list[float]:
-    """Feed ``n`` one-second windows of 50 samples a side; the duty after each."""
+    """Feed ``n`` whole windows of 50 samples a side; the duty after each."""
     duties = []
     for _ in range(n):
         rest = (50, round(50 * in_flight_resting))
         run = (50, round(50 * in_flight_batching))
-        duties.append(ctl.observe(rest, run, now=ctl._since + 1.01))
+        duties.append(ctl.observe(rest, run, now=ctl._since + WINDOW + 0.01))
     return duties
 
 
@@ -38,7 +38,8 @@ def test_an_app_that_does_not_slow_down_gets_more_of_the_server() -> None:
     assert duties[0] == pytest.approx(0.15 * GROW_FAST)  # flat: the steps double
     assert all(b >= a for a, b in itertools.pairwise(duties))
     assert duties[-1] == MAX_DUTY  # never all of it: rests keep the baseline fresh
-    assert ctl.batch_cap > 500 and ctl.slowdown == pytest.approx((0.42 + 0.05) / (0.4 + 0.05), rel=0.01)
+    assert ctl.batch_cap == 500 and ctl.slowdown  # the cap grows to its bound, no further
+    assert ctl.slowdown is not None and ctl.slowdown == pytest.approx((0.42 + 0.05) / (0.4 + 0.05), rel=0.01)
 
 
 def test_nearer_the_limit_the_steps_are_small() -> None:
@@ -80,8 +81,8 @@ def test_no_decision_without_a_whole_window_of_samples() -> None:
     assert ctl.baseline == 0.0 and ctl.slowdown == pytest.approx((9 / 10 + 0.05) / 0.05)
     # Batching all the time gives no rests: the last baseline still judges the batches (and the
     # moving average still remembers the slow window).
-    ctl.duty = 0.6
-    assert ctl.observe((0, 0), (60, 0), now=1003.0) == pytest.approx(0.6 * 0.5)
+    ctl.duty = 0.4
+    assert ctl.observe((0, 0), (60, 0), now=1002.2 + WINDOW) == pytest.approx(0.4 * 0.5)
     assert ctl.baseline == 0.0 and ctl.slowdown == pytest.approx((19 + 1) / 2)
 
 

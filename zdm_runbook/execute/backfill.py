@@ -92,9 +92,9 @@ class BackfillEngine:
         self.duty = DutyController(
             self.settings.busy_duty,
             self.settings.max_app_slowdown,
-            self.settings.busy_max_batch_size,
+            min(self.settings.busy_max_batch_size, self.settings.max_batch_size),
             self.settings.min_batch_size,
-            self.settings.max_batch_size,
+            min(self.settings.busy_max_batch_size, self.settings.max_batch_size),
         )
 
     @property

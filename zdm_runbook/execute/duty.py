@@ -39,10 +39,18 @@ import psycopg
 from zdm_runbook.core.connect import connect
 
 Conn = psycopg.Connection[Any]
-SAMPLE_EVERY = 0.01  # seconds between samples
-WINDOW = 0.5  # seconds of samples, at least, per decision
+# Seconds between samples. Sampling costs the app: on 2 cores at 200 tx/s, sampling every 10 ms
+# alone raised the app's p99 1.34x (pooled over three 8 s windows, ~4,800 transactions each);
+# every 40 ms, 0.96x (bench/RESULTS.md). Fewer samples mean longer windows per decision.
+SAMPLE_EVERY = 0.04
+WINDOW = 2.0  # seconds of samples, at least, per decision
 MIN_SAMPLES = 10  # per side (batching, resting) of a window
-MIN_DUTY, MAX_DUTY = 0.02, 0.9
+# At most half the time, and batches no larger than the engine's ``busy_max_batch_size``: the mean
+# in flight cannot see the app's tail (a batch's CPU burst meets few requests, yet those few make
+# the p99). Measured on 2 cores at 200 tx/s, pooled over three 8 s windows: the mean read flat
+# (<= 1.0x) while the controller, allowed 90% and 4,000-row batches, drove the app's p99 to 3.5x;
+# fixed 500-row batches half the time gave 1.41x at about 30% of the idle rate (bench/RESULTS.md).
+MIN_DUTY, MAX_DUTY = 0.02, 0.5
 # While the slowdown is flat (at most FLAT) the steps double; nearer the limit they grow by 20%
 # (GitLab's batch optimizer's bound); over it they halve.
 FLAT, GROW_FAST, GROW, SHRINK = 1.1, 2.0, 1.2, 0.5
@@ -121,7 +129,7 @@ class DutyController:
     max_app_slowdown: float
     batch_cap: int  # the largest batch while the app shares the server: steered like the duty
     min_batch: int
-    max_batch: int
+    max_batch: int  # the cap never grows past this (the engine's ``busy_max_batch_size``)
     slowdown: float | None = None
     _rests: deque[tuple[float, float]] = field(default_factory=deque)  # (when, mean in flight)
     _since: float = 0.0
