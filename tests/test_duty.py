@@ -74,16 +74,26 @@ def test_a_backlog_that_outlives_the_batches_counts_as_a_slowdown() -> None:
 def test_no_decision_without_a_whole_window_of_samples() -> None:
     ctl = _controller()
     assert ctl.observe((50, 0), (2, 2), now=1000.0) == 0.15  # the window has just begun
-    assert ctl.observe((0, 0), (3, 3), now=1002.0) == 0.15  # long enough, but 5 samples batching
-    assert ctl.observe((0, 0), (2, 2), now=1002.1) == 0.15  # still 7
-    slower = ctl.observe((0, 0), (3, 2), now=1002.2)  # 10: decide, on 9 of 10 samples in flight
-    assert slower == pytest.approx(0.15 * 0.5)
-    assert ctl.baseline == 0.0 and ctl.slowdown == pytest.approx((9 / 10 + 0.05) / 0.05)
+    assert ctl.observe((0, 0), (13, 13), now=1002.0) == 0.15  # long enough, but 15 samples batching
+    assert ctl.observe((0, 0), (5, 5), now=1002.1) == 0.15  # still 20
+    slower = ctl.observe((0, 0), (5, 3), now=1002.2)  # 25: decide, on 23 of 25 samples in flight
+    assert slower == pytest.approx(0.15 * 0.5)  # far over: halved, no more
+    assert ctl.baseline == 0.0 and ctl.slowdown == pytest.approx((23 / 25 + 0.05) / 0.05)
     # Batching all the time gives no rests: the last baseline still judges the batches (and the
     # moving average still remembers the slow window).
     ctl.duty = 0.4
     assert ctl.observe((0, 0), (60, 0), now=1002.2 + WINDOW) == pytest.approx(0.4 * 0.5)
-    assert ctl.baseline == 0.0 and ctl.slowdown == pytest.approx((19 + 1) / 2)
+    assert ctl.baseline == 0.0 and ctl.slowdown == pytest.approx(((23 / 25 + 0.05) / 0.05 + 1) / 2)
+
+
+def test_just_over_the_limit_the_duty_shrinks_in_proportion() -> None:
+    """Over the limit by a little, the step is limit / slowdown rather than a halving: one noisy
+    window costs a little, a real overload still halves it at once."""
+    ctl = _controller()
+    ctl.observe((0, 0), (0, 0), now=1000.0)
+    duties = _windows(ctl, 0.4, 0.6, 1)  # (0.6 + 0.05) / (0.4 + 0.05) = 1.44x against 1.3 allowed
+    assert duties[0] == pytest.approx(0.15 * 1.3 / ((0.6 + 0.05) / (0.4 + 0.05)))
+    assert 0.15 * 0.5 < duties[0] < 0.15
 
 
 @pytest.mark.pg
