@@ -422,3 +422,43 @@ def test_interactive_sign_off_form_records_the_approval(orders_env: str, tmp_pat
             "SELECT by_name, ticket, notes FROM zdm.signoffs WHERE change_id = 'orders-ref'"
         ).fetchone()
     assert row == ("dana", "CHG-9", "looked at the lock report")
+
+
+def test_two_kernels_started_at_once_in_one_directory_each_answer_on_their_own_sockets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's kernels use socket files in a private folder each. (With jupyter_client's
+    default, both would be ``kernel-ipc-1``… in the working directory, and one client would meet
+    the other's kernel: "Invalid Signature", seen once when two tests ran notebooks at once.)"""
+    import asyncio  # noqa: PLC0415
+
+    from jupyter_client.manager import AsyncKernelManager  # noqa: PLC0415
+
+    monkeypatch.chdir(tmp_path)
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for f in folders:
+        f.mkdir(mode=0o700)
+
+    async def answer(folder: Path) -> tuple[str, str]:
+        km = AsyncKernelManager(kernel_name="python3", config=runner.ipc_config(folder))
+        await km.start_kernel(extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=60)
+            msg_id = kc.execute("import os; print(os.getpid())")
+            while True:
+                msg = await kc.get_iopub_msg(timeout=30)
+                if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                    return km.ip, msg["content"]["text"].strip()
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    async def both() -> list[tuple[str, str]]:
+        return list(await asyncio.gather(*(answer(f) for f in folders)))
+
+    (ip_a, pid_a), (ip_b, pid_b) = asyncio.run(both())
+    assert ip_a == str(folders[0] / "kernel") and ip_b == str(folders[1] / "kernel")
+    assert pid_a != pid_b  # each client talked to its own kernel
+    assert not list(tmp_path.glob("kernel-ipc*"))  # nothing in the working directory

@@ -15,6 +15,8 @@ import html
 import logging
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -124,6 +126,7 @@ def run(
     notebook.parent.mkdir(parents=True, exist_ok=True)
     given = {k: v for k, v in params.values.items() if k in raw or k in SET_BY_RUNNER}
     result = RunResult(params.phase.value, params.plan.change.id, str(params.run_id), EXIT_OK, "succeeded")
+    sockets = Path(tempfile.mkdtemp(prefix="zdm-kernel-"))  # private (0700): this kernel's sockets
     try:
         papermill.execute_notebook(
             str(template_path(params.phase)),
@@ -136,7 +139,7 @@ def run(
             stderr_file=stream,
             cwd=os.getcwd(),
             # Unix sockets between runner and kernel, not TCP on localhost (no plain-text traffic).
-            config=_ipc_config(),
+            config=ipc_config(sockets),
             # jupyter_client interrupts the kernel before shutting it down; ipykernel would log
             # that as an ERROR on our stderr. Real failures reach us as the cell's exception.
             extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
@@ -152,6 +155,8 @@ def run(
     except Exception as exc:  # the kernel died, or could not start
         result.exit_code, result.outcome = EXIT_FAILED, "failed"
         result.message = f"the notebook did not finish: {type(exc).__name__}: {exc}"
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
     if params.values["dry_run"] and result.exit_code == EXIT_OK:
         result.outcome = "dry run"
     if notebook.is_file():
@@ -162,10 +167,14 @@ def run(
     return result
 
 
-def _ipc_config() -> Any:
+def ipc_config(folder: Path) -> Any:
+    """Kernel sockets as files in ``folder``. Without an ``ip``, jupyter_client names them
+    ``kernel-ipc-1``, ``-2``, … relative to the working directory, so two runs started in one
+    directory at once (a fleet's targets, parallel tests) bound the same sockets and each
+    client met the other's kernel ("Invalid Signature")."""
     from traitlets.config import Config  # noqa: PLC0415
 
-    return Config({"KernelManager": {"transport": "ipc"}})
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(folder / "kernel")}})
 
 
 def export_html(notebook: Path, target: Path) -> Path:
