@@ -89,12 +89,13 @@ class BackfillEngine:
         self._busy_seen: bool | None = None  # None: no check yet
         self._health: Health | None = None
         self._sampler: Sampler | None = None  # started when the app is first seen
+        shared_cap = min(self.settings.busy_max_batch_size, self.settings.max_batch_size)
         self.duty = DutyController(
             self.settings.busy_duty,
             self.settings.max_app_slowdown,
-            min(self.settings.busy_max_batch_size, self.settings.max_batch_size),
+            shared_cap,
             self.settings.min_batch_size,
-            min(self.settings.busy_max_batch_size, self.settings.max_batch_size),
+            shared_cap,
         )
 
     @property

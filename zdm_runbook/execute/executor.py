@@ -50,6 +50,18 @@ Conn = psycopg.Connection[Any]
 BackfillRunner = Callable[[Sequence[Step]], None]  # backfill steps on one table, run in one pass
 
 
+def guards_hold(conn: Conn, step: Step) -> bool:
+    """Whether the step's catalog guards say it is done: a later phase moved past it
+    (``superseded_when``), or ``done_when`` holds. Read on ``conn`` (the live database, or the
+    rehearsal's shadow copy)."""
+    for guard in (step.superseded_when, step.done_when):
+        if guard is not None:
+            row = conn.execute(guard).fetchone()
+            if row and row[0]:
+                return True
+    return False
+
+
 def _ms(seconds: float) -> str:
     return str(max(1, round(seconds * 1000)))
 
@@ -148,14 +160,11 @@ class Executor:
         A step a later phase has moved past (its ``superseded_when`` holds) counts as done: re-running
         expand after contract must never bring back a trigger on a dropped column.
         """
-        for guard in (step.superseded_when, step.done_when):
-            if guard is None:
-                continue
-            row = self.control.execute(guard).fetchone()
-            if row and row[0]:
+        if step.done_when is not None or step.superseded_when is not None:
+            if guards_hold(self.control, step):
                 return True
-        if step.done_when is not None:
-            return False
+            if step.done_when is not None:
+                return False
         return step.key in ledger.applied_steps(self.control, self.plan.change.id)
 
     def run_step(self, step: Step) -> StepResult:

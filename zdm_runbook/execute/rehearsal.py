@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 import psycopg
 
+from zdm_runbook.execute.executor import guards_hold
 from zdm_runbook.execute.partitions import partition_steps
 from zdm_runbook.inspect.preflight import Reason
 from zdm_runbook.lint.probe import AppStatement, Probe
@@ -84,7 +85,7 @@ def rehearse(
         with Probe(copy.dsn, app=app) as probe:
             failing_before = dict(probe.app_failing)
             for step in schema_steps:
-                if step.done_when is None and step.key in applied:
+                if (step.done_when is None and step.key in applied) or guards_hold(probe.conn, step):
                     out.rows.append({"step": step.key, "outcome": "already applied", "detail": ""})
                     continue
                 if not _rehearse_step(probe, step, out):
@@ -103,13 +104,10 @@ def rehearse(
 
 def _rehearse_step(probe: Probe, step: Step, out: Rehearsal) -> bool:
     """One step (its pieces, on a partitioned table); False when the rehearsal cannot go on."""
-    if _done(probe, step):
-        out.rows.append({"step": step.key, "outcome": "already applied", "detail": ""})
-        return True
     pieces = partition_steps(probe.conn, step) if step.index is not None else None
     broken: list[str] = []
     for piece in pieces or [step]:
-        if _done(probe, piece):
+        if guards_hold(probe.conn, piece):  # read on the copy, which holds the live schema
             continue
         for m in probe.run_file(_text(probe, piece)):
             broken += m.app_broken
@@ -137,17 +135,6 @@ def _rehearse_step(probe: Probe, step: Step, out: Rehearsal) -> bool:
     else:
         out.rows.append({"step": step.key, "outcome": "ok", "detail": "the app's statements still work"})
     return True
-
-
-def _done(probe: Probe, step: Step) -> bool:
-    """The executor's guard, read on the copy: the live schema is in it, so a step applied there is
-    applied here."""
-    for guard in (step.superseded_when, step.done_when):
-        if guard is not None:
-            row = probe.conn.execute(guard).fetchone()
-            if row and row[0]:
-                return True
-    return False
 
 
 def _text(probe: Probe, step: Step) -> str:
