@@ -170,6 +170,10 @@ def run_all(page: Any) -> None:
         f"before => {{ const p = ({_PROMPTS})(); return p[p.length - 1] !== before[before.length - 1]; }}"
     )
     for attempt in (1, 2):
+        # JupyterLab may ask which kernel to start (a slow start on a busy machine): the default.
+        dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+        if dialog.count():
+            dialog.locator("button", has_text="Select").click()
         page.keyboard.press("Escape")
         page.locator(".jp-Notebook .jp-Cell").first.click()
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").click()
