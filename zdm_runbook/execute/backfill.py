@@ -1,8 +1,9 @@
 """The backfill engine: a migrate step's UPDATE in bounded keyset batches that survive anything.
 
-Each batch is one short transaction: ``SET LOCAL`` timeouts, the next key range, the UPDATE of
-its rows whose target still differs (``IS DISTINCT FROM``), and the checkpoint in the ledger, all
-committed together. So a crash, a SIGKILL or a lost connection loses at most the batch in
+Each batch is one short transaction: the next key range, the UPDATE of its rows whose target
+still differs (``IS DISTINCT FROM``), and the checkpoint in the ledger, all committed together,
+in three round trips with statements prepared once (:mod:`.batch_sql`); the timeouts are the
+session's. So a crash, a SIGKILL or a lost connection loses at most the batch in
 flight, and a re-run resumes from the last committed one; a re-run after completion updates
 nothing. The batch size adapts toward a target duration; the engine holds while told to, and
 for the health holds of :mod:`.holds`. Several backfills on one table share one pass
@@ -24,10 +25,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from zdm_runbook.core.connect import connect, redact
-from zdm_runbook.core.errors import ConfigError, DatabaseError, Problem, SpecError
+from zdm_runbook.core.errors import ConfigError, DatabaseError
+from zdm_runbook.execute.batch_sql import BatchStatements, session_timeouts
 from zdm_runbook.execute.duty import DutyController, Sampler
 from zdm_runbook.execute.fill_settings import BackfillSettings, backfill_settings
 from zdm_runbook.execute.holds import Health, hold_reason, read_health
@@ -82,6 +83,7 @@ class BackfillEngine:
         self.on_batch = on_batch
         self.conn: Conn | None = None
         self.key: TableKey | None = None
+        self.statements: BatchStatements | None = None
         self.states = [State(str(self.spec.table), None, step=st.key) for st in self.steps]
         self.table_oid = 0
         self._checked = float("-inf")
@@ -117,8 +119,11 @@ class BackfillEngine:
     # --- connection ---
 
     def _connect(self) -> Conn:
+        """The engine's own connection, its batches' timeouts set once for the session (a run
+        refuses transaction poolers, so the session is ours): a statement fewer per batch."""
         if self.conn is None or self.conn.closed or self.conn.broken:
             self.conn = connect(self.dsn, phase="migrate:backfill", autocommit=True)
+            session_timeouts(self.conn, self.settings.lock_timeout, self.settings.statement_timeout)
         return self.conn
 
     def _reconnect(self, why: str) -> Conn:
@@ -150,19 +155,13 @@ class BackfillEngine:
         conn = self._connect()
         paths = [f"operations[{st.operation}].{st.key.split('-', 2)[1]}" for st in self.steps]
         self.key = table_key(conn, self.spec.table, f"{paths[0]}.table")
+        self.statements = BatchStatements(self.key, self.walk)
         oid = conn.execute(
             "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))::oid::int8",
             [self.spec.table.schema, self.spec.table.name],
         ).fetchone()
         self.table_oid = int(oid[0]) if oid and oid[0] else 0
-        for path, spec in zip(paths, self.walk.specs, strict=True):
-            try:
-                with conn.transaction():
-                    conn.execute(sql.SQL("EXPLAIN {}").format(spec.update(self.key.range(None, None))))
-            except psycopg.Error as exc:
-                raise SpecError(
-                    [Problem(path, f"the backfill cannot run: {redact(str(exc)).strip()}")]
-                ) from None
+        self.statements.explain(conn, paths)
         rows = [checkpoints.checkpoint(conn, self.change_id, st.key) for st in self.steps]
         open_rows = [row for row in rows if row is not None and row.status != "done"]
         if len(open_rows) == len(rows) and len({(str(r.last_key), str(r.upper_key)) for r in open_rows}) == 1:
@@ -349,29 +348,22 @@ class BackfillEngine:
     def _batch(
         self, lower: Key | None, upper: Key, size: int, retries: int, throttled: float
     ) -> Batch | None:
-        if self.key is None:  # pragma: no cover - prepare() sets it
+        if self.statements is None:  # pragma: no cover - prepare() sets it
             raise ConfigError("prepare() first")
         conn = self._connect()
         started = time.monotonic()
-        with conn.transaction():
-            conn.execute(
-                "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-                [
-                    str(round(self.settings.lock_timeout * 1000)),
-                    str(round(self.settings.statement_timeout * 1000)),
-                ],
-            )
-            row = conn.execute(self.key.batch_end(lower, upper, size)).fetchone()
-            if row is not None:
-                scanned, end = size, row[0]
-            else:
-                left = conn.execute(self.key.count(lower, upper)).fetchone()
-                scanned, end = (int(left[0]), upper) if left and left[0] else (0, None)
+        # Three round trips: BEGIN with the range's end, the UPDATE, the checkpoint with the COMMIT
+        # (pipeline mode; the timeouts are the session's: see _connect).
+        with conn.pipeline() as pipe, conn.transaction():
+            end = self.statements.end(conn, lower, upper, size)
+            scanned = size
             if end is None:
-                return None
-            updated = self.walk.run(conn, self.key, lower, end)
+                scanned, end = self.statements.left(conn, lower, upper), upper
+                if not scanned:
+                    return None
+            updated = self.statements.update(conn, lower, end, pipe)
             seconds = time.monotonic() - started
-            numbers = [
+            recorded = [
                 checkpoints.record_batch(
                     conn,
                     self.change_id,
@@ -388,7 +380,9 @@ class BackfillEngine:
                 for st, rows in zip(self.steps, updated, strict=True)
             ]
         at = time.monotonic()
-        for state, number, rows in zip(self.states, numbers, updated, strict=True):
+        for state, cur, rows in zip(self.states, recorded, updated, strict=True):
+            row = cur.fetchone()
+            number = int(row[0]) if row else 0
             state.batches.append(
                 Batch(number, lower, end, scanned, rows, size, seconds, retries, throttled, at)
             )

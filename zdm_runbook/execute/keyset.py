@@ -20,6 +20,9 @@ from zdm_runbook.spec.model import Table
 
 Conn = psycopg.Connection[Any]
 Key = list[str]  # one key value per key column, as text
+# A side of a key range: a key (sent as literals), or a composed row of placeholders such as
+# :meth:`TableKey.placeholders` (sent as parameters of a statement prepared once).
+Bound = Key | sql.Composable
 
 _KEYS = """
 SELECT c.relname AS index_name, i.indisprimary,
@@ -58,6 +61,17 @@ class TableKey:
         """
         return sql.SQL("({})").format(sql.SQL(", ").join(sql.Literal(v) for v in key))
 
+    def placeholders(self, first: int) -> sql.Composed:
+        """``($first, $first+1, ...)``: a key as server-side parameters, one per key column, for a
+        statement composed once and run per batch with each batch's keys (through a
+        ``psycopg.RawCursor``, whose ``$n`` leave a spec expression's ``%`` as written)."""
+        return sql.SQL("({})").format(
+            sql.SQL(", ").join(sql.SQL(f"${first + i}") for i in range(len(self.columns)))
+        )
+
+    def _side(self, bound: Bound) -> sql.Composable:
+        return bound if isinstance(bound, sql.Composable) else self.literal(bound)
+
     def as_text(self) -> sql.Composed:
         """``ARRAY["k1"::text, "k2"::text]``: a key as the text values the ledger stores."""
         return sql.SQL("ARRAY[{}]").format(
@@ -68,25 +82,27 @@ class TableKey:
         way = sql.SQL(" DESC") if desc else sql.SQL("")
         return sql.SQL(", ").join(sql.SQL("{}{}").format(sql.Identifier(c), way) for c in self.columns)
 
-    def range(self, lower: Key | None, upper: Key | None) -> sql.Composed:
+    def range(self, lower: Bound | None, upper: Bound | None) -> sql.Composed:
         """The condition ``row > lower AND row <= upper`` (either side optional)."""
         parts: list[sql.Composable] = []
         if lower is not None:
-            parts.append(sql.SQL("{} > {}").format(self.row, self.literal(lower)))
+            parts.append(sql.SQL("{} > {}").format(self.row, self._side(lower)))
         if upper is not None:
-            parts.append(sql.SQL("{} <= {}").format(self.row, self.literal(upper)))
+            parts.append(sql.SQL("{} <= {}").format(self.row, self._side(upper)))
         cond = sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
         return sql.SQL("({})").format(cond)
 
-    def batch_end(self, lower: Key | None, upper: Key | None, size: int) -> sql.Composed:
+    def batch_end(self, lower: Bound | None, upper: Bound | None, size: int | sql.Composable) -> sql.Composed:
         """The key ``size`` rows after ``lower``: an index-only skip, one key turned to text.
 
-        No row means fewer than ``size`` remain: :meth:`count` then sizes the last batch."""
+        No row means fewer than ``size`` remain: :meth:`count` then sizes the last batch. ``size``
+        may be a placeholder, whose value is then the number of rows to skip (``size - 1``)."""
+        skip = size if isinstance(size, sql.Composable) else sql.Literal(size - 1)
         return sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET {} LIMIT 1").format(
-            self.as_text(), qname(self.table), self.range(lower, upper), self.order(), sql.Literal(size - 1)
+            self.as_text(), qname(self.table), self.range(lower, upper), self.order(), skip
         )
 
-    def count(self, lower: Key | None, upper: Key | None) -> sql.Composed:
+    def count(self, lower: Bound | None, upper: Bound | None) -> sql.Composed:
         return sql.SQL("SELECT count(*) FROM {} WHERE {}").format(qname(self.table), self.range(lower, upper))
 
     def last_key(self) -> sql.Composed:

@@ -18,15 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import psycopg
 from psycopg import sql
 
-from zdm_runbook.execute.keyset import Key, TableKey
+from zdm_runbook.execute.keyset import Bound, TableKey
 from zdm_runbook.plan.steps import BackfillSpec, one_pass, order_matters, qname
-
-Conn = psycopg.Connection[Any]
 
 
 @dataclass(frozen=True)
@@ -39,7 +35,7 @@ class Walk:
         if not self.specs or not one_pass(list(self.specs)):
             raise ValueError("these backfills cannot share one pass: see plan.steps.one_pass")
 
-    def update(self, key: TableKey, lower: Key | None, upper: Key | None) -> sql.Composed:
+    def update(self, key: TableKey, lower: Bound | None, upper: Bound | None) -> sql.Composed:
         """The UPDATE of the range ``(lower, upper]``: each column set only where its backfill's
         condition holds, each row that any of them needs written once."""
         key_range = key.range(lower, upper)
@@ -59,7 +55,7 @@ class Walk:
             sql.SQL(" OR ").join(sql.SQL("({})").format(s.condition()) for s in self.specs),
         )
 
-    def counts(self, key: TableKey, lower: Key | None, upper: Key | None) -> sql.Composed:
+    def counts(self, key: TableKey, lower: Bound | None, upper: Bound | None) -> sql.Composed:
         """How many rows of the range each backfill still has to change: one row of counts."""
         return sql.SQL("SELECT {} FROM {} WHERE {}").format(
             sql.SQL(", ").join(
@@ -68,15 +64,6 @@ class Walk:
             qname(self.specs[0].table),
             key.range(lower, upper),
         )
-
-    def run(self, conn: Conn, key: TableKey, lower: Key | None, upper: Key | None) -> list[int]:
-        """Update the range; the rows each backfill changed (with several, counted just before, in
-        the batch's transaction: a row an app changes in between is the dual-write's, not ours)."""
-        if len(self.specs) == 1:
-            return [conn.execute(self.update(key, lower, upper)).rowcount]
-        row = conn.execute(self.counts(key, lower, upper)).fetchone()
-        conn.execute(self.update(key, lower, upper))
-        return [int(n) for n in row] if row else [0] * len(self.specs)
 
 
 def walks(specs: Sequence[BackfillSpec]) -> list[list[int]]:

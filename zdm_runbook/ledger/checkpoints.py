@@ -101,25 +101,27 @@ def record_batch(
     seconds: float,
     retries: int,
     throttled_s: float,
-) -> int:
-    """Advance the checkpoint past ``upper`` and record the batch; returns the batch's number.
+) -> psycopg.Cursor[Any]:
+    """Advance the checkpoint past ``upper`` and record the batch, in one statement; the returned
+    cursor's row is the batch's number.
 
-    Call it inside the batch's transaction."""
-    row = conn.execute(
-        "UPDATE zdm.backfills SET last_key = %s, rows_scanned = rows_scanned + %s,"
+    Call it inside the batch's transaction. The number is not read here: in pipeline mode the
+    engine sends this statement and the COMMIT together, and reads the number after the commit."""
+    return conn.execute(
+        "WITH advanced AS (UPDATE zdm.backfills SET last_key = %s, rows_scanned = rows_scanned + %s,"
         " rows_updated = rows_updated + %s, batches = batches + 1, updated_at = now()"
-        " WHERE change_id = %s AND step_key = %s RETURNING batches",
-        [upper, rows_scanned, rows_updated, change_id, step_key],
-    ).fetchone()
-    number = int(row[0]) if row else 0
-    conn.execute(
-        "INSERT INTO zdm.backfill_batches (change_id, step_key, batch, lower_key, upper_key,"
+        " WHERE change_id = %s AND step_key = %s RETURNING batches)"
+        " INSERT INTO zdm.backfill_batches (change_id, step_key, batch, lower_key, upper_key,"
         " rows_scanned, rows_updated, batch_size, seconds, retries, throttled_s)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " SELECT %s, %s, batches, %s, %s, %s, %s, %s, %s, %s, %s FROM advanced RETURNING batch",
         [
+            upper,
+            rows_scanned,
+            rows_updated,
             change_id,
             step_key,
-            number,
+            change_id,
+            step_key,
             lower,
             upper,
             rows_scanned,
@@ -130,7 +132,6 @@ def record_batch(
             throttled_s,
         ],
     )
-    return number
 
 
 def mark_stopped(conn: Conn, change_id: str, step_key: str, status: str = "failed") -> None:
