@@ -152,40 +152,71 @@ _PROMPTS = (
 )
 
 
+def _kernel_state(lab: Lab, relative: str) -> str | None:
+    """The execution state of the notebook's kernel, as the Jupyter server knows it (None: no
+    session yet)."""
+    address = f"{lab.url}/api/sessions?token={lab.token}"  # the lab's own loopback http address
+    with urllib.request.urlopen(address, timeout=10) as answer:  # noqa: S310
+        sessions = json.load(answer)
+    for session in sessions:
+        if session.get("path", "").endswith(relative) and session.get("kernel"):
+            return str(session["kernel"].get("execution_state"))
+    return None
+
+
 def open_notebook(page: Any, lab: Lab, relative: str) -> None:
-    """Open a notebook and wait until its kernel is idle."""
+    """Open a notebook and wait until its kernel is started and idle, on the server and in the
+    page. On a busy machine JupyterLab may ask which kernel to start (its kernel list came late):
+    the default, the notebook's own, is chosen here, before any cell runs."""
     page.goto(lab.tree(relative))
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    deadline = time.monotonic() + 120
+    while _kernel_state(lab, relative) != "idle":
+        if time.monotonic() > deadline:
+            screenshot(page, "kernel-not-started")
+            raise AssertionError(f"the kernel of {relative} did not start: see test-artifacts/")
+        _choose_kernel(page)
+        time.sleep(0.25)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+    _choose_kernel(page)
     if page.locator("#jp-left-stack").is_visible():  # the notebook, not the file browser, in screenshots
         page.keyboard.press("Control+b")
 
 
+def _choose_kernel(page: Any) -> bool:
+    """Press "Select" if JupyterLab asks which kernel to start (a slow kernel start on a busy
+    machine): the default, the notebook's own. The dialog may come before or after Run All."""
+    dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+    if not dialog.count():
+        return False
+    dialog.locator("button", has_text="Select").click()
+    return True
+
+
 def run_all(page: Any) -> None:
     """Run > Run All Cells, after a click into the notebook (the Run menu acts on the last focused
-    one). A click that did not take (a menu still opening) is tried once more; a run that never
-    starts leaves a screenshot in the artifacts."""
+    one). Started means the last cell's prompt changed to queued, running or a new number (a
+    fast run may be done); a click that did not take (a menu still opening, a kernel dialog) is
+    tried again, and a run that never starts leaves a screenshot in the artifacts."""
     before = page.evaluate(_PROMPTS)
     started = (
-        f"before => {{ const p = ({_PROMPTS})(); return p[p.length - 1] !== before[before.length - 1]; }}"
+        f"before => {{ const p = ({_PROMPTS})(); const last = p[p.length - 1] || '';"
+        " return last !== before[before.length - 1] && /\\[(\\*|\\d+)\\]/.test(last); }"
     )
-    for attempt in (1, 2):
-        # JupyterLab may ask which kernel to start (a slow start on a busy machine): the default.
-        dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
-        if dialog.count():
-            dialog.locator("button", has_text="Select").click()
+    for attempt in (1, 2, 3):
+        _choose_kernel(page)
         page.keyboard.press("Escape")
         page.locator(".jp-Notebook .jp-Cell").first.click()
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-        # Started: the last cell is queued, running or has a new number (a fast run may be done).
-        try:
-            page.wait_for_function(started, arg=before, timeout=15_000)
-            return
-        except Exception:
-            screenshot(page, f"run-all-not-started-{attempt}")
-            if attempt == 2:
-                raise
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if page.evaluate(started, before):
+                return
+            _choose_kernel(page)
+            time.sleep(0.25)
+        screenshot(page, f"run-all-not-started-{attempt}")
+    raise AssertionError(f"Run All did not start (prompts before: {before}): see test-artifacts/")
 
 
 def wait_idle(page: Any, timeout_s: float = 180) -> list[str]:
