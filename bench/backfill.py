@@ -125,12 +125,9 @@ VARIANTS: dict[str, Callable[[str, float], int]] = {
 }
 
 
-SETUP: dict[str, Callable[[str], None]] = {"ours": ours_ledger}
-
-
 def timed(dsn: str, name: str, max_seconds: float) -> dict[str, Any]:
-    if name in SETUP:
-        SETUP[name](dsn)
+    if name == "ours":
+        ours_ledger(dsn)
     started = time.monotonic()
     rows = VARIANTS[name](dsn, started + max_seconds)
     seconds = time.monotonic() - started

@@ -158,6 +158,22 @@ class TaggedCursor(psycopg.Cursor[Row]):
         super().executemany(tagged(query), params_seq, **options)
 
 
+def set_timeouts(
+    conn: psycopg.Connection[Any], lock_timeout: float | str, statement_timeout: float | str, *, local: bool
+) -> None:
+    """Set ``lock_timeout`` and ``statement_timeout`` for the transaction (``local``) or the
+    session. Seconds are sent as whole milliseconds, at least 1 (0 would mean no timeout); text is
+    a setting as ``current_setting`` gave it, to put it back."""
+
+    def text(value: float | str) -> str:
+        return value if isinstance(value, str) else str(max(1, round(value * 1000)))
+
+    conn.execute(
+        "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
+        [text(lock_timeout), local, text(statement_timeout), local],
+    )
+
+
 def connect(
     dsn: str | None = None,
     *,

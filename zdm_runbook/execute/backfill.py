@@ -26,9 +26,9 @@ from typing import Any
 
 import psycopg
 
-from zdm_runbook.core.connect import connect, redact
+from zdm_runbook.core.connect import connect, redact, set_timeouts
 from zdm_runbook.core.errors import ConfigError, DatabaseError
-from zdm_runbook.execute.batch_sql import BatchStatements, session_timeouts
+from zdm_runbook.execute.batch_sql import BatchStatements
 from zdm_runbook.execute.duty import DutyController, Sampler
 from zdm_runbook.execute.fill_settings import BackfillSettings, backfill_settings
 from zdm_runbook.execute.holds import Health, hold_reason, read_health
@@ -123,7 +123,7 @@ class BackfillEngine:
         refuses transaction poolers, so the session is ours): a statement fewer per batch."""
         if self.conn is None or self.conn.closed or self.conn.broken:
             self.conn = connect(self.dsn, phase="migrate:backfill", autocommit=True)
-            session_timeouts(self.conn, self.settings.lock_timeout, self.settings.statement_timeout)
+            set_timeouts(self.conn, self.settings.lock_timeout, self.settings.statement_timeout, local=False)
         return self.conn
 
     def _reconnect(self, why: str) -> Conn:

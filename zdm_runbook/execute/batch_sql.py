@@ -98,13 +98,3 @@ class BatchStatements:
             return [cur.rowcount]
         row = counted.fetchone()
         return [int(n) for n in row] if row else [0] * len(self.walk.specs)
-
-
-def session_timeouts(conn: Conn, lock_timeout: float, statement_timeout: float) -> None:
-    """Set the backfill session's ``lock_timeout`` and ``statement_timeout`` (seconds) once, for
-    every batch: a run refuses transaction poolers (:mod:`zdm_runbook.core.pooling`), so the
-    session is the engine's own, and a batch needs no statement of its own to set them."""
-    conn.execute(
-        "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
-        [str(round(lock_timeout * 1000)), str(round(statement_timeout * 1000))],
-    )

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import psycopg
 
-from zdm_runbook.core.connect import redact
+from zdm_runbook.core.connect import redact, set_timeouts
 from zdm_runbook.core.errors import ZdmError
 from zdm_runbook.spec.compat import MUST_WORK, Compat
 from zdm_runbook.spec.model import Phase
@@ -47,10 +47,7 @@ def check(conn: Conn, compat: Compat, phase: Phase | str, timeout_s: float = 5.0
         started = time.monotonic()
         try:
             with conn.transaction(force_rollback=True):
-                conn.execute(
-                    "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
-                    [str(round(timeout_s * 1000)), str(round(timeout_s * 1000))],
-                )
+                set_timeouts(conn, timeout_s, timeout_s, local=True)
                 cur = conn.execute(q.sql.encode(), q.params)  # trusted: the operator's own app SQL
                 if cur.description:
                     cur.fetchall()

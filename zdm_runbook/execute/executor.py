@@ -23,7 +23,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from zdm_runbook import ledger
-from zdm_runbook.core.connect import redact
+from zdm_runbook.core.connect import redact, set_timeouts
 from zdm_runbook.core.errors import ConfigError, ZdmError
 from zdm_runbook.execute.attempts import (
     RETRIED,
@@ -60,10 +60,6 @@ def guards_hold(conn: Conn, step: Step) -> bool:
             if row and row[0]:
                 return True
     return False
-
-
-def _ms(seconds: float) -> str:
-    return str(max(1, round(seconds * 1000)))
 
 
 class Executor:
@@ -309,19 +305,11 @@ class Executor:
     def _execute(self, step: Step, timeouts: dict[str, float]) -> None:
         if step.transactional:
             with self.worker.transaction():
-                self._set_timeouts(
-                    _ms(timeouts["lock_timeout"]), _ms(timeouts["statement_timeout"]), local=True
-                )
+                set_timeouts(self.worker, timeouts["lock_timeout"], timeouts["statement_timeout"], local=True)
                 for statement in step.statements:
                     self.worker.execute(statement)
         else:
             self._run_alone(step.statements[0], timeouts)
-
-    def _set_timeouts(self, lock_timeout: str, statement_timeout: str, local: bool) -> None:
-        self.worker.execute(
-            "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
-            [lock_timeout, local, statement_timeout, local],
-        )
 
     def _run_alone(self, statement: s.Statement, timeouts: dict[str, float]) -> None:
         """A statement that cannot run in a transaction block: autocommit, settings set and restored."""
@@ -330,12 +318,12 @@ class Executor:
         row = self.worker.execute(
             "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
         ).fetchone()
-        self._set_timeouts(_ms(timeouts["lock_timeout"]), _ms(timeouts["statement_timeout"]), local=False)
+        set_timeouts(self.worker, timeouts["lock_timeout"], timeouts["statement_timeout"], local=False)
         try:
             self.worker.execute(statement)
         finally:
             if row and not self.worker.closed:
-                self._set_timeouts(str(row[0]), str(row[1]), local=False)
+                set_timeouts(self.worker, str(row[0]), str(row[1]), local=False)
 
     def _drop_invalid_index(self, schema: str, name: str, timeouts: dict[str, float]) -> list[str]:
         """Drop an INVALID index ``name`` left by an earlier failed build, unless a build is running."""
