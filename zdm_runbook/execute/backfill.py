@@ -126,6 +126,17 @@ class BackfillEngine:
             set_timeouts(self.conn, self.settings.lock_timeout, self.settings.statement_timeout, local=False)
         return self.conn
 
+    def _lost(self) -> bool:
+        """After a failed batch: whether the connection is gone, asked of it (one terminated
+        mid-pipeline is not always marked broken: "cannot exit pipeline mode while busy")."""
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            return True
+        try:
+            self.conn.execute("SELECT 1")
+        except psycopg.Error:
+            return True
+        return False
+
     def _reconnect(self, why: str) -> Conn:
         delay = 0.5
         for attempt in range(1, self.settings.reconnect_attempts + 1):
@@ -135,7 +146,7 @@ class BackfillEngine:
             self.conn = None
             try:
                 conn = self._connect()
-            except DatabaseError:
+            except (DatabaseError, psycopg.OperationalError):  # refused, or lost again at once
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
@@ -217,10 +228,13 @@ class BackfillEngine:
     def _run(self) -> State:
         lower, upper = self.prepare()
         size = self.settings.start_batch_size
-        failures = 0
+        failures, lost = 0, False
         control: dict[str, Any] = {}
         while upper is not None:
             try:
+                if lost:  # prepared again in the loop: a kill during it is one more lost connection
+                    lower, upper, lost = *self.prepare(), False
+                    continue
                 self._share(doing="batching")
                 throttled, control = self._throttle()
                 size = control.get("batch_size") or size
@@ -241,9 +255,9 @@ class BackfillEngine:
                         size = max(self.settings.min_batch_size, size // 2)
                     time.sleep(min(5.0, 0.1 * 2**failures))
                     continue
-                if self.conn is None or self.conn.closed or self.conn.broken:
+                if self._lost():
                     self._reconnect(redact(str(exc)).strip())
-                    lower, upper = self.prepare()
+                    lost = True
                     continue
                 raise BackfillError(
                     f"backfill {self.label} failed: {redact(str(exc)).strip()}", exc.sqlstate

@@ -48,6 +48,8 @@ class BatchStatements:
             try:
                 with conn.transaction():
                     conn.execute(sql.SQL("EXPLAIN {}").format(spec.update(self.key.range(None, None))))
+            except psycopg.OperationalError:  # the connection, not the expression: the engine retries
+                raise
             except psycopg.Error as exc:
                 raise SpecError(
                     [Problem(path, f"the backfill cannot run: {redact(str(exc)).strip()}")]
