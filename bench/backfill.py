@@ -11,7 +11,9 @@ Variants, each filling ``w = v * 2 + 1`` on the whole table after it is reset:
 First without load: rows/s and the ratio to ``single``. Then with the app's load: pgbench (the
 embedded PostgreSQL's own client) runs a custom script of point reads and updates on the same
 table at a fixed rate, and the app's p99 latency while each variant runs is compared to its p99
-without a backfill. Last, the peak memory (max RSS) of the backfill process at two table sizes.
+without a backfill, taken in the seconds just before each variant's run in the same pgbench run
+and pooled over the whole run (so a noisy stretch of the machine weighs on both sides). Last,
+the peak memory (max RSS) of the backfill process at two table sizes.
 
     python bench/backfill.py                     # 1,000,000 rows, throw-away embedded PostgreSQL
     python bench/backfill.py --rows 200000 --max-seconds 10
@@ -135,12 +137,17 @@ def timed(dsn: str, name: str, max_seconds: float) -> dict[str, Any]:
 
 
 class App:
-    """pgbench at a fixed rate with a per-transaction log; latency = time + schedule lag (ms)."""
+    """pgbench at a fixed rate with a per-transaction log.
+
+    With ``--rate`` pgbench measures a transaction's latency (the log's third field) from when it
+    was scheduled, not from when it began: the schedule lag (the seventh field) is part of it
+    already, and the transaction was due at its end time minus that latency."""
 
     def __init__(self, dsn: str, rows: int, rate: int, seconds: float, folder: Path) -> None:
         script = folder / "app.sql"
         script.write_text(APP_SCRIPT.format(rows=rows))
         self.folder = folder
+        self._due: list[tuple[float, float]] | None = None
         self.started_epoch = time.time()
         self.proc = subprocess.Popen(
             [
@@ -167,18 +174,24 @@ class App:
         )
 
     def latencies(self, start_epoch: float, end_epoch: float) -> list[float]:
-        """Latencies (ms, schedule lag included) of transactions due within the window."""
-        self.proc.wait()
+        """Latencies (ms, from when each was scheduled) of transactions due within the window, however
+        late they ended; the first call waits for the run to end and reads (and removes) its logs."""
+        if self._due is None:
+            self.proc.wait()
+            self._due = self._read()
+            for log in self.folder.glob("applog.*"):
+                log.unlink()
+        return [ms for due, ms in self._due if start_epoch <= due <= end_epoch]
+
+    def _read(self) -> list[tuple[float, float]]:
+        """(when the transaction was due, its latency in ms) for every line logged so far."""
         out = []
         for log in self.folder.glob("applog.*"):
             for line in log.read_text().splitlines():
                 parts = line.split()
-                lag = int(parts[6]) if len(parts) > 6 else 0
-                latency_us = int(parts[2]) + lag
+                latency_us = int(parts[2])  # from when it was due: the schedule lag included
                 due = int(parts[4]) + int(parts[5]) / 1e6 - latency_us / 1e6
-                if start_epoch <= due <= end_epoch:  # due while the variant ran, however late it ended
-                    out.append(latency_us / 1000)
-            log.unlink()
+                out.append((due, latency_us / 1000))  # due in the window, however late it ended
         return out
 
 
@@ -188,24 +201,40 @@ def p99(values: list[float]) -> float:
 
 
 def under_load(
-    dsn: str, name: str, rows: int, rate: int, max_seconds: float, folder: Path, windows: int = 1
+    dsn: str,
+    name: str,
+    rows: int,
+    rate: int,
+    max_seconds: float,
+    folder: Path,
+    windows: int = 1,
+    baseline_seconds: float = 4.0,
 ) -> dict[str, Any]:
-    """Run ``name`` (or nothing, for the baseline) while pgbench plays the app; the app's p99 during it.
+    """Run ``name`` while pgbench plays the app; the app's latencies during it, and just before it.
 
-    With ``windows`` > 1 the variant runs that many times, the table reset before each, and the
-    app's latencies are pooled: a p99 of the few hundred transactions one short run meets is
-    its second or third worst, and moves by half from one run to the next."""
+    Each window starts one pgbench run at the fixed rate; after 2 s of warm-up the app's
+    latencies are taken for ``baseline_seconds`` with nothing else running (its baseline), then
+    while the variant runs, in the same pgbench run. So every variant's run has its baseline
+    beside it in time: a noisy stretch of the machine weighs on both, and the baseline of the
+    whole run is pooled from all of them. With ``windows`` > 1 the variant runs that many times,
+    the table reset before each, and the app's latencies are pooled: a p99 of the few hundred
+    transactions one short run meets is its second or third worst, and moves by half from one
+    run to the next."""
     lat: list[float] = []
+    base: list[float] = []
     rows_done, seconds = 0, 0.0
     for i in range(windows):
         if i:
             reset(dsn)
-        app = App(dsn, rows, rate, max_seconds + 4, folder)
+        app = App(dsn, rows, rate, 2.0 + baseline_seconds + max_seconds + 4, folder)
         time.sleep(2.0)
+        quiet = time.time()
+        time.sleep(baseline_seconds)
         start = time.time()
-        result = timed(dsn, name, max_seconds) if name != "baseline" else (time.sleep(max_seconds) or {})
+        result = timed(dsn, name, max_seconds)
         end = time.time()
         lat += app.latencies(start, end)
+        base += app.latencies(quiet, start)
         rows_done += result.get("rows", 0)
         seconds += result.get("seconds", 0.0)
     speed = {"rows": rows_done, "seconds": seconds, "rows_per_s": rows_done / seconds} if seconds else {}
@@ -215,6 +244,7 @@ def under_load(
         "app_tx": len(lat),
         "app_p99_ms": p99(lat),
         "app_p50_ms": statistics.median(lat),
+        "baseline": base,
     }
 
 
@@ -234,6 +264,26 @@ def peak_memory(dsn: str, rows: int) -> float:
         text=True,
     )
     return int(out.stdout.split()[-1]) / 1024
+
+
+def print_loaded(loaded: list[dict[str, Any]], app_rate: int, baseline_seconds: float) -> None:
+    """The table under load: each variant's p99 against the baseline pooled beside all of them."""
+    quiet_lat = [ms for r in loaded for ms in r["baseline"]]
+    baseline = {"variant": "baseline", "app_tx": len(quiet_lat), "app_p99_ms": p99(quiet_lat)}
+    loaded.insert(0, {**baseline, "app_p50_ms": statistics.median(quiet_lat)})
+    base = baseline["app_p99_ms"]
+    print(f"\nwith the app's load (pgbench, {app_rate} tx/s: point read + update, same table)")
+    print(f"  {'variant':<10}{'rows/s':>10}{'app tx':>8}{'p50 ms':>9}{'p99 ms':>9}{'p99 vs baseline':>17}")
+    for r in loaded:
+        rate = f"{r['rows_per_s']:,.0f}" if "rows_per_s" in r else "-"
+        p50, p99_ms = r["app_p50_ms"], r["app_p99_ms"]
+        name, count = r["variant"], r["app_tx"]
+        print(f"  {name:<10}{rate:>10}{count:>8}{p50:>9.2f}{p99_ms:>9.2f}{p99_ms / base:>16.2f}x")
+    beside = ", ".join(f"{r['variant']} {p99(r['baseline']):.2f}" for r in loaded[1:])
+    print(
+        f"  baseline: the {baseline_seconds:g} s before each run, pooled; p99 (ms) of the"
+        f" part before each variant: {beside}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="runs per variant under load, the app's latencies pooled (1: one run, as before)",
+    )
+    parser.add_argument(
+        "--baseline-seconds",
+        type=float,
+        default=4.0,
+        help="seconds of the app alone just before each run under load, pooled as the baseline (4)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     args = parser.parse_args(argv)
@@ -287,21 +343,21 @@ def main(argv: list[str] | None = None) -> int:
             name, rows, secs, speed = r["variant"], r["rows"], r["seconds"], r["rows_per_s"]
             print(f"  {name:<10}{rows:>11,}{secs:>9.1f}{speed:>10,.0f}{ratio:>10.2f}x")
         loaded = []
-        for name in ["baseline", *chosen]:
+        for name in chosen:
             reset(dsn)
             loaded.append(
-                under_load(dsn, name, args.rows, args.app_rate, args.max_seconds, folder, args.windows)
+                under_load(
+                    dsn,
+                    name,
+                    args.rows,
+                    args.app_rate,
+                    args.max_seconds,
+                    folder,
+                    args.windows,
+                    args.baseline_seconds,
+                )
             )
-        base = loaded[0]["app_p99_ms"]
-        print(f"\nwith the app's load (pgbench, {args.app_rate} tx/s: point read + update, same table)")
-        print(
-            f"  {'variant':<10}{'rows/s':>10}{'app tx':>8}{'p50 ms':>9}{'p99 ms':>9}{'p99 vs baseline':>17}"
-        )
-        for r in loaded:
-            rate = f"{r['rows_per_s']:,.0f}" if "rows_per_s" in r else "-"
-            p50, p99_ms = r["app_p50_ms"], r["app_p99_ms"]
-            name, count = r["variant"], r["app_tx"]
-            print(f"  {name:<10}{rate:>10}{count:>8}{p50:>9.2f}{p99_ms:>9.2f}{p99_ms / base:>16.2f}x")
+        print_loaded(loaded, args.app_rate, args.baseline_seconds)
         if not args.no_memory:
             small, large = args.rows // 5, args.rows
             mem_small, mem_large = peak_memory(dsn, small), peak_memory(dsn, large)
