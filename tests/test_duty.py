@@ -14,11 +14,20 @@ import psycopg
 import pytest
 
 from zdm_runbook.core.connect import connect
-from zdm_runbook.execute.duty import GROW, GROW_FAST, MAX_DUTY, MIN_DUTY, WINDOW, DutyController, Sampler
+from zdm_runbook.execute.duty import (
+    GROW,
+    GROW_FAST,
+    MAX_DUTY,
+    MIN_DUTY,
+    OPEN_AFTER,
+    WINDOW,
+    DutyController,
+    Sampler,
+)
 
 
-def _controller() -> DutyController:
-    return DutyController(0.15, 1.3, batch_cap=250, min_batch=100, max_batch=500)
+def _controller(open_below: float = 0.0) -> DutyController:
+    return DutyController(0.15, 1.3, batch_cap=250, min_batch=100, max_batch=500, open_below=open_below)
 
 
 def _windows(ctl: DutyController, in_flight_resting: float, in_flight_batching: float, n: int) -> list[float]:
@@ -94,6 +103,27 @@ def test_just_over_the_limit_the_duty_shrinks_in_proportion() -> None:
     duties = _windows(ctl, 0.4, 0.6, 1)  # (0.6 + 0.05) / (0.4 + 0.05) = 1.44x against 1.3 allowed
     assert duties[0] == pytest.approx(0.15 * 1.3 / ((0.6 + 0.05) / (0.4 + 0.05)))
     assert 0.15 * 0.5 < duties[0] < 0.15
+
+
+def test_an_app_with_less_than_one_session_in_flight_at_rest_opens_the_duty_at_once() -> None:
+    """The opening reads the first OPEN_AFTER resting samples, before any window is whole; after
+    it the windows steer as usual, so a slowdown still takes the duty back."""
+    ctl = _controller(open_below=1.0)
+    assert ctl.observe((OPEN_AFTER - 1, 3), (4, 1), now=1000.0) == 0.15  # too few samples at rest
+    assert ctl.opened is None
+    assert ctl.observe((1, 0), (1, 0), now=1000.5) == MAX_DUTY  # 3 in flight over 12 samples
+    assert ctl.opened is True and ctl.slowdown is None  # no window decided it
+    duties = _windows(ctl, 0.3, 1.2, 2)
+    assert duties[0] < MAX_DUTY and duties[1] < duties[0]
+
+
+def test_an_app_with_a_session_or_more_in_flight_at_rest_keeps_the_start_duty() -> None:
+    ctl = _controller(open_below=1.0)
+    assert ctl.observe((OPEN_AFTER, OPEN_AFTER), (4, 4), now=1000.0) == 0.15  # 1.0 in flight: not under
+    assert ctl.opened is False
+    # Decided once: a quieter moment later (0.5 in flight) does not open it.
+    assert ctl.observe((8, 4), (0, 0), now=1000.5) == 0.15
+    assert _windows(ctl, 1.0, 1.0, 1) == [pytest.approx(0.15 * GROW_FAST)]  # the windows steer as before
 
 
 @pytest.mark.pg

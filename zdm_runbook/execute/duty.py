@@ -23,7 +23,9 @@ the moment it goes over, shrunk in proportion (``max_app_slowdown`` / slowdown, 
 most). A longer batch holds its row locks longer, and an app session waiting for one is in
 flight too, so the same signal steers both. A busy but not saturated server (spare
 cores) shows no slowdown and gets a fast backfill; a saturated one shows it at once and gets a
-polite one.
+polite one. It starts at the engine's ``busy_duty`` (a quarter of the time), and opens at once at
+``MAX_DUTY`` when the app, watched at rest for its first half second, keeps less than one
+session in flight (see ``OPEN_BELOW``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,15 @@ MIN_DUTY, MAX_DUTY = 0.02, 0.5
 # keep the duty near its floor: 6 to 12% of the time at 300,000 rows, where the app's p99 had
 # room to spare (0.8x).
 FLAT, GROW_FAST, GROW, SHRINK = 1.1, 2.0, 1.2, 0.5
+# The opening: once the sampler has OPEN_AFTER samples of the app at rest (about half a second at
+# the start duty), an app with fewer than OPEN_BELOW sessions in flight on average goes to
+# MAX_DUTY at once instead of doubling toward it window by window. Such an app keeps less than one
+# backend busy, and our batches keep one: on a server of two cores or more, the two fit. Measured
+# at 200 tx/s (0.2 to 0.4 in flight), the first decision came after 3.5 to 4 s at the start duty, so
+# a 300,000-row backfill spent most of its run there (bench/RESULTS.md). An app with more in flight
+# (TPC-B at half rate: about 3) keeps the start duty, and every later window still backs off the
+# moment the app slows.
+OPEN_AFTER, OPEN_BELOW = 12, 1.0
 BASELINE_S = 30.0  # the resting means the baseline is the median of
 SMOOTH = 0.5  # weight of the newest window in the moving average
 PRIOR = 0.05  # sessions added to both means: an app idle while we rest is not an infinite slowdown
@@ -134,7 +145,9 @@ class DutyController:
     batch_cap: int  # the largest batch while the app shares the server: steered like the duty
     min_batch: int
     max_batch: int  # the cap never grows past this (the engine's ``busy_max_batch_size``)
+    open_below: float = OPEN_BELOW  # 0: no opening (see OPEN_BELOW)
     slowdown: float | None = None
+    opened: bool | None = None  # None: not decided yet; then whether it opened at MAX_DUTY
     _rests: deque[tuple[float, float]] = field(default_factory=deque)  # (when, mean in flight)
     _since: float = 0.0
     _rest: tuple[int, int] = (0, 0)
@@ -151,6 +164,10 @@ class DutyController:
             self._since = now
         self._rest = (self._rest[0] + rest[0], self._rest[1] + rest[1])
         self._run = (self._run[0] + run[0], self._run[1] + run[1])
+        if self.opened is None and self._rest[0] >= OPEN_AFTER:
+            self.opened = self._rest[1] / self._rest[0] < self.open_below
+            if self.opened:
+                self.duty = max(self.duty, MAX_DUTY)
         if now - self._since < WINDOW or self._run[0] < MIN_SAMPLES:
             return self.duty
         resting = self._rest[1] / self._rest[0] if self._rest[0] >= MIN_SAMPLES else None
