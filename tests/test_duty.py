@@ -113,8 +113,13 @@ def test_an_app_with_less_than_one_session_in_flight_at_rest_opens_the_duty_at_o
     assert ctl.opened is None
     assert ctl.observe((1, 0), (1, 0), now=1000.5) == MAX_DUTY  # 3 in flight over 12 samples
     assert ctl.opened is True and ctl.slowdown is None  # no window decided it
+    assert ctl.describe(0.003) == (
+        "sharing the server with the app: batches 50% of the time"
+        " (the app keeps 0.2 sessions in flight: opened at once), 3 ms between batches"
+    )
     duties = _windows(ctl, 0.3, 1.2, 2)
     assert duties[0] < MAX_DUTY and duties[1] < duties[0]
+    assert "opened" not in ctl.describe(0.01) and "app slowed" in ctl.describe(0.01)
 
 
 def test_an_app_with_a_session_or_more_in_flight_at_rest_keeps_the_start_duty() -> None:
@@ -151,3 +156,51 @@ def test_the_sampler_counts_the_app_in_flight_not_idle_sessions_nor_ours(db: str
     assert rest_n >= 10 and run_n >= 10
     assert rest_sessions <= 2  # at most the app's statement starting at the edge
     assert run_sessions >= run_n * 0.7  # the app, in flight in (nearly) every sample
+
+
+@pytest.mark.pg
+def test_a_backfill_opens_for_an_app_with_little_in_flight_and_not_for_one_that_keeps_two_busy(
+    db: str,
+) -> None:
+    """The opening reads real sessions: point reads every 10 ms keep far less than one session in
+    flight, two sessions that are always running a statement keep two."""
+    from zdm_runbook import ledger  # noqa: PLC0415
+    from zdm_runbook.execute.backfill import BackfillEngine, BackfillSettings  # noqa: PLC0415
+    from zdm_runbook.plan.planner import build_plan  # noqa: PLC0415
+    from zdm_runbook.spec.change import parse_change  # noqa: PLC0415
+    from zdm_runbook.spec.model import Phase  # noqa: PLC0415
+
+    from .sessions import AppProbe  # noqa: PLC0415
+
+    plan = build_plan(
+        parse_change('change: fill-w\noperations:\n  - backfill: {table: big, set: {w: "v * 2"}}\n')
+    )
+    step = plan.for_phase(Phase.MIGRATE)[0]
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute("CREATE TABLE big (id bigint PRIMARY KEY, v int, w bigint)")
+        c.execute("INSERT INTO big SELECT g, g % 1000, NULL FROM generate_series(1, 40000) g")
+
+    def backfill() -> BackfillEngine:
+        with psycopg.connect(db, autocommit=True) as c:
+            c.execute("DROP SCHEMA IF EXISTS zdm CASCADE")
+            c.execute("UPDATE big SET w = NULL")
+            ledger.ensure(c)
+            ledger.record_change(c, "fill-w", "", "x")
+        engine = BackfillEngine(
+            db, "fill-w", step, BackfillSettings(busy_max_batch_size=100, min_batch_size=100)
+        )
+        try:
+            engine.run()
+        finally:
+            engine.close()
+        return engine
+
+    with AppProbe(db, "SELECT v FROM big WHERE id = 7", every=0.01):
+        time.sleep(0.3)
+        light = backfill()
+    with AppProbe(db, "SELECT pg_sleep(0.3)", every=0.0), AppProbe(db, "SELECT pg_sleep(0.3)", every=0.0):
+        time.sleep(0.3)
+        busy = backfill()
+    assert light.state.app_busy and busy.state.app_busy
+    assert light.duty.opened is True and light.duty.opening is not None and light.duty.opening < 0.5
+    assert busy.duty.opened is False and busy.duty.opening is not None and busy.duty.opening >= 1.5

@@ -299,11 +299,7 @@ class BackfillEngine:
         if self._sampler is not None:
             self.duty.observe(*self._sampler.window())
         pause = self.duty.pause_after(batch_seconds)
-        slowdown = f", app slowed {self.duty.slowdown:.2f}x" if self.duty.slowdown is not None else ""
-        self._share(
-            doing=f"sharing the server with the app: batches {100 * self.duty.duty:.0f}% of the time"
-            f"{slowdown}, {1000 * pause:.0f} ms between batches"
-        )
+        self._share(doing=self.duty.describe(pause))
         return pause
 
     def _next_size(self, size: int, seconds: float) -> int:

@@ -65,9 +65,10 @@ FLAT, GROW_FAST, GROW, SHRINK = 1.1, 2.0, 1.2, 0.5
 # MAX_DUTY at once instead of doubling toward it window by window. Such an app keeps less than one
 # backend busy, and our batches keep one: on a server of two cores or more, the two fit. Measured
 # at 200 tx/s (0.2 to 0.4 in flight), the first decision came after 3.5 to 4 s at the start duty, so
-# a 300,000-row backfill spent most of its run there (bench/RESULTS.md). An app with more in flight
-# (TPC-B at half rate: about 3) keeps the start duty, and every later window still backs off the
-# moment the app slows.
+# a 300,000-row backfill spent most of its run there (bench/RESULTS.md). pgbench's TPC-B at half
+# its full rate (1,900 tx/s, 4 clients) kept 0.32 in flight: between its statements a session is
+# idle in transaction. An app with more in flight keeps the start duty, and every later window
+# still backs off the moment the app slows.
 OPEN_AFTER, OPEN_BELOW = 12, 1.0
 BASELINE_S = 30.0  # the resting means the baseline is the median of
 SMOOTH = 0.5  # weight of the newest window in the moving average
@@ -148,6 +149,7 @@ class DutyController:
     open_below: float = OPEN_BELOW  # 0: no opening (see OPEN_BELOW)
     slowdown: float | None = None
     opened: bool | None = None  # None: not decided yet; then whether it opened at MAX_DUTY
+    opening: float | None = None  # the app's mean sessions in flight the opening read
     _rests: deque[tuple[float, float]] = field(default_factory=deque)  # (when, mean in flight)
     _since: float = 0.0
     _rest: tuple[int, int] = (0, 0)
@@ -165,7 +167,8 @@ class DutyController:
         self._rest = (self._rest[0] + rest[0], self._rest[1] + rest[1])
         self._run = (self._run[0] + run[0], self._run[1] + run[1])
         if self.opened is None and self._rest[0] >= OPEN_AFTER:
-            self.opened = self._rest[1] / self._rest[0] < self.open_below
+            self.opening = self._rest[1] / self._rest[0]
+            self.opened = self.opening < self.open_below
             if self.opened:
                 self.duty = max(self.duty, MAX_DUTY)
         if now - self._since < WINDOW or self._run[0] < MIN_SAMPLES:
@@ -187,6 +190,17 @@ class DutyController:
         self.batch_cap = int(min(self.max_batch, max(self.min_batch, self.batch_cap * step)))
         self._since, self._rest, self._run = now, (0, 0), (0, 0)
         return self.duty
+
+    def describe(self, pause: float) -> str:
+        """The progress line's words for it: the duty, the app's slowdown, the rest between batches."""
+        opened = ""
+        if self.opened and self.slowdown is None:
+            opened = f" (the app keeps {self.opening:.1f} sessions in flight: opened at once)"
+        slowdown = f", app slowed {self.slowdown:.2f}x" if self.slowdown is not None else ""
+        return (
+            f"sharing the server with the app: batches {100 * self.duty:.0f}% of the time{opened}"
+            f"{slowdown}, {1000 * pause:.0f} ms between batches"
+        )
 
     def pause_after(self, batch_seconds: float) -> float:
         """The rest after a batch of ``batch_seconds`` that keeps batches at ``duty`` of the time."""
