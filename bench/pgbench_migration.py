@@ -20,8 +20,12 @@ First at a fixed rate, as production runs: pgbench alone at full speed for 10 s 
 throughput, and pgbench then runs at half of it (``--rate``; its latencies include the wait for
 the schedule, as an app's users would see them): baseline and ours. In the same run, ours also
 runs without pgbench, so the backfill's rows/s under load is compared with its own rows/s on an
-idle server. Then at full speed (both cores saturated: CPU sharing more than the migration):
-baseline, ours and naive, as before (``--no-full`` skips them).
+idle server. At the fixed rate the app also runs alone for ``--alone`` seconds just before the
+change and just after it, in the same pgbench run: "before" is a baseline beside the change in
+time (the separate baseline run is minutes away), and "after" is the app on the changed schema,
+whose own cost (an index the app's updates now maintain, through the dual-write until contract)
+is the change's, not the migration's. Then at full speed (both cores saturated: CPU sharing more
+than the migration): baseline, ours and naive, as before (``--no-full`` skips them).
 
 Printed: pgbench's failed transactions (goal 0), and per step its p50 / p99 latency against the
 baseline's, with the ratios, and the longest single transaction (the worst stall an app saw); the
@@ -39,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -134,13 +139,20 @@ def _timed(windows: Windows, label: str, step: Callable[[], object]) -> None:
     windows.append((label, start, time.time()))
 
 
-def ours(dsn: str, spec: str) -> Callable[[Windows], None]:
+BEFORE, AFTER = "app alone, before", "app alone, after"
+
+
+def ours(dsn: str, spec: str, alone: float = 0.0) -> Callable[[Windows], None]:
+    """The four phases; with ``alone`` seconds, the app alone just before them and just after them
+    (on the changed schema), in the same pgbench run."""
     plan = build_plan(parse_change(spec))
 
     def run(windows: Windows) -> None:
+        if alone:
+            _timed(windows, BEFORE, lambda: time.sleep(alone))
         for phase in Phase:
             _timed(
-                windows, phase.value, lambda p=phase: execute_phase(plan, p, dsn, on_batch=lambda state: None)
+                windows, phase.value, partial(execute_phase, plan, phase, dsn, on_batch=lambda state: None)
             )
         with psycopg.connect(dsn) as conn:  # the swap's attempts, as the ledger recorded them
             swap = conn.execute(
@@ -150,6 +162,9 @@ def ours(dsn: str, spec: str) -> Callable[[Windows], None]:
         if swap and swap[0] is not None:
             # A transaction the swap held up finishes just after it: count those finishing 1 s later.
             windows.append((f"  swap ({swap[2]} attempt(s))", float(swap[0]), float(swap[1]) + 1.0))
+        if alone:
+            time.sleep(1.0)  # what contract held up finishes first
+            _timed(windows, AFTER, lambda: time.sleep(alone))
 
     return run
 
@@ -196,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-bin", type=Path, default=None, help="PostgreSQL binaries (embedded 18)")
     parser.add_argument("--change", choices=("cents", "key"), default="cents", help="which change (cents)")
     parser.add_argument("--no-full", action="store_true", help="skip the full-speed runs")
+    parser.add_argument(
+        "--alone",
+        type=float,
+        default=10.0,
+        help="at the fixed rate, seconds of the app alone just before the change and just after it,"
+        " in the same pgbench run (10; 0: none)",
+    )
     args = parser.parse_args(argv)
     key = args.change == "key"
     spec, statements = (SPEC_KEY, NAIVE_KEY) if key else (SPEC, NAIVE)
@@ -216,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             quiet = fill_rate(dsn)
             fixed: dict[str, tuple[PgBench, Windows]] = {}
             dsn = init(server, "b_ours_r", args.scale, key)
-            fixed["ours"] = under_pgbench(server, "b_ours_r", args.scale, args.clients, ours(dsn, spec), rate)
+            fixed["ours"] = under_pgbench(
+                server, "b_ours_r", args.scale, args.clients, ours(dsn, spec, args.alone), rate
+            )
             loaded = fill_rate(dsn)
             took = max(end for _, _, end in fixed["ours"][1]) - fixed["ours"][1][0][1]
             init(server, "b_base_r", args.scale, key)
@@ -266,20 +290,27 @@ def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
     print(f"  failed transactions: {base.failed}")
     for name in [n for n in ("ours", "naive") if n in runs]:
         bench, steps = runs[name]
+        before = bench.by_window(steps).get(BEFORE, (0, 0.0, 0.0))
+        if before[0]:
+            print(
+                f"  against the app alone just before the change, in the same run: p99 {before[2]:.2f} ms"
+                f" ({before[2] / b99:.2f}x the baseline's), 'p99 x before' below"
+            )
         whole = max(end for _, _, end in steps) - steps[0][1]
         worst = 0.0
         print(f"\n{name}: the change took {whole:.1f} s; pgbench failed transactions: {bench.failed}")
         print(
             f"  {'step':<22} {'seconds':>8} {'tx':>8} {'p50 ms':>9} {'p99 ms':>9} {'p50 x':>7} {'p99 x':>7}"
-            f" {'longest ms':>11}"
+            f" {'longest ms':>11}{' p99 x before' if before[0] else ''}"
         )
         for label, (n, p50, p99) in bench.by_window(steps).items():
             seconds = next(end - start for lab, start, end in steps if lab == label)
-            worst = max(worst, p99)
+            worst = max(worst, p99) if label not in (BEFORE, AFTER) else worst
             ratio50, ratio99 = (p50 / b50, p99 / b99) if n else (0.0, 0.0)
             row = f"{n:>8,} {p50:>9.2f} {p99:>9.2f} {ratio50:>7.2f} {ratio99:>7.2f}"
             window = next(w for w in steps if w[0] == label)
-            print(f"  {label:<22} {seconds:>8.1f} {row} {_longest(bench, window):>11.0f}")
+            paired = f" {p99 / before[2]:>12.2f}" if before[0] and n else ""
+            print(f"  {label:<22} {seconds:>8.1f} {row} {_longest(bench, window):>11.0f}{paired}")
         print(f"  worst step p99: {worst:.1f} ms = {worst / b99:.1f}x the baseline's")
 
 
