@@ -115,7 +115,7 @@ def test_an_app_with_less_than_one_session_in_flight_at_rest_opens_the_duty_at_o
     assert ctl.opened is True and ctl.slowdown is None  # no window decided it
     assert ctl.describe(0.003) == (
         "sharing the server with the app: batches 50% of the time"
-        " (the app keeps 0.2 sessions in flight: opened at once), 3 ms between batches"
+        " (the app keeps 0.2 sessions in a transaction: opened at once), 3 ms between batches"
     )
     duties = _windows(ctl, 0.3, 1.2, 2)
     assert duties[0] < MAX_DUTY and duties[1] < duties[0]
@@ -137,8 +137,10 @@ def test_the_sampler_counts_the_app_in_flight_not_idle_sessions_nor_ours(db: str
     with (
         psycopg.connect(db, autocommit=True, application_name="app") as app,
         psycopg.connect(db, autocommit=True, application_name="idle app"),
+        psycopg.connect(db, application_name="app in a transaction") as between,
         connect(db, phase="other", autocommit=True) as ours,
     ):
+        between.execute("SELECT 1")  # a transaction open, no statement running: idle in transaction
         ours_busy = threading.Thread(target=lambda: ours.execute("SELECT pg_sleep(1.5)"))
         app_busy = threading.Thread(target=lambda: app.execute("SELECT pg_sleep(0.5)"))
         ours_busy.start()
@@ -152,18 +154,20 @@ def test_the_sampler_counts_the_app_in_flight_not_idle_sessions_nor_ours(db: str
             ours_busy.join()
         finally:
             sampler.close()
-    (rest_n, rest_sessions), (run_n, run_sessions) = sampler.window()
+    (rest_n, rest_sessions), (run_n, run_sessions), (open_n, open_sessions) = sampler.window()
     assert rest_n >= 10 and run_n >= 10
     assert rest_sessions <= 2  # at most the app's statement starting at the edge
+    assert open_n == rest_n and rest_n <= open_sessions <= rest_n + 2  # the one in a transaction, at rest
     assert run_sessions >= run_n * 0.7  # the app, in flight in (nearly) every sample
 
 
 @pytest.mark.pg
-def test_a_backfill_opens_for_an_app_with_little_in_flight_and_not_for_one_that_keeps_two_busy(
+def test_a_backfill_opens_for_an_app_with_little_in_a_transaction_and_not_for_one_that_keeps_two(
     db: str,
 ) -> None:
-    """The opening reads real sessions: point reads every 10 ms keep far less than one session in
-    flight, two sessions that are always running a statement keep two."""
+    """The opening reads real sessions: point reads every 10 ms keep far less than one session in a
+    transaction; two sessions always running a statement keep two, and so do two transactions
+    left open between statements."""
     from zdm_runbook import ledger  # noqa: PLC0415
     from zdm_runbook.execute.backfill import BackfillEngine, BackfillSettings  # noqa: PLC0415
     from zdm_runbook.plan.planner import build_plan  # noqa: PLC0415
@@ -201,6 +205,16 @@ def test_a_backfill_opens_for_an_app_with_little_in_flight_and_not_for_one_that_
     with AppProbe(db, "SELECT pg_sleep(0.3)", every=0.0), AppProbe(db, "SELECT pg_sleep(0.3)", every=0.0):
         time.sleep(0.3)
         busy = backfill()
-    assert light.state.app_busy and busy.state.app_busy
+    # Two transactions open and between statements (as TPC-B's are, most of the time): no statement
+    # runs, yet the app keeps two transactions going.
+    with (
+        psycopg.connect(db, application_name="app") as one,
+        psycopg.connect(db, application_name="app") as two,
+    ):
+        one.execute("SELECT 1")
+        two.execute("SELECT 1")
+        between = backfill()
+    assert light.state.app_busy and busy.state.app_busy and between.state.app_busy
+    assert between.duty.opened is False and between.duty.opening is not None and between.duty.opening >= 1.5
     assert light.duty.opened is True and light.duty.opening is not None and light.duty.opening < 0.5
     assert busy.duty.opened is False and busy.duty.opening is not None and busy.duty.opening >= 1.5

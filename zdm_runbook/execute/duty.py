@@ -25,7 +25,7 @@ flight too, so the same signal steers both. A busy but not saturated server (spa
 cores) shows no slowdown and gets a fast backfill; a saturated one shows it at once and gets a
 polite one. It starts at the engine's ``busy_duty`` (a quarter of the time), and opens at once at
 ``MAX_DUTY`` when the app, watched at rest for its first half second, keeps less than one
-session in flight (see ``OPEN_BELOW``).
+session in a transaction (see ``OPEN_BELOW``).
 """
 
 from __future__ import annotations
@@ -61,23 +61,29 @@ MIN_DUTY, MAX_DUTY = 0.02, 0.5
 # room to spare (0.8x).
 FLAT, GROW_FAST, GROW, SHRINK = 1.1, 2.0, 1.2, 0.5
 # The opening: once the sampler has OPEN_AFTER samples of the app at rest (about half a second at
-# the start duty), an app with fewer than OPEN_BELOW sessions in flight on average goes to
-# MAX_DUTY at once instead of doubling toward it window by window. Such an app keeps less than one
-# backend busy, and our batches keep one: on a server of two cores or more, the two fit. Measured
-# at 200 tx/s (0.2 to 0.4 in flight), the first decision came after 3.5 to 4 s at the start duty, so
-# a 300,000-row backfill spent most of its run there (bench/RESULTS.md). pgbench's TPC-B at half
-# its full rate (1,900 tx/s, 4 clients) kept 0.32 in flight: between its statements a session is
-# idle in transaction. An app with more in flight keeps the start duty, and every later window
-# still backs off the moment the app slows.
+# the start duty), an app with fewer than OPEN_BELOW sessions in a transaction on average (running
+# a statement, or between two: idle in transaction) goes to MAX_DUTY at once instead of doubling
+# toward it window by window. Such an app keeps less than one backend busy, and our batches keep
+# one: on a server of two cores or more, the two fit. Without the opening, at 200 tx/s (0.2 to 0.4
+# sessions in flight) the first decision came after 3.5 to 4 s at the start duty, so a
+# 300,000-row backfill spent most of its run there (bench/RESULTS.md). Why transactions, not
+# statements: pgbench's TPC-B at half its full-speed rate (1,900 tx/s, 4 clients, 2 cores) kept
+# only 0.32 statements in flight (between its statements a session is idle in transaction) while
+# it used about a core, and opened on statements, its p99 during migrate went from 1.55x to 5.87x.
+# An app with more in a transaction keeps the start duty; every later window still backs off the
+# moment the app slows.
 OPEN_AFTER, OPEN_BELOW = 12, 1.0
 BASELINE_S = 30.0  # the resting means the baseline is the median of
 SMOOTH = 0.5  # weight of the newest window in the moving average
 PRIOR = 0.05  # sessions added to both means: an app idle while we rest is not an infinite slowdown
 
+# Sessions running a statement, and sessions in a transaction (running one, or between two).
 _IN_FLIGHT = """
-SELECT count(*) FROM pg_stat_activity
+SELECT count(*) FILTER (WHERE state = 'active'),
+       count(*) FILTER (WHERE state IN ('active', 'idle in transaction'))
+FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
-  AND state = 'active' AND application_name NOT LIKE 'zdm_runbook%%'
+  AND application_name NOT LIKE 'zdm_runbook%%'
 """
 
 
@@ -90,6 +96,7 @@ class Sampler:
         self._lock = threading.Lock()
         self._in_batch = False
         self._sums = [[0, 0], [0, 0]]  # [resting, batching] x [samples, sessions counted]
+        self._open = [0, 0]  # resting: [samples, sessions in a transaction], for the opening
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -108,6 +115,9 @@ class Sampler:
                         if side == int(self._in_batch):  # a sample across an edge says nothing
                             self._sums[side][0] += 1
                             self._sums[side][1] += int(row[0]) if row else 0
+                            if not side:
+                                self._open[0] += 1
+                                self._open[1] += int(row[1]) if row else 0
                     self._stop.wait(SAMPLE_EVERY)
         except (psycopg.Error, OSError):  # no sampler, no evidence: the controller holds its duty
             return
@@ -116,12 +126,13 @@ class Sampler:
         with self._lock:
             self._in_batch = running
 
-    def window(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        """``((samples, sessions) resting, (samples, sessions) batching)`` since the last call."""
+    def window(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """``((samples, sessions) resting, (samples, sessions) batching, (samples, sessions in a
+        transaction) resting)`` since the last call."""
         with self._lock:
-            rest, run = self._sums
-            self._sums = [[0, 0], [0, 0]]
-        return (rest[0], rest[1]), (run[0], run[1])
+            (rest, run), opened = self._sums, self._open
+            self._sums, self._open = [[0, 0], [0, 0]], [0, 0]
+        return (rest[0], rest[1]), (run[0], run[1]), (opened[0], opened[1])
 
     def close(self) -> None:
         self._stop.set()
@@ -149,25 +160,37 @@ class DutyController:
     open_below: float = OPEN_BELOW  # 0: no opening (see OPEN_BELOW)
     slowdown: float | None = None
     opened: bool | None = None  # None: not decided yet; then whether it opened at MAX_DUTY
-    opening: float | None = None  # the app's mean sessions in flight the opening read
+    opening: float | None = None  # the app's mean sessions in a transaction the opening read
     _rests: deque[tuple[float, float]] = field(default_factory=deque)  # (when, mean in flight)
     _since: float = 0.0
     _rest: tuple[int, int] = (0, 0)
     _run: tuple[int, int] = (0, 0)
+    _open: tuple[int, int] = (0, 0)  # resting samples and sessions the opening reads
 
     @property
     def baseline(self) -> float | None:
         return statistics.median(mean for _, mean in self._rests) if self._rests else None
 
-    def observe(self, rest: tuple[int, int], run: tuple[int, int], now: float | None = None) -> float:
-        """Add a sampler window; once a whole window has enough samples, decide. Returns the duty."""
+    def observe(
+        self,
+        rest: tuple[int, int],
+        run: tuple[int, int],
+        in_transaction: tuple[int, int] | None = None,
+        now: float | None = None,
+    ) -> float:
+        """Add a sampler window; once a whole window has enough samples, decide. Returns the duty.
+
+        ``in_transaction`` (resting samples, sessions in a transaction) is what the opening reads;
+        without it, the sessions running a statement at rest."""
         now = time.monotonic() if now is None else now
         if not self._since:
             self._since = now
         self._rest = (self._rest[0] + rest[0], self._rest[1] + rest[1])
         self._run = (self._run[0] + run[0], self._run[1] + run[1])
-        if self.opened is None and self._rest[0] >= OPEN_AFTER:
-            self.opening = self._rest[1] / self._rest[0]
+        opening = rest if in_transaction is None else in_transaction
+        self._open = (self._open[0] + opening[0], self._open[1] + opening[1])
+        if self.opened is None and self._open[0] >= OPEN_AFTER:
+            self.opening = self._open[1] / self._open[0]
             self.opened = self.opening < self.open_below
             if self.opened:
                 self.duty = max(self.duty, MAX_DUTY)
@@ -195,7 +218,7 @@ class DutyController:
         """The progress line's words for it: the duty, the app's slowdown, the rest between batches."""
         opened = ""
         if self.opened and self.slowdown is None:
-            opened = f" (the app keeps {self.opening:.1f} sessions in flight: opened at once)"
+            opened = f" (the app keeps {self.opening:.1f} sessions in a transaction: opened at once)"
         slowdown = f", app slowed {self.slowdown:.2f}x" if self.slowdown is not None else ""
         return (
             f"sharing the server with the app: batches {100 * self.duty:.0f}% of the time{opened}"
