@@ -170,6 +170,7 @@ def test_a_backfill_opens_for_an_app_with_little_in_a_transaction_and_not_for_on
     left open between statements."""
     from zdm_runbook import ledger  # noqa: PLC0415
     from zdm_runbook.execute.backfill import BackfillEngine, BackfillSettings  # noqa: PLC0415
+    from zdm_runbook.execute.progress import LogProgress  # noqa: PLC0415
     from zdm_runbook.plan.planner import build_plan  # noqa: PLC0415
     from zdm_runbook.spec.change import parse_change  # noqa: PLC0415
     from zdm_runbook.spec.model import Phase  # noqa: PLC0415
@@ -184,15 +185,17 @@ def test_a_backfill_opens_for_an_app_with_little_in_a_transaction_and_not_for_on
         c.execute("CREATE TABLE big (id bigint PRIMARY KEY, v int, w bigint)")
         c.execute("INSERT INTO big SELECT g, g % 1000, NULL FROM generate_series(1, 40000) g")
 
+    lines: list[str] = []
+
     def backfill() -> BackfillEngine:
+        lines.clear()
         with psycopg.connect(db, autocommit=True) as c:
             c.execute("DROP SCHEMA IF EXISTS zdm CASCADE")
             c.execute("UPDATE big SET w = NULL")
             ledger.ensure(c)
             ledger.record_change(c, "fill-w", "", "x")
-        engine = BackfillEngine(
-            db, "fill-w", step, BackfillSettings(busy_max_batch_size=100, min_batch_size=100)
-        )
+        settings = BackfillSettings(busy_max_batch_size=100, min_batch_size=100)
+        engine = BackfillEngine(db, "fill-w", step, settings, LogProgress(0.0, lines.append))
         try:
             engine.run()
         finally:
@@ -202,6 +205,10 @@ def test_a_backfill_opens_for_an_app_with_little_in_a_transaction_and_not_for_on
     with AppProbe(db, "SELECT v FROM big WHERE id = 7", every=0.01):
         time.sleep(0.3)
         light = backfill()
+    # The headless log line says so, as the notebook's live line does.
+    opened = "rows; sharing the server with the app: batches 50% of the time (the app keeps 0."
+    assert any(opened in line for line in lines), lines[-3:]
+    assert lines[-1].startswith("done: ") and "sharing" not in lines[-1]
     with AppProbe(db, "SELECT pg_sleep(0.3)", every=0.0), AppProbe(db, "SELECT pg_sleep(0.3)", every=0.0):
         time.sleep(0.3)
         busy = backfill()

@@ -299,7 +299,8 @@ class BackfillEngine:
         if self._sampler is not None:
             self.duty.observe(*self._sampler.window())
         pause = self.duty.pause_after(batch_seconds)
-        self._share(doing=self.duty.describe(pause))
+        text = self.duty.describe(pause)
+        self._share(doing=text, sharing=text)
         return pause
 
     def _next_size(self, size: int, seconds: float) -> int:

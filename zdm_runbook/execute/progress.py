@@ -52,6 +52,7 @@ class State:
     resumed_from: int = 0  # rows a previous run had already done: not part of this run's rate
     app_busy: bool = False  # other sessions used the database in the last second: share it
     doing: str = "starting"  # what the engine is doing between batches: see activity()
+    sharing: str | None = None  # how it shares the server with the app, kept across batches
     step: str = ""  # the backfill step this is the progress of (several may share one pass)
 
     @property
@@ -102,7 +103,8 @@ def frame(state: State) -> pd.DataFrame:
 
 
 def line(state: State) -> str:
-    """``orders: 412,000 / 1,000,000 rows (41%), 38,200 rows/s, ETA 15 s, batch 5,000 rows``."""
+    """``orders: 412,000 / 1,000,000 rows (41%), 38,200 rows/s, ETA 15 s, batch 5,000 rows``, and
+    why it waits, or how it shares the server with the app (``; sharing the server …``)."""
     total = state.rows_estimate
     share = f" ({100 * state.rows_scanned / total:.0f}%)" if total else ""
     of = f" / ~{total:,}" if total else ""
@@ -111,7 +113,10 @@ def line(state: State) -> str:
         f"{state.table}: {state.rows_scanned:,}{of} rows{share}, {state.rows_updated:,} updated,"
         f" {state.rate:,.0f} rows/s{eta}, batch {state.batch_size:,} rows"
     )
-    return f"{text}; waiting: {state.paused}" if state.paused else text
+    if state.paused:
+        return f"{text}; waiting: {state.paused}"
+    sharing = state.finished is None and state.app_busy and state.sharing
+    return f"{text}; {state.sharing}" if sharing else text
 
 
 def activity(state: State) -> str:
