@@ -148,7 +148,6 @@ class App:
         script.write_text(APP_SCRIPT.format(rows=rows))
         self.folder = folder
         self._due: list[tuple[float, float]] | None = None
-        self.started_epoch = time.time()
         self.proc = subprocess.Popen(
             [
                 str(embedded_bin_dir() / "pgbench"),
@@ -184,7 +183,7 @@ class App:
         return [ms for due, ms in self._due if start_epoch <= due <= end_epoch]
 
     def _read(self) -> list[tuple[float, float]]:
-        """(when the transaction was due, its latency in ms) for every line logged so far."""
+        """(when the transaction was due, its latency in ms) for every line of the run's logs."""
         out = []
         for log in self.folder.glob("applog.*"):
             for line in log.read_text().splitlines():
@@ -269,17 +268,17 @@ def peak_memory(dsn: str, rows: int) -> float:
 def print_loaded(loaded: list[dict[str, Any]], app_rate: int, baseline_seconds: float) -> None:
     """The table under load: each variant's p99 against the baseline pooled beside all of them."""
     quiet_lat = [ms for r in loaded for ms in r["baseline"]]
-    baseline = {"variant": "baseline", "app_tx": len(quiet_lat), "app_p99_ms": p99(quiet_lat)}
-    loaded.insert(0, {**baseline, "app_p50_ms": statistics.median(quiet_lat)})
-    base = baseline["app_p99_ms"]
+    base = p99(quiet_lat)
+    baseline = {"variant": "baseline", "app_tx": len(quiet_lat), "app_p99_ms": base}
+    baseline["app_p50_ms"] = statistics.median(quiet_lat)
     print(f"\nwith the app's load (pgbench, {app_rate} tx/s: point read + update, same table)")
     print(f"  {'variant':<10}{'rows/s':>10}{'app tx':>8}{'p50 ms':>9}{'p99 ms':>9}{'p99 vs baseline':>17}")
-    for r in loaded:
+    for r in [baseline, *loaded]:
         rate = f"{r['rows_per_s']:,.0f}" if "rows_per_s" in r else "-"
         p50, p99_ms = r["app_p50_ms"], r["app_p99_ms"]
         name, count = r["variant"], r["app_tx"]
         print(f"  {name:<10}{rate:>10}{count:>8}{p50:>9.2f}{p99_ms:>9.2f}{p99_ms / base:>16.2f}x")
-    beside = ", ".join(f"{r['variant']} {p99(r['baseline']):.2f}" for r in loaded[1:])
+    beside = ", ".join(f"{r['variant']} {p99(r['baseline']):.2f}" for r in loaded)
     print(
         f"  baseline: the {baseline_seconds:g} s before each run, pooled; p99 (ms) of the"
         f" part before each variant: {beside}"

@@ -290,7 +290,8 @@ def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
     print(f"  failed transactions: {base.failed}")
     for name in [n for n in ("ours", "naive") if n in runs]:
         bench, steps = runs[name]
-        before = bench.by_window(steps).get(BEFORE, (0, 0.0, 0.0))
+        stats = bench.by_window(steps)
+        before = stats.get(BEFORE, (0, 0.0, 0.0))
         if before[0]:
             print(
                 f"  against the app alone just before the change, in the same run: p99 {before[2]:.2f} ms"
@@ -303,9 +304,10 @@ def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
             f"  {'step':<22} {'seconds':>8} {'tx':>8} {'p50 ms':>9} {'p99 ms':>9} {'p50 x':>7} {'p99 x':>7}"
             f" {'longest ms':>11}{' p99 x before' if before[0] else ''}"
         )
-        for label, (n, p50, p99) in bench.by_window(steps).items():
+        for label, (n, p50, p99) in stats.items():
             seconds = next(end - start for lab, start, end in steps if lab == label)
-            worst = max(worst, p99) if label not in (BEFORE, AFTER) else worst
+            if label not in (BEFORE, AFTER):
+                worst = max(worst, p99)
             ratio50, ratio99 = (p50 / b50, p99 / b99) if n else (0.0, 0.0)
             row = f"{n:>8,} {p50:>9.2f} {p99:>9.2f} {ratio50:>7.2f} {ratio99:>7.2f}"
             window = next(w for w in steps if w[0] == label)

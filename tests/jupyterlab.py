@@ -183,14 +183,12 @@ def open_notebook(page: Any, lab: Lab, relative: str) -> None:
         page.keyboard.press("Control+b")
 
 
-def _choose_kernel(page: Any) -> bool:
+def _choose_kernel(page: Any) -> None:
     """Press "Select" if JupyterLab asks which kernel to start (a slow kernel start on a busy
     machine): the default, the notebook's own. The dialog may come before or after Run All."""
     dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
-    if not dialog.count():
-        return False
-    dialog.locator("button", has_text="Select").click()
-    return True
+    if dialog.count():
+        dialog.locator("button", has_text="Select").click()
 
 
 def run_all(page: Any) -> None:

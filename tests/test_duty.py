@@ -105,7 +105,7 @@ def test_just_over_the_limit_the_duty_shrinks_in_proportion() -> None:
     assert 0.15 * 0.5 < duties[0] < 0.15
 
 
-def test_an_app_with_less_than_one_session_in_flight_at_rest_opens_the_duty_at_once() -> None:
+def test_an_app_with_less_than_one_session_in_a_transaction_at_rest_opens_the_duty_at_once() -> None:
     """The opening reads the first OPEN_AFTER resting samples, before any window is whole; after
     it the windows steer as usual, so a slowdown still takes the duty back."""
     ctl = _controller(open_below=1.0)
@@ -122,7 +122,7 @@ def test_an_app_with_less_than_one_session_in_flight_at_rest_opens_the_duty_at_o
     assert "opened" not in ctl.describe(0.01) and "app slowed" in ctl.describe(0.01)
 
 
-def test_an_app_with_a_session_or_more_in_flight_at_rest_keeps_the_start_duty() -> None:
+def test_an_app_with_a_session_or_more_in_a_transaction_at_rest_keeps_the_start_duty() -> None:
     ctl = _controller(open_below=1.0)
     assert ctl.observe((OPEN_AFTER, OPEN_AFTER), (4, 4), now=1000.0) == 0.15  # 1.0 in flight: not under
     assert ctl.opened is False

@@ -96,7 +96,7 @@ class Sampler:
         self._lock = threading.Lock()
         self._in_batch = False
         self._sums = [[0, 0], [0, 0]]  # [resting, batching] x [samples, sessions counted]
-        self._open = [0, 0]  # resting: [samples, sessions in a transaction], for the opening
+        self._in_transaction = 0  # sessions in a transaction over the resting samples: the opening's
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -116,8 +116,7 @@ class Sampler:
                             self._sums[side][0] += 1
                             self._sums[side][1] += int(row[0]) if row else 0
                             if not side:
-                                self._open[0] += 1
-                                self._open[1] += int(row[1]) if row else 0
+                                self._in_transaction += int(row[1]) if row else 0
                     self._stop.wait(SAMPLE_EVERY)
         except (psycopg.Error, OSError):  # no sampler, no evidence: the controller holds its duty
             return
@@ -130,9 +129,9 @@ class Sampler:
         """``((samples, sessions) resting, (samples, sessions) batching, (samples, sessions in a
         transaction) resting)`` since the last call."""
         with self._lock:
-            (rest, run), opened = self._sums, self._open
-            self._sums, self._open = [[0, 0], [0, 0]], [0, 0]
-        return (rest[0], rest[1]), (run[0], run[1]), (opened[0], opened[1])
+            (rest, run), opened = self._sums, self._in_transaction
+            self._sums, self._in_transaction = [[0, 0], [0, 0]], 0
+        return (rest[0], rest[1]), (run[0], run[1]), (rest[0], opened)
 
     def close(self) -> None:
         self._stop.set()
@@ -187,13 +186,14 @@ class DutyController:
             self._since = now
         self._rest = (self._rest[0] + rest[0], self._rest[1] + rest[1])
         self._run = (self._run[0] + run[0], self._run[1] + run[1])
-        opening = rest if in_transaction is None else in_transaction
-        self._open = (self._open[0] + opening[0], self._open[1] + opening[1])
-        if self.opened is None and self._open[0] >= OPEN_AFTER:
-            self.opening = self._open[1] / self._open[0]
-            self.opened = self.opening < self.open_below
-            if self.opened:
-                self.duty = max(self.duty, MAX_DUTY)
+        if self.opened is None:
+            opening = rest if in_transaction is None else in_transaction
+            self._open = (self._open[0] + opening[0], self._open[1] + opening[1])
+            if self._open[0] >= OPEN_AFTER:
+                self.opening = self._open[1] / self._open[0]
+                self.opened = self.opening < self.open_below
+                if self.opened:
+                    self.duty = max(self.duty, MAX_DUTY)
         if now - self._since < WINDOW or self._run[0] < MIN_SAMPLES:
             return self.duty
         resting = self._rest[1] / self._rest[0] if self._rest[0] >= MIN_SAMPLES else None
