@@ -488,5 +488,7 @@ def test_a_failed_backfill_is_marked_failed_and_resumes_on_the_next_run(db: str)
     state = again.run()
     again.close()
     assert state.resumed_from == done_before
+    here = f"this run resumed after {done_before:,} and scanned {20_000 - done_before:,} in"
+    assert f"20,000 rows scanned, 20,000 updated; {here} {len(state.batches)} batches," in state.summary()
     assert scalar(db, "SELECT status FROM zdm.backfills") == "done"
     assert sum(b[4] for b in _batches(db, "fill-w")) == 20_000

@@ -71,12 +71,16 @@ class State:
         return max(0.0, self.rows_estimate - self.rows_scanned) / self.rate
 
     def summary(self) -> str:
-        """The one-line text summary printed at the end."""
+        """The one-line text summary printed at the end. The rows are the whole backfill's; the
+        batches, seconds and rate are this run's, so a resumed run says where it took over."""
         step = f" {self.step}" if self.step else ""
+        run = f" in {len(self.batches)} batches, {self.elapsed:.1f} s, {self.rate:,.0f} rows/s"
+        if self.resumed_from:
+            here = self.rows_scanned - self.resumed_from
+            run = f"; this run resumed after {self.resumed_from:,} and scanned {here:,}{run}"
         return (
             f"backfill{step} of {self.table}: {self.rows_scanned:,} rows scanned,"
-            f" {self.rows_updated:,} updated"
-            f" in {len(self.batches)} batches, {self.elapsed:.1f} s, {self.rate:,.0f} rows/s;"
+            f" {self.rows_updated:,} updated{run};"
             f" {self.retries} batch retries, {self.reconnects} reconnects"
         )
 
