@@ -7,6 +7,10 @@ Variants, each filling ``w = v * 2 + 1`` on the whole table after it is reset:
   gitlab   1,000-row batches in 100-row sub-batches with a 100 ms pause after each (GitLab's
            batched background migrations); stopped after --max-seconds and rated on what it did
   ours     zdm-runbook's engine with its defaults
+  alone    no backfill at all, under load only: the app alone, taken exactly as a variant is and
+           for as long as ``ours`` ran (--max-seconds without it). Its "p99 vs baseline" is the
+           spread the machine gives by itself (an A/A control): a variant's ratio means little
+           until it is well beyond this one's
 
 First without load: rows/s and the ratio to ``single``. Then with the app's load: pgbench (the
 embedded PostgreSQL's own client) runs a custom script of point reads and updates on the same
@@ -119,11 +123,18 @@ def ours(dsn: str, deadline: float) -> int:
         engine.close()
 
 
+def alone(dsn: str, deadline: float) -> int:
+    """No backfill: the app alone until the deadline (the A/A control)."""
+    time.sleep(max(0.0, deadline - time.monotonic()))
+    return 0
+
+
 VARIANTS: dict[str, Callable[[str, float], int]] = {
     "single": single,
     "pgroll": keyset,
     "gitlab": lambda dsn, deadline: keyset(dsn, deadline, 1000, 100, 0.1),
     "ours": ours,
+    "alone": alone,
 }
 
 
@@ -274,7 +285,7 @@ def print_loaded(loaded: list[dict[str, Any]], app_rate: int, baseline_seconds: 
     print(f"\nwith the app's load (pgbench, {app_rate} tx/s: point read + update, same table)")
     print(f"  {'variant':<10}{'rows/s':>10}{'app tx':>8}{'p50 ms':>9}{'p99 ms':>9}{'p99 vs baseline':>17}")
     for r in [baseline, *loaded]:
-        rate = f"{r['rows_per_s']:,.0f}" if "rows_per_s" in r else "-"
+        rate = f"{r['rows_per_s']:,.0f}" if r.get("rows_per_s") else "-"
         p50, p99_ms = r["app_p50_ms"], r["app_p99_ms"]
         name, count = r["variant"], r["app_tx"]
         print(f"  {name:<10}{rate:>10}{count:>8}{p50:>9.2f}{p99_ms:>9.2f}{p99_ms / base:>16.2f}x")
@@ -328,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         setup(dsn, args.rows)
         chosen = [v for v in VARIANTS if v in args.variants.split(",")]
         quiet = []
-        for name in chosen:  # the median of --repeat runs: single runs on 2 cores vary by ±10%
+        for name in [v for v in chosen if v != "alone"]:  # the median of --repeat runs: ±10% on 2 cores
             runs = []
             for _ in range(args.repeat):
                 reset(dsn)
@@ -341,19 +352,15 @@ def main(argv: list[str] | None = None) -> int:
             ratio = r["rows_per_s"] / limit
             name, rows, secs, speed = r["variant"], r["rows"], r["seconds"], r["rows_per_s"]
             print(f"  {name:<10}{rows:>11,}{secs:>9.1f}{speed:>10,.0f}{ratio:>10.2f}x")
-        loaded = []
+        loaded: list[dict[str, Any]] = []
         for name in chosen:
             reset(dsn)
+            # The control lasts as long as ours did, so its p99 is of as many transactions.
+            ran = [r["seconds"] / args.windows for r in loaded if r["variant"] == "ours"]
+            seconds = ran[0] if name == "alone" and ran else args.max_seconds
             loaded.append(
                 under_load(
-                    dsn,
-                    name,
-                    args.rows,
-                    args.app_rate,
-                    args.max_seconds,
-                    folder,
-                    args.windows,
-                    args.baseline_seconds,
+                    dsn, name, args.rows, args.app_rate, seconds, folder, args.windows, args.baseline_seconds
                 )
             )
         print_loaded(loaded, args.app_rate, args.baseline_seconds)
