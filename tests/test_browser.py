@@ -238,6 +238,12 @@ def test_migrate_progress_moves_stops_cleanly_and_resumes(db: str, lab_root: Pat
         text = output_text(page)
         assert "verified public.orders: 600,000 rows" in text, text[-2000:]
         assert "orders backfilled (600,000 rows)" in text
+        took_over = re.search(
+            r"600,000 updated; this run resumed after ([\d,]+) and scanned ([\d,]+) in", text
+        )
+        assert took_over, text[-2000:]
+        before, here = (int(n.replace(",", "")) for n in took_over.groups())
+        assert before > 0 and before + here == 600_000
         page.locator(".zdm-progress-line").first.scroll_into_view_if_needed()
         screenshot(page, "migrate-resumed")
         assert _wait_no_sessions(db) == []
