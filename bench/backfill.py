@@ -347,13 +347,14 @@ def main(argv: list[str] | None = None) -> int:
                 reset(dsn)
                 runs.append(timed(dsn, name, args.max_seconds))
             quiet.append(sorted(runs, key=lambda r: r["rows_per_s"])[len(runs) // 2])
-        limit = quiet[0]["rows_per_s"]
-        print(f"\nwithout load (median of {args.repeat})")
-        print(f"  {'variant':<10}{'rows':>11}{'seconds':>9}{'rows/s':>10}{'vs single':>11}")
-        for r in quiet:
-            ratio = r["rows_per_s"] / limit
-            name, rows, secs, speed = r["variant"], r["rows"], r["seconds"], r["rows_per_s"]
-            print(f"  {name:<10}{rows:>11,}{secs:>9.1f}{speed:>10,.0f}{ratio:>10.2f}x")
+        if quiet:  # none with --variants alone: the control has no table without load
+            limit = quiet[0]["rows_per_s"]
+            print(f"\nwithout load (median of {args.repeat})")
+            print(f"  {'variant':<10}{'rows':>11}{'seconds':>9}{'rows/s':>10}{'vs single':>11}")
+            for r in quiet:
+                ratio = r["rows_per_s"] / limit
+                name, rows, secs, speed = r["variant"], r["rows"], r["seconds"], r["rows_per_s"]
+                print(f"  {name:<10}{rows:>11,}{secs:>9.1f}{speed:>10,.0f}{ratio:>10.2f}x")
         loaded: list[dict[str, Any]] = []
         for name in chosen:
             reset(dsn)
