@@ -289,8 +289,9 @@ def print_loaded(loaded: list[dict[str, Any]], app_rate: int, baseline_seconds: 
         p50, p99_ms = r["app_p50_ms"], r["app_p99_ms"]
         name, count = r["variant"], r["app_tx"]
         print(f"  {name:<10}{rate:>10}{count:>8}{p50:>9.2f}{p99_ms:>9.2f}{p99_ms / base:>16.2f}x")
-    beside = ", ".join(f"{r['variant']} {p99(r['baseline']):.2f}" for r in loaded)
-    paired = ", ".join(f"{r['variant']} {r['app_p99_ms'] / p99(r['baseline']):.2f}x" for r in loaded)
+    before = [(r["variant"], r["app_p99_ms"], p99(r["baseline"])) for r in loaded]
+    beside = ", ".join(f"{name} {ms:.2f}" for name, _, ms in before)
+    paired = ", ".join(f"{name} {during / ms:.2f}x" for name, during, ms in before)
     print(
         f"  baseline: the {baseline_seconds:g} s before each run, pooled; p99 (ms) of the"
         f" part before each variant: {beside}"
