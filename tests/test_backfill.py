@@ -255,7 +255,10 @@ def test_f_headless_log_line_and_end_chart(db: str) -> None:
     state = engine.run()
     engine.close()
     assert any("rows/s" in line and "/ ~30,000 rows" in line for line in lines)
-    assert lines[-1].startswith("done: public.big: 30,000 / ~30,000 rows (100%), 30,000 updated")
+    # Each line names its step: backfills sharing one pass log a line each (see the two-step test).
+    assert lines[-1].startswith(
+        "done: backfill 01-backfill-backfill of public.big: 30,000 / ~30,000 rows (100%), 30,000 updated"
+    )
     batches = frame(state)
     assert batches.rows_done.iloc[-1] == 30_000
     assert list(batches.batch) == sorted(batches.batch)

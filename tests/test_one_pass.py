@@ -14,6 +14,7 @@ import pytest
 
 from zdm_runbook.execute.backfill import BackfillEngine, BackfillSettings
 from zdm_runbook.execute.phase import execute_phase
+from zdm_runbook.execute.progress import LogProgress
 from zdm_runbook.execute.walk import walks
 from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.change import parse_change
@@ -89,8 +90,17 @@ def test_two_backfills_on_one_table_write_each_row_once(db: str) -> None:
     with psycopg.connect(db, autocommit=True) as c:  # a third of the rows already have a currency
         c.execute("UPDATE orders SET currency = 'EUR' WHERE id <= %s", [ROWS // 3])
     before = _row_versions(db)
-    results = execute_phase(plan, Phase.MIGRATE, db, backfill_settings={"max_batch_size": 400})
+    lines: list[str] = []
+    log = LogProgress(0.0, lines.append)
+    results = execute_phase(plan, Phase.MIGRATE, db, on_batch=log, backfill_settings={"max_batch_size": 400})
     assert [r.outcome for r in results] == ["applied", "applied"]
+    # The headless log has a line per step, each naming its step (they differ in rows updated).
+    done = [line for line in lines if line.startswith("done: ")]
+    assert [line.split(" of ")[0] for line in done] == [
+        "done: backfill 01-change_type-backfill",
+        "done: backfill 02-add_not_null_column-backfill",
+    ]
+    assert f"{ROWS:,} updated" in done[0] and f"{ROWS - ROWS // 3:,} updated" in done[1]
     assert _row_versions(db) - before == ROWS  # one row version per row; two passes wrote 2 * ROWS
 
     with psycopg.connect(db, autocommit=True) as c:

@@ -106,15 +106,19 @@ def frame(state: State) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(BATCH_COLUMNS))
 
 
-def line(state: State) -> str:
+def line(state: State, named: bool = False) -> str:
     """``orders: 412,000 / 1,000,000 rows (41%), 38,200 rows/s, ETA 15 s, batch 5,000 rows``, and
-    why it waits, or how it shares the server with the app (``; sharing the server …``)."""
+    why it waits, or how it shares the server with the app (``; sharing the server …``).
+
+    ``named`` starts it ``backfill <step> of orders:`` as the summary does, for a log where the
+    line has no title: backfills sharing one pass log a line each, alike but for rows updated."""
     total = state.rows_estimate
     share = f" ({100 * state.rows_scanned / total:.0f}%)" if total else ""
     of = f" / ~{total:,}" if total else ""
     eta = f", ETA {human_seconds(state.eta)}" if state.eta is not None else ""
+    what = f"backfill {state.step} of {state.table}" if named and state.step else state.table
     text = (
-        f"{state.table}: {state.rows_scanned:,}{of} rows{share}, {state.rows_updated:,} updated,"
+        f"{what}: {state.rows_scanned:,}{of} rows{share}, {state.rows_updated:,} updated,"
         f" {state.rate:,.0f} rows/s{eta}, batch {state.batch_size:,} rows"
     )
     if state.paused:
@@ -136,7 +140,8 @@ def activity(state: State) -> str:
 
 
 class LogProgress:
-    """Headless: one line every ``every`` seconds (and at the end) through ``emit``."""
+    """Headless: one line every ``every`` seconds (and at the end) through ``emit``, per step,
+    each naming its step."""
 
     def __init__(self, every: float = 5.0, emit: Callable[[str], None] | None = None) -> None:
         self.every = every
@@ -147,4 +152,4 @@ class LogProgress:
         now = time.monotonic()
         if state.finished is not None or now - self._last.get(state.step, 0.0) >= self.every:
             self._last[state.step] = now
-            self.emit(("done: " if state.finished is not None else "") + line(state))
+            self.emit(("done: " if state.finished is not None else "") + line(state, named=True))
