@@ -22,6 +22,7 @@ the peak memory (max RSS) of the backfill process at two table sizes.
     python bench/backfill.py                     # 1,000,000 rows, throw-away embedded PostgreSQL
     python bench/backfill.py --rows 200000 --max-seconds 10
     python bench/backfill.py --rows 300000 --windows 4   # each p99 pooled over 4 runs under load
+    python bench/backfill.py --rows 100000 --windows 3 --min-app-tx 3000   # more runs until 3,000 tx
 """
 
 from __future__ import annotations
@@ -224,6 +225,8 @@ def under_load(
     folder: Path,
     windows: int = 1,
     baseline_seconds: float = 4.0,
+    min_app_tx: int = 0,
+    max_windows: int = 10,
 ) -> dict[str, Any]:
     """Run ``name`` while pgbench plays the app; the app's latencies during it, and just before it.
 
@@ -234,11 +237,14 @@ def under_load(
     whole run is pooled from all of them. With ``windows`` > 1 the variant runs that many times,
     the table reset before each, and the app's latencies are pooled: a p99 of the few hundred
     transactions one short run meets is its second or third worst, and moves by half from one
-    run to the next."""
+    run to the next. With ``min_app_tx``, more runs follow until the app has met that many
+    transactions during the variant (at most ``max_windows`` runs in all): a short backfill at
+    200 tx/s meets a few hundred a run, and its p99 says little (the A/A control of such runs
+    read 0.41 to 2.44x)."""
     lat: list[float] = []
     base: list[float] = []
-    rows_done, seconds = 0, 0.0
-    for i in range(windows):
+    rows_done, seconds, i = 0, 0.0, 0
+    while i < windows or (len(lat) < min_app_tx and i < max_windows):
         if i:
             reset(dsn)
         app = App(dsn, rows, rate, 2.0 + baseline_seconds + max_seconds + 4, folder)
@@ -252,10 +258,12 @@ def under_load(
         base += app.latencies(quiet, start)
         rows_done += result.get("rows", 0)
         seconds += result.get("seconds", 0.0)
+        i += 1
     speed = {"rows": rows_done, "seconds": seconds, "rows_per_s": rows_done / seconds} if seconds else {}
     return {
         "variant": name,
         **speed,
+        "windows": i,
         "app_tx": len(lat),
         "app_p99_ms": p99(lat),
         "app_p50_ms": statistics.median(lat),
@@ -329,6 +337,16 @@ def main(argv: list[str] | None = None) -> int:
         help="runs per variant under load, the app's latencies pooled (1: one run, as before)",
     )
     parser.add_argument(
+        "--min-app-tx",
+        type=int,
+        default=0,
+        help="under load, more runs per variant until the app met this many transactions during it,"
+        " at most --max-windows runs (0: just --windows runs)",
+    )
+    parser.add_argument(
+        "--max-windows", type=int, default=10, help="at most this many runs per variant under load (10)"
+    )
+    parser.add_argument(
         "--baseline-seconds",
         type=float,
         default=4.0,
@@ -365,11 +383,20 @@ def main(argv: list[str] | None = None) -> int:
         for name in chosen:
             reset(dsn)
             # The control lasts as long as ours did, so its p99 is of as many transactions.
-            ran = [r["seconds"] / args.windows for r in loaded if r["variant"] == "ours"]
+            ran = [r["seconds"] / r["windows"] for r in loaded if r["variant"] == "ours"]
             seconds = ran[0] if name == "alone" and ran else args.max_seconds
             loaded.append(
                 under_load(
-                    dsn, name, args.rows, args.app_rate, seconds, folder, args.windows, args.baseline_seconds
+                    dsn,
+                    name,
+                    args.rows,
+                    args.app_rate,
+                    seconds,
+                    folder,
+                    args.windows,
+                    args.baseline_seconds,
+                    args.min_app_tx,
+                    max(args.windows, args.max_windows),
                 )
             )
         print_loaded(loaded, args.app_rate, args.baseline_seconds)
