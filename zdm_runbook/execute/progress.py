@@ -70,16 +70,20 @@ class State:
             return None
         return max(0.0, self.rows_estimate - self.rows_scanned) / self.rate
 
+    @property
+    def title(self) -> str:
+        """``backfill <step> of <table>``: what the summary and a headless line are about."""
+        return f"backfill {self.step} of {self.table}" if self.step else f"backfill of {self.table}"
+
     def summary(self) -> str:
         """The one-line text summary printed at the end. The rows are the whole backfill's; the
         batches, seconds and rate are this run's, so a resumed run says where it took over."""
-        step = f" {self.step}" if self.step else ""
         run = f" in {len(self.batches)} batches, {self.elapsed:.1f} s, {self.rate:,.0f} rows/s"
         if self.resumed_from:
             here = self.rows_scanned - self.resumed_from
             run = f"; this run resumed after {self.resumed_from:,} and scanned {here:,}{run}"
         return (
-            f"backfill{step} of {self.table}: {self.rows_scanned:,} rows scanned,"
+            f"{self.title}: {self.rows_scanned:,} rows scanned,"
             f" {self.rows_updated:,} updated{run};"
             f" {self.retries} batch retries, {self.reconnects} reconnects"
         )
@@ -116,7 +120,7 @@ def line(state: State, named: bool = False) -> str:
     share = f" ({100 * state.rows_scanned / total:.0f}%)" if total else ""
     of = f" / ~{total:,}" if total else ""
     eta = f", ETA {human_seconds(state.eta)}" if state.eta is not None else ""
-    what = f"backfill {state.step} of {state.table}" if named and state.step else state.table
+    what = state.title if named and state.step else state.table
     text = (
         f"{what}: {state.rows_scanned:,}{of} rows{share}, {state.rows_updated:,} updated,"
         f" {state.rate:,.0f} rows/s{eta}, batch {state.batch_size:,} rows"
