@@ -312,39 +312,56 @@ def print_loaded(loaded: list[dict[str, Any]], app_rate: int, baseline_seconds: 
     print(f"  p99 vs only the part just before it (a noisy stretch there weighs on one variant): {paired}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``least`` (argparse names the flag)."""
+
+    def read(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, not {value}")
+        return value
+
+    read.__name__ = f"whole number >= {least}"
+    return read
+
+
+def arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, checked: a bad value stops here, naming its flag, before any server starts."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the table (1000000)")
+    parser.add_argument("--rows", type=at_least(1), default=1_000_000, help="rows in the table (1000000)")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="stop a variant after this long (20)")
     parser.add_argument(
-        "--app-rate", type=int, default=200, help="app transactions per second under load (200)"
+        "--app-rate", type=at_least(1), default=200, help="app transactions per second under load (200)"
     )
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}"
     )
     parser.add_argument(
-        "--repeat", type=int, default=3, help="runs per variant without load; the median counts (3)"
+        "--repeat", type=at_least(1), default=3, help="runs per variant without load; the median counts (3)"
     )
     parser.add_argument(
         "--ours", default="{}", help='backfill settings for ours, as JSON (e.g. {"pause": "10ms"})'
     )
     parser.add_argument(
         "--windows",
-        type=int,
+        type=at_least(1),
         default=1,
         help="runs per variant under load, the app's latencies pooled (1: one run, as before)",
     )
     parser.add_argument(
         "--min-app-tx",
-        type=int,
+        type=at_least(0),
         default=0,
         help="under load, more runs per variant until the app met this many transactions during it,"
         " at most --max-windows runs (0: just --windows runs)",
     )
     parser.add_argument(
-        "--max-windows", type=int, default=10, help="at most this many runs per variant under load (10)"
+        "--max-windows",
+        type=at_least(1),
+        default=10,
+        help="at most this many runs per variant under load (10)",
     )
     parser.add_argument(
         "--baseline-seconds",
@@ -354,6 +371,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
     OURS_SETTINGS.update(json.loads(args.ours))
     server = LocalServer(Path(tempfile.mkdtemp(prefix="zdm-bench-")) / "pg", embedded_bin_dir())
     dsn = server.start()
