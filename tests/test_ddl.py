@@ -9,6 +9,7 @@ a transaction block; (e) a re-run does nothing; (f) a whole plan under a concurr
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -376,3 +377,42 @@ def test_a_running_change_is_not_run_twice(db: str) -> None:
         with pytest.raises(Exception, match=r"change orders-note is being run right now by pid"):
             execute_phase(plan, "expand", db)
     assert "note" not in columns(db, "orders")
+
+
+def test_a_step_leaves_in_one_pipeline_its_commit_sent_before_any_reply(db: str, tmp_path: Path) -> None:
+    """The lock a step's first statement takes is held for the statements' time, not for a round
+    trip each: libpq's own trace of the worker shows COMMIT sent before the server's first reply."""
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute("CREATE TABLE a (id int)")
+    plan = _custom_plan("ALTER TABLE a ADD COLUMN x int", "ALTER TABLE a ADD COLUMN y int")
+    trace = tmp_path / "libpq.trace"
+    with psycopg.connect(db, autocommit=True) as worker, psycopg.connect(db, autocommit=True) as control:
+        ex = _executor(worker, control, plan)
+        with trace.open("w") as out:
+            worker.pgconn.trace(out.fileno())
+            worker.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+            result = ex.run_step(plan.steps[0])
+            worker.pgconn.untrace()
+    assert result.outcome == "applied"
+    assert {"x", "y"} <= set(columns(db, "a"))
+    lines = trace.read_text().splitlines()
+    sent_commit = next(i for i, line in enumerate(lines) if line.split()[0] == "F" and "COMMIT" in line)
+    first_reply = next(i for i, line in enumerate(lines) if line.split()[0] == "B")
+    assert sent_commit < first_reply, "\n".join(lines)
+
+
+def test_a_failing_statement_mid_step_leaves_nothing_applied_and_the_worker_ready(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute("CREATE TABLE a (id int)")
+    plan = _custom_plan("ALTER TABLE a ADD COLUMN x int", "ALTER TABLE a ALTER COLUMN nope SET NOT NULL")
+    with psycopg.connect(db, autocommit=True) as worker, psycopg.connect(db, autocommit=True) as control:
+        ex = _executor(worker, control, plan)
+        with pytest.raises(StepFailed) as err:
+            ex.run_step(plan.steps[0])
+        assert worker.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        held = "SELECT count(*) FROM pg_locks WHERE pid = %s AND relation = 'a'::regclass"
+        assert scalar(db, held, [worker.info.backend_pid]) == 0
+        assert worker.execute("SELECT 1").fetchone() == (1,)  # the next step can use it
+    assert err.value.sqlstate == "42703"
+    assert [a.outcome for a in err.value.attempts] == ["failed"]
+    assert "x" not in columns(db, "a"), "the first statement must be rolled back with the second"

@@ -1,7 +1,8 @@
 """Guarded execution of a plan's steps: fail fast on locks, retry with backoff, never freeze the app.
 
 A step in a transaction runs as ``BEGIN; set_config(lock_timeout, statement_timeout, local);
-statements; COMMIT``, so the settings die with the transaction (and survive transaction poolers).
+statements; COMMIT``, so the settings die with the transaction, all sent in one pipeline so a lock
+is held for the statements' time, not for their round trips.
 A CONCURRENTLY statement runs alone in autocommit with the same settings set before and restored
 after. ``lock_not_available`` (55P03) and ``deadlock_detected`` (40P01) are retried with
 full-jitter backoff; ``query_canceled`` (57014) and anything else is reported, not retried. Each
@@ -304,12 +305,33 @@ class Executor:
 
     def _execute(self, step: Step, timeouts: dict[str, float]) -> None:
         if step.transactional:
-            with self.worker.transaction():
-                set_timeouts(self.worker, timeouts["lock_timeout"], timeouts["statement_timeout"], local=True)
-                for statement in step.statements:
-                    self.worker.execute(statement)
+            self._run_pipelined(step.statements, timeouts)
         else:
             self._run_alone(step.statements[0], timeouts)
+
+    def _run_pipelined(self, statements: Sequence[s.Statement], timeouts: dict[str, float]) -> None:
+        """``BEGIN``, the settings, the statements and ``COMMIT`` sent together (pipeline mode),
+        their results read at the end: the lock the first statement takes is held for the
+        statements' own time, not for a round trip per statement and one more for the COMMIT.
+        Every app query on the table queues behind that lock for as long as it is held.
+
+        On an error the server skips the rest up to the pipeline's sync, COMMIT included, and
+        the transaction is rolled back here: nothing of the step is applied."""
+        conn = self.worker
+        try:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                set_timeouts(conn, timeouts["lock_timeout"], timeouts["statement_timeout"], local=True)
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute("COMMIT")
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                try:
+                    conn.rollback()
+                except psycopg.Error as exc:  # the connection is gone: so is its transaction
+                    log.warning("rollback after a failed step did not complete: %s", redact(str(exc)))
+            raise
 
     def _run_alone(self, statement: s.Statement, timeouts: dict[str, float]) -> None:
         """A statement that cannot run in a transaction block: autocommit, settings set and restored."""
