@@ -243,6 +243,9 @@ def test_e_bad_input_is_refused_before_the_first_batch(db: str) -> None:
         backfill_settings({"min_batch_size": 500, "max_batch_size": 100})
     with pytest.raises(ParameterError, match=r"backfill.busy_duty: must be a fraction"):
         backfill_settings({"busy_duty": 1.5})
+    with pytest.raises(ParameterError, match=r"backfill.busy_max_duty: must be a fraction"):
+        backfill_settings({"busy_max_duty": 0})
+    assert backfill_settings({"busy_max_duty": 0.3}).busy_max_duty == 0.3
 
 
 def test_f_headless_log_line_and_end_chart(db: str) -> None:

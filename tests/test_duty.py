@@ -225,3 +225,12 @@ def test_a_backfill_opens_for_an_app_with_little_in_a_transaction_and_not_for_on
     assert between.duty.opened is False and between.duty.opening is not None and between.duty.opening >= 1.5
     assert light.duty.opened is True and light.duty.opening is not None and light.duty.opening < 0.5
     assert busy.duty.opened is False and busy.duty.opening is not None and busy.duty.opening >= 1.5
+
+
+def test_busy_max_duty_bounds_the_growth_and_the_opening() -> None:
+    ctl = DutyController(0.4, 1.3, batch_cap=250, min_batch=100, max_batch=500, open_below=1.0, max_duty=0.3)
+    assert ctl.duty == 0.3  # a start above the bound starts at it
+    ctl.observe((OPEN_AFTER, 0), (1, 0), now=1000.0)
+    assert ctl.opened is True and ctl.duty == 0.3
+    assert max(_windows(ctl, 0.4, 0.4, 10)) == 0.3
+    assert DutyController(0.1, 1.3, 250, 100, 500, max_duty=0.9).max_duty == MAX_DUTY  # never above

@@ -98,6 +98,7 @@ class BackfillEngine:
             shared_cap,
             self.settings.min_batch_size,
             shared_cap,
+            max_duty=self.settings.busy_max_duty,
         )
 
     @property

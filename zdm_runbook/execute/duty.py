@@ -48,11 +48,12 @@ Conn = psycopg.Connection[Any]
 SAMPLE_EVERY = 0.04
 WINDOW = 2.0  # seconds of samples, at least, per decision
 MIN_SAMPLES = 25  # per side (batching, resting) of a window: fewer decide on noise
-# At most half the time, and batches no larger than the engine's ``busy_max_batch_size``: the mean
-# in flight cannot see the app's tail (a batch's CPU burst meets few requests, yet those few make
-# the p99). Measured on 2 cores at 200 tx/s, pooled over three 8 s windows: the mean read flat
-# (<= 1.0x) while the controller, allowed 90% and 4,000-row batches, drove the app's p99 to 3.5x;
-# fixed 500-row batches half the time gave 1.41x at about 30% of the idle rate (bench/RESULTS.md).
+# At most half the time (less with ``busy_max_duty``), and batches no larger than the engine's
+# ``busy_max_batch_size``: the mean in flight cannot see the app's tail (a batch's CPU burst meets
+# few requests, yet those few make the p99). Measured on 2 cores at 200 tx/s, pooled over three
+# 8 s windows: the mean read flat (<= 1.0x) while the controller, allowed 90% and 4,000-row
+# batches, drove the app's p99 to 3.5x; fixed 500-row batches half the time gave 1.41x at about
+# 30% of the idle rate (bench/RESULTS.md).
 MIN_DUTY, MAX_DUTY = 0.02, 0.5
 # While the slowdown is flat (at most FLAT) the steps double; nearer the limit they grow by 20%
 # (GitLab's batch optimizer's bound); over it they shrink in proportion, at most by half. A
@@ -149,7 +150,12 @@ class DutyController:
     it and hide it; compared with the median, a rest that stays high counts as slowed too (the
     lowest mean would do the same, but one quiet window would then make every later one look
     slow). If the app itself gets busier, the baseline follows within ``BASELINE_S``, and until
-    then the backfill is the more polite. The duty stays under ``MAX_DUTY`` so rests keep coming."""
+    then the backfill is the more polite. The duty stays under ``max_duty`` (at most ``MAX_DUTY``)
+    so rests keep coming."""
+
+    def __post_init__(self) -> None:
+        self.max_duty = min(self.max_duty, MAX_DUTY)
+        self.duty = min(self.duty, self.max_duty)
 
     duty: float
     max_app_slowdown: float
@@ -157,6 +163,7 @@ class DutyController:
     min_batch: int
     max_batch: int  # the cap never grows past this (the engine's ``busy_max_batch_size``)
     open_below: float = OPEN_BELOW  # 0: no opening (see OPEN_BELOW)
+    max_duty: float = MAX_DUTY  # the bound the duty grows to and opens at (``busy_max_duty``)
     slowdown: float | None = None
     opened: bool | None = None  # None: not decided yet; then whether it opened at MAX_DUTY
     opening: float | None = None  # the app's mean sessions in a transaction the opening read
@@ -193,7 +200,7 @@ class DutyController:
                 self.opening = self._open[1] / self._open[0]
                 self.opened = self.opening < self.open_below
                 if self.opened:
-                    self.duty = max(self.duty, MAX_DUTY)
+                    self.duty = max(self.duty, self.max_duty)
         if now - self._since < WINDOW or self._run[0] < MIN_SAMPLES:
             return self.duty
         resting = self._rest[1] / self._rest[0] if self._rest[0] >= MIN_SAMPLES else None
@@ -209,7 +216,7 @@ class DutyController:
             step = max(SHRINK, self.max_app_slowdown / self.slowdown)
         else:
             step = GROW_FAST if self.slowdown <= FLAT else GROW
-        self.duty = min(MAX_DUTY, max(MIN_DUTY, self.duty * step))
+        self.duty = min(self.max_duty, max(MIN_DUTY, self.duty * step))
         self.batch_cap = int(min(self.max_batch, max(self.min_batch, self.batch_cap * step)))
         self._since, self._rest, self._run = now, (0, 0), (0, 0)
         return self.duty

@@ -27,6 +27,7 @@ class BackfillSettings:
     lock_timeout: float = 1.0
     statement_timeout: float = 30.0
     busy_duty: float = 0.25  # the duty to start from when the app shares the server (1: no sharing)
+    busy_max_duty: float = 0.5  # the most of the time batches may run while the app shares it
     max_app_slowdown: float = 1.5  # how much longer the app's requests may take while a batch runs
     busy_max_batch_size: int = 500
     max_failures: int = 10
@@ -51,7 +52,7 @@ def backfill_settings(values: Mapping[str, Any] | None, path: str = "backfill") 
         path,
         ranges,
         frozenset({"pause"}),
-        frozenset({"busy_duty"}),
+        frozenset({"busy_duty", "busy_max_duty"}),
         frozenset({"max_app_slowdown"}),
     )
     if not problems and "start_batch_size" not in (values or {}):  # the default follows the bounds
