@@ -16,7 +16,9 @@ First without load: rows/s and the ratio to ``single``. Then with the app's load
 embedded PostgreSQL's own client) runs a custom script of point reads and updates on the same
 table at a fixed rate, and the app's p99 latency while each variant runs is compared to its p99
 without a backfill, taken in the seconds just before each variant's run in the same pgbench run
-and pooled over the whole run (so a noisy stretch of the machine weighs on both sides). Last,
+and pooled over the whole run (so a noisy stretch of the machine weighs on both sides). Beside
+each, the share of the machine's CPU time the host stole while it ran (``/proc/stat``'s steal):
+on a virtual machine whose host is busy, a window with much of it is slow whatever runs. Last,
 the peak memory (max RSS) of the backfill process at two table sizes.
 
     python bench/backfill.py                     # 1,000,000 rows, throw-away embedded PostgreSQL
@@ -211,6 +213,24 @@ class App:
         return out
 
 
+def cpu_times() -> tuple[int, int]:
+    """(stolen, all) CPU time of the machine so far, in jiffies, from ``/proc/stat``: on a virtual
+    machine the host's other guests take "steal" time, and a window with much of it is slowed
+    whatever runs in it ((0, 0) where there is no ``/proc/stat``)."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    except OSError:
+        return (0, 0)
+    values = [int(v) for v in first]
+    return (values[7] if len(values) > 7 else 0, sum(values))
+
+
+def stolen(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share (%) of the machine's CPU time stolen by the host between two :func:`cpu_times`."""
+    total = after[1] - before[1]
+    return 100 * (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[int(0.99 * (len(ordered) - 1))] if ordered else float("nan")
@@ -244,16 +264,20 @@ def under_load(
     lat: list[float] = []
     base: list[float] = []
     rows_done, seconds, i = 0, 0.0, 0
+    steal = {"baseline": [0, 0], "variant": [0, 0]}  # stolen, all: summed over the runs
     while i < windows or (len(lat) < min_app_tx and i < max_windows):
         if i:
             reset(dsn)
         app = App(dsn, rows, rate, 2.0 + baseline_seconds + max_seconds + 4, folder)
         time.sleep(2.0)
-        quiet = time.time()
+        quiet, at_quiet = time.time(), cpu_times()
         time.sleep(baseline_seconds)
-        start = time.time()
+        start, at_start = time.time(), cpu_times()
         result = timed(dsn, name, max_seconds)
-        end = time.time()
+        end, at_end = time.time(), cpu_times()
+        for side, (a, b) in (("baseline", (at_quiet, at_start)), ("variant", (at_start, at_end))):
+            steal[side][0] += b[0] - a[0]
+            steal[side][1] += b[1] - a[1]
         lat += app.latencies(start, end)
         base += app.latencies(quiet, start)
         rows_done += result.get("rows", 0)
@@ -268,6 +292,8 @@ def under_load(
         "app_p99_ms": p99(lat),
         "app_p50_ms": statistics.median(lat),
         "baseline": base,
+        "steal_pct": stolen((0, 0), (steal["variant"][0], steal["variant"][1])),  # pooled like the p99
+        "baseline_steal": steal["baseline"],
     }
 
 
@@ -295,13 +321,17 @@ def print_loaded(loaded: list[dict[str, Any]], app_rate: int, baseline_seconds: 
     base = p99(quiet_lat)
     baseline = {"variant": "baseline", "app_tx": len(quiet_lat), "app_p99_ms": base}
     baseline["app_p50_ms"] = statistics.median(quiet_lat)
+    pooled = [sum(r["baseline_steal"][k] for r in loaded) for k in (0, 1)]
+    baseline["steal_pct"] = stolen((0, 0), (pooled[0], pooled[1]))
     print(f"\nwith the app's load (pgbench, {app_rate} tx/s: point read + update, same table)")
-    print(f"  {'variant':<10}{'rows/s':>10}{'app tx':>8}{'p50 ms':>9}{'p99 ms':>9}{'p99 vs baseline':>17}")
+    header = f"{'variant':<10}{'rows/s':>10}{'app tx':>8}{'p50 ms':>9}{'p99 ms':>9}{'p99 vs baseline':>17}"
+    print(f"  {header}{'CPU stolen':>12}")
     for r in [baseline, *loaded]:
         rate = f"{r['rows_per_s']:,.0f}" if r.get("rows_per_s") else "-"
         p50, p99_ms = r["app_p50_ms"], r["app_p99_ms"]
-        name, count = r["variant"], r["app_tx"]
-        print(f"  {name:<10}{rate:>10}{count:>8}{p50:>9.2f}{p99_ms:>9.2f}{p99_ms / base:>16.2f}x")
+        name, count, steal = r["variant"], r["app_tx"], r["steal_pct"]
+        cells = f"{name:<10}{rate:>10}{count:>8}{p50:>9.2f}{p99_ms:>9.2f}{p99_ms / base:>16.2f}x"
+        print(f"  {cells}{steal:>11.1f}%")
     before = [(r["variant"], r["app_p99_ms"], p99(r["baseline"])) for r in loaded]
     beside = ", ".join(f"{name} {ms:.2f}" for name, _, ms in before)
     paired = ", ".join(f"{name} {during / ms:.2f}x" for name, during, ms in before)
