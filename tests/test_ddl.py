@@ -20,7 +20,7 @@ from zdm_runbook import ledger
 from zdm_runbook.core.errors import ConfigError, ParameterError
 from zdm_runbook.execute.attempts import StepFailed
 from zdm_runbook.execute.executor import Executor
-from zdm_runbook.execute.guard import GuardSettings
+from zdm_runbook.execute.guard import GuardSettings, settings_from
 from zdm_runbook.execute.phase import execute_phase
 from zdm_runbook.plan.planner import Plan, build_plan
 from zdm_runbook.plan.steps import Step
@@ -416,3 +416,9 @@ def test_a_failing_statement_mid_step_leaves_nothing_applied_and_the_worker_read
     assert err.value.sqlstate == "42703"
     assert [a.outcome for a in err.value.attempts] == ["failed"]
     assert "x" not in columns(db, "a"), "the first statement must be rolled back with the second"
+
+
+def test_cancel_autovacuum_must_be_true_or_false() -> None:
+    with pytest.raises(ParameterError, match=r"guard.cancel_autovacuum: must be true or false"):
+        settings_from({"cancel_autovacuum": "yes"})
+    assert settings_from({"cancel_autovacuum": False}).cancel_autovacuum is False

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
 from zdm_runbook.core.durations import parse_duration
 from zdm_runbook.core.errors import ParameterError
 from zdm_runbook.execute.guard import GuardSettings, settings_from, step_settings_from
+from zdm_runbook.notebook.parameters import validate
 
 
 @pytest.mark.parametrize(
@@ -88,3 +90,14 @@ def test_the_lock_wait_ladder_climbs_to_lock_timeout_for_catalog_only_steps() ->
     assert off.attempt_timeouts(base, 1, catalog_only=True) == base
     with pytest.raises(ParameterError, match=r"guard.lock_timeout_first"):
         settings_from({"lock_timeout_first": "soon"})
+
+
+def test_the_notebook_parameter_cancel_autovacuum_reaches_the_guard(tmp_path: Path) -> None:
+    spec = tmp_path / "change.yaml"
+    spec.write_text("change: add-x\noperations:\n  - add_column: {table: t, column: x, type: int}\n")
+    assert validate("expand", {"spec": str(spec)}).guard.cancel_autovacuum is True
+    assert (
+        validate("expand", {"spec": str(spec), "cancel_autovacuum": False}).guard.cancel_autovacuum is False
+    )
+    with pytest.raises(ParameterError, match=r"cancel_autovacuum: must be True or False"):
+        validate("expand", {"spec": str(spec), "cancel_autovacuum": "maybe"})

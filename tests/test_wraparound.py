@@ -73,3 +73,52 @@ def test_a_step_is_not_sent_while_an_anti_wraparound_vacuum_runs_on_its_table(an
                 continue
     assert execute_phase(plan, Phase.EXPAND, any_pg_db)[0].outcome == "applied"
     assert "x" in columns(any_pg_db, "w")
+
+
+REGULAR = (
+    "SELECT pid FROM pg_stat_progress_vacuum JOIN pg_stat_activity USING (pid)"
+    " WHERE relid = 'v'::regclass AND query NOT LIKE '%%(to prevent wraparound)%%'"
+)
+
+
+def test_a_regular_autovacuum_is_cancelled_before_an_attempt_instead_of_failing_every_one(
+    any_pg_db: str,
+) -> None:
+    """A regular autovacuum yields to DDL only after the DDL has waited ``deadlock_timeout``
+    (1 s); an attempt gives up sooner. Measured here with ``cancel_autovacuum`` off: both attempts
+    fail behind the vacuum. On (the default): it is cancelled, the step applies at once."""
+    spec = "change: add-y\noperations:\n  - add_column: {table: v, column: y, type: int}\n"
+    with psycopg.connect(any_pg_db, autocommit=True) as c:
+        c.execute(
+            "CREATE TABLE v (id int PRIMARY KEY, t text) WITH (autovacuum_vacuum_threshold = 0,"
+            " autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_cost_delay = 100,"
+            " autovacuum_vacuum_cost_limit = 1)"
+        )
+        c.execute("INSERT INTO v SELECT g, repeat('x', 100) FROM generate_series(1, 50000) g")
+        c.execute("DELETE FROM v WHERE id % 2 = 0")
+        c.execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
+        c.execute("SELECT pg_reload_conf()")
+        try:
+            assert wait_for(lambda: c.execute(REGULAR).fetchone() is not None, 60, 0.2)
+        finally:
+            c.execute("ALTER SYSTEM RESET autovacuum_naptime")
+            c.execute("SELECT pg_reload_conf()")
+        vacuum = c.execute(REGULAR).fetchone()
+        assert vacuum is not None
+        plan = build_plan(parse_change(spec))
+        off = {"cancel_autovacuum": False, "max_attempts": 2, "lock_timeout": "1s"}
+        off |= {"backoff_base": "0.1s", "backoff_cap": "0.1s"}
+        with pytest.raises(StepFailed) as failed:
+            execute_phase(plan, Phase.EXPAND, any_pg_db, settings=off)
+        assert [a.outcome for a in failed.value.attempts] == ["lock_timeout", "lock_timeout"]
+        assert "autovacuum: VACUUM" in str(failed.value) and "y" not in columns(any_pg_db, "v")
+        assert c.execute(REGULAR).fetchone() == vacuum, "the same vacuum outlasted both attempts"
+
+        result = execute_phase(plan, Phase.EXPAND, any_pg_db)[0]
+        assert [a.outcome for a in result.attempts] == ["applied"]
+        assert f"cancelled autovacuum pid {vacuum[0]} on v" in str(result.attempts[0].message)
+        assert "y" in columns(any_pg_db, "v")
+        recorded = c.execute(
+            "SELECT message FROM zdm.step_attempts WHERE outcome = 'applied' ORDER BY attempt_id DESC LIMIT 1"
+        ).fetchone()
+        assert recorded is not None and f"pid {vacuum[0]}" in recorded[0]

@@ -37,6 +37,7 @@ from zdm_runbook.execute.attempts import (
 )
 from zdm_runbook.execute.guard import GuardSettings
 from zdm_runbook.execute.partitions import partition_steps
+from zdm_runbook.execute.vacuum_yield import yield_autovacuum
 from zdm_runbook.execute.walk import walks
 from zdm_runbook.inspect.blockers import BlockerWatch, describe, holders
 from zdm_runbook.inspect.locks import autovacuum_rows
@@ -180,7 +181,11 @@ class Executor:
                 attempts.append(Attempt(number, "no-go", 0.0, message=why))
                 self._record(step, number, timeouts, attempts[-1])
                 raise StepFailed(step.key, failure_text(step, attempts[-1], number), None, attempts)
-            attempt = self._attempt(step, number, settings.attempt_timeouts(timeouts, number, catalog_only))
+            notes = yield_autovacuum(self.control, step) if settings.cancel_autovacuum else []
+            for note in notes:
+                self.event(f"{step.key}: {note}")
+            timeouts_now = settings.attempt_timeouts(timeouts, number, catalog_only)
+            attempt = self._attempt(step, number, timeouts_now, notes)
             attempts.append(attempt)
             if attempt.outcome == "applied":
                 self.event(f"{step.key}: applied (attempt {number}, {attempt.seconds:.2f} s)")
@@ -262,11 +267,13 @@ class Executor:
             self.event(f"{st.key}: applied (backfilled and verified, {attempt.seconds:.1f} s)")
         return [StepResult(st.key, "applied", [attempt]) for st in steps]
 
-    def _attempt(self, step: Step, number: int, timeouts: dict[str, float]) -> Attempt:
+    def _attempt(
+        self, step: Step, number: int, timeouts: dict[str, float], before: Sequence[str] = ()
+    ) -> Attempt:
         attempt_id = self._start(step, number, timeouts)
         started = time.monotonic()
         watch = BlockerWatch(self.control, self.worker_pid, self.sample_every)
-        notes: list[str] = []
+        notes: list[str] = list(before)  # what was done for it (an autovacuum cancelled), recorded
         try:
             with watch:
                 if step.builds_index:

@@ -23,6 +23,10 @@ Defaults, and why:
   app) from colliding again in lockstep; the cap bounds the retry window to about three minutes at
   worst (10 waits of 1 s plus at most 1+2+4+8+16+30+30+30+30 s of sleep, half that on average),
   after which the blockers are reported to a human.
+- ``cancel_autovacuum = true``: before each attempt of a step in a transaction, a regular
+  autovacuum on the step's tables is cancelled, as PostgreSQL itself cancels one that blocks a
+  lock request for ``deadlock_timeout``; an attempt gives up sooner than that, so without this
+  every attempt would fail behind the vacuum (see :mod:`zdm_runbook.execute.vacuum_yield`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class GuardSettings:
     max_attempts: int = 10
     backoff_base: float = 1.0
     backoff_cap: float = 30.0
+    cancel_autovacuum: bool = True
 
     def timeouts_for(self, transactional: bool, long_running: bool) -> dict[str, float]:
         """The ``lock_timeout`` and ``statement_timeout`` a step of this kind runs with."""
@@ -73,7 +78,7 @@ class GuardSettings:
         ceiling = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
         return (rng or random).uniform(0.0, ceiling)
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | bool]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -117,6 +122,11 @@ def read_settings(
                 problems.append(Problem(where, "must be a ratio greater than 1 and at most 100, such as 1.3"))
             else:
                 changes[key] = float(value)
+        elif kinds[key] is bool:
+            if not isinstance(value, bool):
+                problems.append(Problem(where, "must be true or false"))
+            else:
+                changes[key] = value
         elif kinds[key] is int:
             low, high = ranges.get(key, (0, 2**31 - 1))
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

@@ -50,6 +50,11 @@ PARAMETERS: tuple[Param, ...] = (
     Param("statement_timeout", "60s", "longest run of one statement (index builds and scans get 4h)"),
     Param("max_attempts", 10, "tries per step when a lock wait times out or a deadlock is detected"),
     Param(
+        "cancel_autovacuum",
+        True,
+        "cancel a regular autovacuum on the table before each attempt; it outlasts them",
+    ),
+    Param(
         "batch_size", 0, "rows per backfill batch; 0 sizes batches to target_batch_seconds", (Phase.MIGRATE,)
     ),
     Param("target_batch_seconds", 0.2, "how long one backfill batch should take", (Phase.MIGRATE,)),
@@ -191,7 +196,7 @@ def validate(phase: Phase | str, given: Mapping[str, Any]) -> RunParameters:
     cycle = window = 0.0
     if not problems:
         timeouts = {k: values[k] for k in ("lock_timeout", "statement_timeout")}
-        ladder = {"lock_timeout_first": values["lock_timeout_first"], "max_attempts": values["max_attempts"]}
+        ladder = {k: values[k] for k in ("lock_timeout_first", "max_attempts", "cancel_autovacuum")}
         try:
             guard = settings_from({**timeouts, **ladder}, path="p")
         except ParameterError as exc:
