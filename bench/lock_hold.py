@@ -17,9 +17,13 @@ On the local socket a round trip costs tens of microseconds; from a runbook host
 costs the network's round trip, which the one-by-one way adds to the hold once per statement
 after the first and once for the COMMIT (the pipelined way adds none: its messages have all left
 before the server's first reply, which ``tests/test_ddl.py`` checks in libpq's own trace). This
-machine's kernel has no ``netem`` to add a real delay, so that case is not measured here.
+machine's kernel has no ``netem`` to add a real delay, so that case is not measured here. What can
+be measured here is a busy server: with ``--load-rate``, pgbench's TPC-B runs on another database
+of the same server at a fixed rate (4 clients) while the trials run, and every round trip waits
+for a core.
 
     python bench/lock_hold.py                       # 15 trials per step and way
+    python bench/lock_hold.py --load-rate 1500      # while pgbench's TPC-B runs beside, 1,500 tx/s
     python bench/lock_hold.py --pg-bin /usr/lib/postgresql/15/bin
 """
 
@@ -38,11 +42,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from pgbench_migration import init  # a sibling bench script: bench/ is the script's sys.path[0]
 from psycopg import sql
 
 from zdm_runbook import ledger
 from zdm_runbook.core.connect import set_timeouts
 from zdm_runbook.demo.embedded import LocalServer, embedded_bin_dir
+from zdm_runbook.demo.pgbench import PgBench
 from zdm_runbook.execute.executor import Executor
 from zdm_runbook.execute.guard import GuardSettings
 from zdm_runbook.execute.phase import execute_phase
@@ -166,19 +172,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=15, help="trials per step and way (15)")
     parser.add_argument("--rows", type=int, default=10_000, help="rows in each table (10000)")
     parser.add_argument(
+        "--load-rate",
+        type=int,
+        default=0,
+        help="pgbench's TPC-B at this many tx/s on another database while the trials run (0: none)",
+    )
+    parser.add_argument(
         "--pg-bin", type=Path, help="bin folder of another PostgreSQL for the throw-away server"
     )
     args = parser.parse_args(argv)
-    if args.trials < 1 or args.rows < 1:
-        parser.error("--trials and --rows must be at least 1")
+    if args.trials < 1 or args.rows < 1 or args.load_rate < 0:
+        parser.error("--trials and --rows must be at least 1, --load-rate not negative")
     server = LocalServer(
         Path(tempfile.mkdtemp(prefix="zdm-bench-")) / "pg", args.pg_bin or embedded_bin_dir()
     )
     dsn = server.start()
+    load = None
     try:
         with psycopg.connect(dsn) as c:
             version = c.execute("SHOW server_version").fetchone()
-        print(f"lock hold of a step, PostgreSQL {version[0] if version else '?'}, over the local socket")
+        beside = "no other load"
+        if args.load_rate:
+            init(server, "load", 4)
+            load = PgBench(server, "load", 400_000, lambda: "load", 4, args.load_rate, builtin="tpcb-like")
+            load.start()
+            time.sleep(3)  # warm-up
+            beside = f"pgbench's TPC-B at {args.load_rate:,} tx/s beside"
+        print(f"lock hold of a step, PostgreSQL {version[0] if version else '?'}, local socket, {beside}")
         print(f"  {'step':<12}{'way':<12}{'trials':>7}{'median ms':>11}{'max ms':>9}")
         for name in STEPS:
             held: dict[str, list[float]] = {way: [] for way in WAYS}
@@ -191,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             ratio = statistics.median(held["one-by-one"]) / statistics.median(held["ours"])
             print(f"  {name:<12}one-by-one / ours, median: {ratio:.1f}x")
     finally:
+        if load is not None:
+            load.stop()
         server.destroy()
     return 0
 

@@ -52,6 +52,7 @@ import psycopg
 from zdm_runbook.demo.embedded import LocalServer, embedded_bin_dir
 from zdm_runbook.demo.pgbench import PgBench
 from zdm_runbook.execute.phase import execute_phase
+from zdm_runbook.inspect.blockers import describe
 from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.change import parse_change
 from zdm_runbook.spec.model import Phase
@@ -160,14 +161,28 @@ def ours(dsn: str, spec: str, alone: float = 0.0) -> Callable[[Windows], None]:
             _timed(
                 windows, phase.value, partial(execute_phase, plan, phase, dsn, on_batch=lambda state: None)
             )
-        with psycopg.connect(dsn) as conn:  # the swap's attempts, as the ledger recorded them
+        with psycopg.connect(dsn) as conn:  # the swap's attempts and the backfill, as the ledger has them
             swap = conn.execute(
                 "SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(ended_at)), count(*)"
                 " FROM zdm.step_attempts WHERE step_key LIKE '%%-swap'"
             ).fetchone()
+            for key, number, outcome, rung, blockers in conn.execute(
+                "SELECT step_key, attempt, outcome, settings->>'lock_timeout', blockers"
+                " FROM zdm.step_attempts WHERE outcome <> 'applied' ORDER BY attempt_id"
+            ):  # the attempts that gave up, and who they met
+                who = "; ".join(describe(b) for b in blockers) or "no blocker seen"
+                print(f"  {key} attempt {number}: {outcome} after lock_timeout {rung} s ({who[:200]})")
+            fill = conn.execute(
+                "SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(finished_at))"
+                " FROM zdm.backfills"
+            ).fetchone()
         if swap and swap[0] is not None:
             # A transaction the swap held up finishes just after it: count those finishing 1 s later.
             windows.append((f"  swap ({swap[2]} attempt(s))", float(swap[0]), float(swap[1]) + 1.0))
+        migrate = next((w for w in windows if w[0] == Phase.MIGRATE.value), None)
+        if fill and fill[0] is not None and migrate is not None:  # migrate: the pass, then verifying
+            windows.append(("  backfill pass", float(fill[0]), float(fill[1])))
+            windows.append(("  verification", float(fill[1]), migrate[2]))
         if alone:
             time.sleep(1.0)  # what contract held up finishes first
             _timed(windows, AFTER, lambda: time.sleep(alone))
