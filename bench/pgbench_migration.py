@@ -168,10 +168,14 @@ def ours(dsn: str, spec: str, alone: float = 0.0) -> Callable[[Windows], None]:
             ).fetchone()
             for key, number, outcome, rung, blockers in conn.execute(
                 "SELECT step_key, attempt, outcome, settings->>'lock_timeout', blockers"
-                " FROM zdm.step_attempts WHERE outcome <> 'applied' ORDER BY attempt_id"
-            ):  # the attempts that gave up, and who they met
+                " FROM zdm.step_attempts WHERE outcome <> 'applied' OR message LIKE 'cancelled autovacuum%%'"
+                " ORDER BY attempt_id"
+            ):  # the attempts that gave up, and who they met; those an autovacuum was cancelled for
                 who = "; ".join(describe(b) for b in blockers) or "no blocker seen"
-                print(f"  {key} attempt {number}: {outcome} after lock_timeout {rung} s ({who[:200]})")
+                if outcome == "applied":
+                    print(f"  {key} attempt {number}: applied once an autovacuum was cancelled")
+                else:
+                    print(f"  {key} attempt {number}: {outcome} after lock_timeout {rung} s ({who[:200]})")
             fill = conn.execute(
                 "SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(finished_at))"
                 " FROM zdm.backfills"

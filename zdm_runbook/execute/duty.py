@@ -153,10 +153,6 @@ class DutyController:
     then the backfill is the more polite. The duty stays under ``max_duty`` (at most ``MAX_DUTY``)
     so rests keep coming."""
 
-    def __post_init__(self) -> None:
-        self.max_duty = min(self.max_duty, MAX_DUTY)
-        self.duty = min(self.duty, self.max_duty)
-
     duty: float
     max_app_slowdown: float
     batch_cap: int  # the largest batch while the app shares the server: steered like the duty
@@ -165,13 +161,17 @@ class DutyController:
     open_below: float = OPEN_BELOW  # 0: no opening (see OPEN_BELOW)
     max_duty: float = MAX_DUTY  # the bound the duty grows to and opens at (``busy_max_duty``)
     slowdown: float | None = None
-    opened: bool | None = None  # None: not decided yet; then whether it opened at MAX_DUTY
+    opened: bool | None = None  # None: not decided yet; then whether it opened at max_duty
     opening: float | None = None  # the app's mean sessions in a transaction the opening read
     _rests: deque[tuple[float, float]] = field(default_factory=deque)  # (when, mean in flight)
     _since: float = 0.0
     _rest: tuple[int, int] = (0, 0)
     _run: tuple[int, int] = (0, 0)
     _open: tuple[int, int] = (0, 0)  # resting samples and sessions the opening reads
+
+    def __post_init__(self) -> None:
+        self.max_duty = min(self.max_duty, MAX_DUTY)
+        self.duty = min(self.duty, self.max_duty)
 
     @property
     def baseline(self) -> float | None:

@@ -7,6 +7,8 @@ A CONCURRENTLY statement runs alone in autocommit with the same settings set bef
 after. ``lock_not_available`` (55P03) and ``deadlock_detected`` (40P01) are retried with
 full-jitter backoff; ``query_canceled`` (57014) and anything else is reported, not retried. Each
 attempt is written to the ledger with who blocked it, sampled from a second session while it waited.
+Before each attempt, an anti-wraparound vacuum on the step's tables stops the step unsent, and a
+regular autovacuum there is cancelled (:mod:`.vacuum_yield`): it would outlast every attempt.
 """
 
 from __future__ import annotations
