@@ -168,7 +168,8 @@ def ours(dsn: str, spec: str, alone: float = 0.0) -> Callable[[Windows], None]:
             ).fetchone()
             for key, number, outcome, rung, blockers in conn.execute(
                 "SELECT step_key, attempt, outcome, settings->>'lock_timeout', blockers"
-                " FROM zdm.step_attempts WHERE outcome <> 'applied' OR message LIKE 'cancelled autovacuum%%'"
+                " FROM zdm.step_attempts WHERE outcome NOT IN ('applied', 'skipped')"
+                " OR (outcome = 'applied' AND message LIKE 'cancelled autovacuum%%')"
                 " ORDER BY attempt_id"
             ):  # the attempts that gave up, and who they met; those an autovacuum was cancelled for
                 who = "; ".join(describe(b) for b in blockers) or "no blocker seen"
