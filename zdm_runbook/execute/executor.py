@@ -39,7 +39,7 @@ from zdm_runbook.execute.attempts import (
 )
 from zdm_runbook.execute.guard import GuardSettings
 from zdm_runbook.execute.partitions import partition_steps
-from zdm_runbook.execute.vacuum_yield import yield_autovacuum
+from zdm_runbook.execute.vacuum_yield import wraparound_reason, yield_autovacuum
 from zdm_runbook.execute.walk import walks
 from zdm_runbook.inspect.blockers import BlockerWatch, describe, holders
 from zdm_runbook.inspect.locks import autovacuum_rows
@@ -179,11 +179,14 @@ class Executor:
         attempts: list[Attempt] = []
         catalog_only = step.transactional and not step.long_running
         for number in range(1, settings.max_attempts + 1):
-            if (why := self._wraparound(step)) is not None:  # checked before every attempt
+            # The autovacuums on the step's tables, looked at before every attempt: one may start
+            # between two. An anti-wraparound one stops the step unsent; a regular one is cancelled.
+            vacuums = autovacuum_rows(self.control, step.tables) if step.tables else []
+            if (why := wraparound_reason(vacuums)) is not None:
                 attempts.append(Attempt(number, "no-go", 0.0, message=why))
                 self._record(step, number, timeouts, attempts[-1])
                 raise StepFailed(step.key, failure_text(step, attempts[-1], number), None, attempts)
-            notes = yield_autovacuum(self.control, step) if settings.cancel_autovacuum else []
+            notes = yield_autovacuum(self.control, step, vacuums) if settings.cancel_autovacuum else []
             for note in notes:
                 self.event(f"{step.key}: {note}")
             timeouts_now = settings.attempt_timeouts(timeouts, number, catalog_only)
@@ -204,22 +207,6 @@ class Executor:
                 time.sleep(pause)
         last = attempts[-1]
         raise StepFailed(step.key, exhausted_text(step, attempts), last.sqlstate, attempts)
-
-    def _wraparound(self, step: Step) -> str | None:
-        """Why the step must not ask for its lock now: an anti-wraparound vacuum runs on one of its
-        tables. Such a vacuum does not yield to DDL as other autovacuums do, so the step would wait
-        behind it, and every app query on the table behind the step, for as long as it runs."""
-        if not step.tables:
-            return None
-        found = [r for r in autovacuum_rows(self.control, step.tables) if r["wraparound"]]
-        if not found:
-            return None
-        who = "; ".join(f"pid {r['pid']} on {r['table']} ({r['phase']})" for r in found)
-        return (
-            f"an anti-wraparound vacuum runs ({who}) and does not yield its lock, so the step would queue"
-            " behind it and the app behind the step; the step was not sent. Wait for the vacuum to finish"
-            " (zdm_runbook.locks.autovacuum shows its progress), then run the phase again"
-        )
 
     def _run_partitioned(self, step: Step, parts: list[Step], timeouts: dict[str, float]) -> StepResult:
         """The step's index on a partitioned table, piece by piece (see :mod:`.partitions`)."""

@@ -1,4 +1,9 @@
-"""A regular autovacuum made to yield to a step that needs a lock it holds.
+"""An autovacuum on a step's table: an anti-wraparound one stops the step unsent, a regular one
+is made to yield.
+
+An anti-wraparound vacuum does not yield to DDL as other autovacuums do, so the step would wait
+behind it, and every app query on the table behind the step, for as long as it runs: the step is
+not sent (:func:`wraparound_reason`).
 
 A running autovacuum holds ShareUpdateExclusiveLock on its table, which conflicts with every lock
 a DDL step takes (ShareUpdateExclusiveLock and stronger). PostgreSQL lets the DDL through: once a
@@ -49,10 +54,27 @@ def conflicts_with_autovacuum(step: Step) -> bool:
     return any(LOCK_MODES.index(mode) >= _FIRST_CONFLICTING for mode in modes)
 
 
-def yield_autovacuum(conn: Conn, step: Step, wait_s: float = WAIT_S) -> list[str]:
-    """Cancel the regular autovacuums on ``step``'s tables and wait for them to end (at most
-    ``wait_s``). One note per vacuum found, saying what was done, for the event log and the ledger."""
-    found = [r for r in autovacuum_rows(conn, step.tables) if not r["wraparound"]]
+def wraparound_reason(vacuums: list[dict[str, Any]]) -> str | None:
+    """Why the step must not ask for its lock now, given the autovacuums on its tables
+    (:func:`~zdm_runbook.inspect.locks.autovacuum_rows`): an anti-wraparound one among them."""
+    found = [r for r in vacuums if r["wraparound"]]
+    if not found:
+        return None
+    who = "; ".join(f"pid {r['pid']} on {r['table']} ({r['phase']})" for r in found)
+    return (
+        f"an anti-wraparound vacuum runs ({who}) and does not yield its lock, so the step would queue"
+        " behind it and the app behind the step; the step was not sent. Wait for the vacuum to finish"
+        " (zdm_runbook.locks.autovacuum shows its progress), then run the phase again"
+    )
+
+
+def yield_autovacuum(
+    conn: Conn, step: Step, vacuums: list[dict[str, Any]], wait_s: float = WAIT_S
+) -> list[str]:
+    """Cancel the regular ones of ``vacuums`` (the autovacuums on ``step``'s tables) and wait for
+    them to end (at most ``wait_s``). One note per vacuum, saying what was done, for the event log
+    and the ledger."""
+    found = [r for r in vacuums if not r["wraparound"]]
     if not found or not conflicts_with_autovacuum(step):
         return []
     notes = []
