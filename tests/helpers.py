@@ -27,6 +27,20 @@ INSERT INTO orders (customer_id, note) SELECT g % 50 + 1, 'n' || g FROM generate
 """
 
 
+CHANGE_TYPE = """
+change: orders-customer-ref
+operations:
+  - change_type: {table: orders, column: customer_id, new_column: customer_ref, type: bigint,
+                  using: "customer_id::bigint", reverse: "customer_ref::int", not_null: true}
+"""
+
+RENAME = """
+change: rename-note
+operations:
+  - rename_column: {table: orders, from: note, to: remark, type: text}
+"""
+
+
 def apply_phase(dsn: str, plan: Plan, phase: Phase | str) -> dict[str, str]:
     """Run one phase with the guarded executor; return ``{step key: 'applied' | 'skipped'}``."""
     results = execute_phase(plan, phase, dsn, on_batch=lambda state: None)

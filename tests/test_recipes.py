@@ -11,20 +11,7 @@ from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.change import parse_change
 from zdm_runbook.spec.model import Phase
 
-from .helpers import ORDERS, apply_phase, columns, scalar
-
-CHANGE_TYPE = """
-change: orders-customer-ref
-operations:
-  - change_type: {table: orders, column: customer_id, new_column: customer_ref, type: bigint,
-                  using: "customer_id::bigint", reverse: "customer_ref::int", not_null: true}
-"""
-
-RENAME = """
-change: rename-note
-operations:
-  - rename_column: {table: orders, from: note, to: remark, type: text}
-"""
+from .helpers import CHANGE_TYPE, ORDERS, RENAME, apply_phase, columns, scalar
 
 ADD_NOT_NULL = """
 change: orders-currency

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from zdm_runbook.plan.dual_write import update_trigger
 from zdm_runbook.plan.steps import DOLLAR_TAG, HELD_LOCK_TIMEOUT
 from zdm_runbook.spec.model import Table
 from zdm_runbook.spec.sqltext import regclass
@@ -231,4 +232,13 @@ def shadow_sync_function(table: Table, function: str, key: str, shadow: str) -> 
     ).format(k=sql.Identifier(key), n=sql.Identifier(shadow))
     return Q("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {tag}{}{tag}").format(
         sql.Identifier(table.schema, function), body, tag=Q(DOLLAR_TAG)
+    )
+
+
+def shadow_sync_trigger(table: Table, trigger: str, key: str) -> sql.Composed:
+    """After the swap the UPDATE trigger fires only where ``key`` is written. The condition
+    installed before the swap follows the columns, not their names, and no longer describes
+    what :func:`shadow_sync_function` does."""
+    return update_trigger(
+        table, trigger, trigger, Q("NEW.{k} IS DISTINCT FROM OLD.{k}").format(k=sql.Identifier(key))
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from zdm_runbook.plan import keyswap
+from zdm_runbook.plan import dual_write, keyswap
 from zdm_runbook.plan import steps as s
 from zdm_runbook.plan.steps import BackfillSpec, StepBuilder
 from zdm_runbook.spec.change import Change
@@ -100,10 +100,10 @@ def dual_write_steps(
             Phase.EXPAND,
             f"install trigger {trigger}: keeps {old} and {new} in sync for old and new app writes",
             (
-                s.sync_function(table, function, old, new, to_new[0], to_old),
-                s.create_sync_trigger(table, trigger, function),
+                dual_write.sync_function(table, function, old, new, to_new[0], to_old),
+                *dual_write.install(table, trigger, function, dual_write.changes(old, new, to_new[0])),
             ),
-            s.trigger_exists(table, trigger),
+            dual_write.installed(table, trigger),
             (table,),
             superseded_when=s.column_absent(table, old),
         )
@@ -127,7 +127,7 @@ def dual_write_steps(
     drops: tuple[s.Statement, ...] = (s.drop_column(table, old),)
     what = f"drop {table}.{old}"
     if change.dual_write == "trigger":
-        drops = (*s.drop_sync_trigger(table, trigger, function), *drops)
+        drops = (*dual_write.drop(table, trigger, function), *drops)
         what = f"drop trigger {trigger} and {table}.{old} together, in one short transaction"
     b.add("drop-old", Phase.CONTRACT, what, drops, s.column_absent(table, old), (table,))
 
@@ -224,10 +224,14 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
         Phase.EXPAND,
         f"install trigger {trigger}: every write of {key} is copied to {shadow}",
         (
-            s.sync_function(table, trigger, key, shadow, (Q("NEW.{}").format(k)), Q("NEW.{}").format(n)),
-            s.create_sync_trigger(table, trigger, trigger),
+            dual_write.sync_function(
+                table, trigger, key, shadow, Q("NEW.{}").format(k), Q("NEW.{}").format(n)
+            ),
+            *dual_write.install(
+                table, trigger, trigger, dual_write.changes(key, shadow, Q("NEW.{}").format(k))
+            ),
         ),
-        s.trigger_exists(table, trigger),
+        dual_write.installed(table, trigger),
         (table,),
         superseded_when=swapped,
     )
@@ -279,6 +283,7 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
         (
             keyswap.swap(table, key, shadow, s.derived_name(key, suffix="zdm_swap"), index),
             keyswap.shadow_sync_function(table, trigger, key, shadow),
+            keyswap.shadow_sync_trigger(table, trigger, key),
         ),
         swapped,
         (table,),
@@ -289,7 +294,7 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
         "drop-old",
         Phase.CONTRACT,
         f"drop trigger {trigger} and {table}.{shadow} (the old {key}) together, in one short transaction",
-        (*s.drop_sync_trigger(table, trigger, trigger), s.drop_column(table, shadow)),
+        (*dual_write.drop(table, trigger, trigger), s.drop_column(table, shadow)),
         s.column_absent(table, shadow),
         (table,),
     )

@@ -1,0 +1,110 @@
+"""The dual-write triggers: an old and a new column kept equal while both app versions write.
+
+A trigger function in PL/pgSQL costs a call per row it fires on, whether or not it changes
+anything. Fired on every UPDATE (as GitLab's rename triggers are, ``BEFORE INSERT OR UPDATE``
+with no condition), it taxes each app write to any column of the table for the whole change, and
+each row the backfill writes: the backfill sets the new column to exactly what the function
+would compute, so the call does nothing but cost. Measured on 200,000 rows (PostgreSQL 18), the
+call doubled an UPDATE's time per row (1.5 to 3.5 microseconds, an app's update of another
+column; 1.7 to 3.7, the backfill's).
+
+So the UPDATE trigger carries a ``WHEN`` condition, checked by the executor in C before any
+call: exactly the cases in which the function's UPDATE branch changes the row (:func:`changes`).
+An app's update of other columns and the backfill's own writes never call it (2.4 and 2.3
+microseconds a row in the same measurement; ``bench/dual_write.py``). A ``WHEN`` cannot read
+``OLD`` on INSERT, so inserts have a trigger of their own, on the same function, without one.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from zdm_runbook.plan.steps import DOLLAR_TAG, all_of, derived_name, qname, trigger_exists
+from zdm_runbook.spec.model import Table
+
+Q = sql.SQL
+
+
+def insert_trigger(trigger: str) -> str:
+    """The name of the INSERT trigger beside the UPDATE trigger ``trigger``."""
+    return derived_name(trigger, suffix="insert")
+
+
+def sync_function(
+    table: Table,
+    function: str,
+    old: str,
+    new: str,
+    to_new: sql.Composable,
+    to_old: sql.Composable,
+) -> sql.Composed:
+    """A trigger function keeping ``old`` and ``new`` equal both ways.
+
+    Old app writes only ``old`` → ``new`` is computed; new app writes only ``new`` → ``old`` is
+    computed. A write of ``new`` that already agrees with ``old`` (the backfill) leaves ``old``
+    untouched, so a lossy reverse conversion never rewrites the original data.
+    """
+    o, n = sql.Identifier(old), sql.Identifier(new)
+    body = Q(
+        "\nBEGIN\n"
+        "  IF TG_OP = 'INSERT' THEN\n"
+        "    IF NEW.{n} IS NULL AND NEW.{o} IS NOT NULL THEN\n"
+        "      NEW.{n} := {to_new};\n"
+        "    ELSIF NEW.{o} IS NULL AND NEW.{n} IS NOT NULL THEN\n"
+        "      NEW.{o} := {to_old};\n"
+        "    END IF;\n"
+        "  ELSIF NEW.{o} IS DISTINCT FROM OLD.{o} AND NEW.{n} IS NOT DISTINCT FROM OLD.{n} THEN\n"
+        "    NEW.{n} := {to_new};\n"
+        "  ELSIF NEW.{n} IS DISTINCT FROM OLD.{n} AND NEW.{o} IS NOT DISTINCT FROM OLD.{o}\n"
+        "        AND NEW.{n} IS DISTINCT FROM ({to_new}) THEN\n"
+        "    NEW.{o} := {to_old};\n"
+        "  END IF;\n"
+        "  RETURN NEW;\n"
+        "END\n"
+    ).format(o=o, n=n, to_new=to_new, to_old=to_old)
+    return Q("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {tag}{}{tag}").format(
+        sql.Identifier(table.schema, function), body, tag=Q(DOLLAR_TAG)
+    )
+
+
+def changes(old: str, new: str, to_new: sql.Composable) -> sql.Composed:
+    """When :func:`sync_function`'s UPDATE branch changes a row: ``old`` written, or ``new``
+    written with a value that ``old`` does not convert to. Everything else (another column
+    written, or ``new`` set to exactly ``old``'s conversion, as the backfill sets it) passes."""
+    o, n = sql.Identifier(old), sql.Identifier(new)
+    return Q(
+        "NEW.{o} IS DISTINCT FROM OLD.{o}"
+        " OR (NEW.{n} IS DISTINCT FROM OLD.{n} AND NEW.{n} IS DISTINCT FROM ({to_new}))"
+    ).format(o=o, n=n, to_new=to_new)
+
+
+def update_trigger(table: Table, trigger: str, function: str, when: sql.Composable) -> sql.Composed:
+    """The UPDATE trigger, calling ``function`` only on rows where ``when`` holds."""
+    return Q(
+        "CREATE OR REPLACE TRIGGER {} BEFORE UPDATE ON {} FOR EACH ROW WHEN ({}) EXECUTE FUNCTION {}()"
+    ).format(sql.Identifier(trigger), qname(table), when, sql.Identifier(table.schema, function))
+
+
+def install(table: Table, trigger: str, function: str, when: sql.Composable) -> tuple[sql.Composed, ...]:
+    """The UPDATE trigger ``trigger`` (replacing one of the same name, as an earlier version's
+    single ``INSERT OR UPDATE`` trigger) and the INSERT trigger beside it."""
+    return (
+        update_trigger(table, trigger, function, when),
+        Q("CREATE OR REPLACE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+            sql.Identifier(insert_trigger(trigger)), qname(table), sql.Identifier(table.schema, function)
+        ),
+    )
+
+
+def installed(table: Table, trigger: str) -> sql.Composed:
+    """Both triggers exist (an earlier version's single trigger is not done: it is replaced)."""
+    return all_of(trigger_exists(table, trigger), trigger_exists(table, insert_trigger(trigger)))
+
+
+def drop(table: Table, trigger: str, function: str) -> tuple[sql.Composed, ...]:
+    """Both triggers, then their function."""
+    return (
+        Q("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), qname(table)),
+        Q("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(insert_trigger(trigger)), qname(table)),
+        Q("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(table.schema, function)),
+    )
