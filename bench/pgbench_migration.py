@@ -29,7 +29,10 @@ than the migration): baseline, ours and naive, as before (``--no-full`` skips th
 
 Printed: pgbench's failed transactions (goal 0), and per step its p50 / p99 latency against the
 baseline's, with the ratios, and the longest single transaction (the worst stall an app saw); the
-backfill's rows/s from the ledger.
+backfill's rows/s from the ledger. Below the phases, the same for parts of them (the backfill pass,
+the verification, the swap) and for each stretch in which an autovacuum worker was at work on the
+database (sampled four times a second): a vacuum of the backfill's dead row versions is the
+change's cost to the app, not the engine's, and these lines tell the two apart.
 
     python bench/pgbench_migration.py                      # scale 10 (1,000,000 accounts)
     python bench/pgbench_migration.py --change key --scale 10
@@ -42,6 +45,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -147,6 +151,47 @@ def _timed(windows: Windows, label: str, step: Callable[[], object]) -> None:
 
 
 BEFORE, AFTER = "app alone, before", "app alone, after"
+AUTOVACUUM = "  autovacuum"
+
+
+class AutovacuumWatch:
+    """Samples the database's autovacuum workers four times a second while the change runs, and
+    gives each stretch of one worker's work a window of its own: the app's tail while a vacuum of
+    the table's dead row versions shares the cores is the change's cost, but not the engine's."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn, self.stop = dsn, threading.Event()
+        self.samples: list[tuple[float, str]] = []
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> AutovacuumWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _sample(self) -> None:
+        # Named as the engine's sessions are, so that its duty sampler does not count it as the app's.
+        with psycopg.connect(self.dsn, autocommit=True, application_name="zdm_runbook-bench") as conn:
+            while not self.stop.wait(0.25):
+                for (query,) in conn.execute(
+                    "SELECT query FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+                    " AND datname = current_database()"
+                ):
+                    self.samples.append((time.time(), str(query).removeprefix("autovacuum: ")))
+
+    def windows(self) -> Windows:
+        """``(label, start, end)`` per stretch of one worker's query, samples at most 0.5 s apart."""
+        stretches: list[tuple[str, float, float]] = []
+        for at, query in sorted(self.samples, key=lambda s: (s[1], s[0])):
+            if stretches and stretches[-1][0] == query and at - stretches[-1][2] <= 0.5:
+                stretches[-1] = (query, stretches[-1][1], at)
+            else:
+                stretches.append((query, at, at))
+        stretches = sorted((w for w in stretches if w[2] > w[1]), key=lambda w: w[1])
+        return [(f"{AUTOVACUUM} {i + 1}: {q}", a, b) for i, (q, a, b) in enumerate(stretches)]
 
 
 def ours(dsn: str, spec: str, alone: float = 0.0) -> Callable[[Windows], None]:
@@ -157,10 +202,16 @@ def ours(dsn: str, spec: str, alone: float = 0.0) -> Callable[[Windows], None]:
     def run(windows: Windows) -> None:
         if alone:
             _timed(windows, BEFORE, lambda: time.sleep(alone))
-        for phase in Phase:
-            _timed(
-                windows, phase.value, partial(execute_phase, plan, phase, dsn, on_batch=lambda state: None)
-            )
+        with AutovacuumWatch(dsn) as vacuums:
+            for phase in Phase:
+                _timed(
+                    windows,
+                    phase.value,
+                    partial(execute_phase, plan, phase, dsn, on_batch=lambda state: None),
+                )
+            if alone:
+                time.sleep(1.0)  # what contract held up finishes first
+                _timed(windows, AFTER, lambda: time.sleep(alone))
         with psycopg.connect(dsn) as conn:  # the swap's attempts and the backfill, as the ledger has them
             swap = conn.execute(
                 "SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(ended_at)), count(*)"
@@ -188,9 +239,7 @@ def ours(dsn: str, spec: str, alone: float = 0.0) -> Callable[[Windows], None]:
         if fill and fill[0] is not None and migrate is not None:  # migrate: the pass, then verifying
             windows.append(("  backfill pass", float(fill[0]), float(fill[1])))
             windows.append(("  verification", float(fill[1]), migrate[2]))
-        if alone:
-            time.sleep(1.0)  # what contract held up finishes first
-            _timed(windows, AFTER, lambda: time.sleep(alone))
+        windows.extend(vacuums.windows())
 
     return run
 
@@ -327,18 +376,18 @@ def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
         worst = 0.0
         print(f"\n{name}: the change took {whole:.1f} s; pgbench failed transactions: {bench.failed}")
         print(
-            f"  {'step':<22} {'seconds':>8} {'tx':>8} {'p50 ms':>9} {'p99 ms':>9} {'p50 x':>7} {'p99 x':>7}"
+            f"  {'step':<40} {'seconds':>8} {'tx':>8} {'p50 ms':>9} {'p99 ms':>9} {'p50 x':>7} {'p99 x':>7}"
             f" {'longest ms':>11}{' p99 x before' if before[0] else ''}"
         )
         for label, (n, p50, p99) in stats.items():
             seconds = next(end - start for lab, start, end in steps if lab == label)
-            if label not in (BEFORE, AFTER):
+            if label not in (BEFORE, AFTER) and not label.startswith(AUTOVACUUM):
                 worst = max(worst, p99)
             ratio50, ratio99 = (p50 / b50, p99 / b99) if n else (0.0, 0.0)
             row = f"{n:>8,} {p50:>9.2f} {p99:>9.2f} {ratio50:>7.2f} {ratio99:>7.2f}"
             window = next(w for w in steps if w[0] == label)
             paired = f" {p99 / before[2]:>12.2f}" if before[0] and n else ""
-            print(f"  {label:<22} {seconds:>8.1f} {row} {_longest(bench, window):>11.0f}{paired}")
+            print(f"  {label:<40} {seconds:>8.1f} {row} {_longest(bench, window):>11.0f}{paired}")
         print(f"  worst step p99: {worst:.1f} ms = {worst / b99:.1f}x the baseline's")
 
 
