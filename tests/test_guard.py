@@ -101,3 +101,14 @@ def test_the_notebook_parameter_cancel_autovacuum_reaches_the_guard(tmp_path: Pa
     )
     with pytest.raises(ParameterError, match=r"cancel_autovacuum: must be True or False"):
         validate("expand", {"spec": str(spec), "cancel_autovacuum": "maybe"})
+
+
+def test_the_notebook_parameter_index_build_workers_reaches_the_guard(tmp_path: Path) -> None:
+    spec = tmp_path / "change.yaml"
+    spec.write_text("change: add-x\noperations:\n  - add_column: {table: t, column: x, type: int}\n")
+    assert validate("expand", {"spec": str(spec)}).guard.index_build_workers == 0
+    assert validate("switch", {"spec": str(spec), "index_build_workers": 2}).guard.index_build_workers == 2
+    with pytest.raises(ParameterError, match=r"index_build_workers: .*1024"):
+        validate("expand", {"spec": str(spec), "index_build_workers": -1})
+    with pytest.raises(ParameterError, match=r"index_build_workers: unknown parameter of the migrate"):
+        validate("migrate", {"spec": str(spec), "index_build_workers": 2})

@@ -159,19 +159,27 @@ class TaggedCursor(psycopg.Cursor[Row]):
 
 
 def set_timeouts(
-    conn: psycopg.Connection[Any], lock_timeout: float | str, statement_timeout: float | str, *, local: bool
+    conn: psycopg.Connection[Any],
+    lock_timeout: float | str,
+    statement_timeout: float | str,
+    *,
+    local: bool,
+    workers: float | str | None = None,
 ) -> None:
     """Set ``lock_timeout`` and ``statement_timeout`` for the transaction (``local``) or the
-    session. Seconds are sent as whole milliseconds, at least 1 (0 would mean no timeout); text is
+    session, and with ``workers`` ``max_parallel_maintenance_workers`` (an index build's parallel
+    workers). Seconds are sent as whole milliseconds, at least 1 (0 would mean no timeout); text is
     a setting as ``current_setting`` gave it, to put it back."""
 
     def text(value: float | str) -> str:
         return value if isinstance(value, str) else str(max(1, round(value * 1000)))
 
-    conn.execute(
-        "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
-        [text(lock_timeout), local, text(statement_timeout), local],
-    )
+    query = "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)"
+    params: list[Any] = [text(lock_timeout), local, text(statement_timeout), local]
+    if workers is not None:
+        query += ", set_config('max_parallel_maintenance_workers', %s, %s)"
+        params += [workers if isinstance(workers, str) else str(int(workers)), local]
+    conn.execute(query, params)
 
 
 def connect(

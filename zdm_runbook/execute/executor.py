@@ -4,9 +4,11 @@ A step in a transaction runs as ``BEGIN; set_config(lock_timeout, statement_time
 statements; COMMIT``, so the settings die with the transaction, all sent in one pipeline so a lock
 is held for the statements' time, not for their round trips.
 A CONCURRENTLY statement runs alone in autocommit with the same settings set before and restored
-after. ``lock_not_available`` (55P03) and ``deadlock_detected`` (40P01) are retried with
-full-jitter backoff; ``query_canceled`` (57014) and anything else is reported, not retried. Each
-attempt is written to the ledger with who blocked it, sampled from a second session while it waited.
+after. An index build may start ``index_build_workers`` parallel workers (0: it runs in its own
+backend alone, and leaves the app the other cores). ``lock_not_available`` (55P03) and
+``deadlock_detected`` (40P01) are retried with full-jitter backoff; ``query_canceled`` (57014) and
+anything else is reported, not retried. Each attempt is written to the ledger with who blocked it,
+sampled from a second session while it waited.
 Before each attempt, an anti-wraparound vacuum on the step's tables stops the step unsent, and a
 regular autovacuum there is cancelled (:mod:`.vacuum_yield`): it would outlast every attempt.
 """
@@ -143,9 +145,13 @@ class Executor:
         return [results[st.key] for st in run]
 
     def _settings(self, step: Step) -> tuple[GuardSettings, dict[str, float]]:
-        """The step's guard settings and the timeouts they give a step of its kind."""
+        """The step's guard settings and the session settings they give a step of its kind: the
+        timeouts, and for an index build the parallel workers it may start."""
         settings = self.step_settings.get(step.key, self.settings)
-        return settings, settings.timeouts_for(step.transactional, step.long_running)
+        timeouts = settings.timeouts_for(step.transactional, step.long_running)
+        if step.builds_index:
+            timeouts["max_parallel_maintenance_workers"] = settings.index_build_workers
+        return settings, timeouts
 
     def _skip(self, step: Step) -> StepResult:
         self._record(step, 0, self._settings(step)[1], Attempt(0, "skipped", 0.0, message="already applied"))
@@ -317,7 +323,7 @@ class Executor:
         try:
             with conn.pipeline():
                 conn.execute("BEGIN")
-                set_timeouts(conn, timeouts["lock_timeout"], timeouts["statement_timeout"], local=True)
+                set_timeouts(conn, *_timeouts(timeouts), local=True, workers=_workers(timeouts))
                 for statement in statements:
                     conn.execute(statement)
                 conn.execute("COMMIT")
@@ -334,14 +340,16 @@ class Executor:
         if self.worker.info.transaction_status != TransactionStatus.IDLE:
             raise ZdmError("refusing to send a CONCURRENTLY statement: the session is inside a transaction")
         row = self.worker.execute(
-            "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
+            "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'),"
+            " current_setting('max_parallel_maintenance_workers')"
         ).fetchone()
-        set_timeouts(self.worker, timeouts["lock_timeout"], timeouts["statement_timeout"], local=False)
+        set_timeouts(self.worker, *_timeouts(timeouts), local=False, workers=_workers(timeouts))
         try:
             self.worker.execute(statement)
         finally:
             if row and not self.worker.closed:
-                set_timeouts(self.worker, str(row[0]), str(row[1]), local=False)
+                was = str(row[2]) if _workers(timeouts) is not None else None
+                set_timeouts(self.worker, str(row[0]), str(row[1]), local=False, workers=was)
 
     def _drop_invalid_index(self, schema: str, name: str, timeouts: dict[str, float]) -> list[str]:
         """Drop an INVALID index ``name`` left by an earlier failed build, unless a build is running."""
@@ -398,3 +406,11 @@ class Executor:
 
     def _record(self, step: Step, number: int, timeouts: Mapping[str, float], attempt: Attempt) -> None:
         self._finish(self._start(step, number, timeouts), attempt)
+
+
+def _timeouts(settings: Mapping[str, float]) -> tuple[float, float]:
+    return settings["lock_timeout"], settings["statement_timeout"]
+
+
+def _workers(settings: Mapping[str, float]) -> float | None:
+    return settings.get("max_parallel_maintenance_workers")

@@ -55,6 +55,12 @@ PARAMETERS: tuple[Param, ...] = (
         "cancel a regular autovacuum on the table before each attempt; it outlasts them",
     ),
     Param(
+        "index_build_workers",
+        0,
+        "parallel workers an index build may start; 0 builds in one backend, leaving the app the other cores",
+        (Phase.EXPAND, Phase.SWITCH),
+    ),
+    Param(
         "batch_size", 0, "rows per backfill batch; 0 sizes batches to target_batch_seconds", (Phase.MIGRATE,)
     ),
     Param("target_batch_seconds", 0.2, "how long one backfill batch should take", (Phase.MIGRATE,)),
@@ -196,7 +202,11 @@ def validate(phase: Phase | str, given: Mapping[str, Any]) -> RunParameters:
     cycle = window = 0.0
     if not problems:
         timeouts = {k: values[k] for k in ("lock_timeout", "statement_timeout")}
-        ladder = {k: values[k] for k in ("lock_timeout_first", "max_attempts", "cancel_autovacuum")}
+        ladder = {
+            k: values[k]
+            for k in ("lock_timeout_first", "max_attempts", "cancel_autovacuum", "index_build_workers")
+            if k in values
+        }
         try:
             guard = settings_from({**timeouts, **ladder}, path="p")
         except ParameterError as exc:
