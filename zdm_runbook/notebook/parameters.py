@@ -202,7 +202,7 @@ def validate(phase: Phase | str, given: Mapping[str, Any]) -> RunParameters:
     cycle = window = 0.0
     if not problems:
         timeouts = {k: values[k] for k in ("lock_timeout", "statement_timeout")}
-        ladder = {
+        ladder: dict[str, Any] = {
             k: values[k]
             for k in ("lock_timeout_first", "max_attempts", "cancel_autovacuum", "index_build_workers")
             if k in values
