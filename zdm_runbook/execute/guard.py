@@ -28,11 +28,12 @@ Defaults, and why:
   lock request for ``deadlock_timeout``; an attempt gives up sooner than that, so without this
   every attempt would fail behind the vacuum (see :mod:`zdm_runbook.execute.vacuum_yield`).
 - ``index_build_workers = 0``: an index build (``CREATE INDEX CONCURRENTLY``) runs with
-  ``max_parallel_maintenance_workers`` set to this. PostgreSQL's default, 2, lets one build take
-  three cores while the app waits for them; measured beside pgbench's TPC-B at half its full-speed
-  rate on 2 cores, the app's median during a 1,000,000-row build was 2.7 to 12.3 ms with the
-  default and 1.7 to 2.3 ms with 0 (1.1 to 1.3 ms without a build), and the build took as long.
-  Raise it on a server with cores to spare, or in a quiet hour.
+  ``max_parallel_maintenance_workers`` set to this. PostgreSQL's default, 2, lets a build start up
+  to two workers beside its own backend, on the cores the app needs. Beside pgbench's TPC-B at
+  half its full-speed rate on 2 cores, ten 1,000,000-row builds a variant
+  (``bench/index_build.py``): the app's median during a build was 4.75 ms (the median of the ten)
+  with the default and 2.60 ms with 0, and the build took as long. Raise it on a server with
+  cores to spare, or in a quiet hour.
 """
 
 from __future__ import annotations
