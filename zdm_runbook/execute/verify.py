@@ -8,6 +8,8 @@ trigger is what keeps those right.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,28 +52,50 @@ def verify(
     conn: Conn, spec: BackfillSpec, batch_size: int = 20_000, statement_timeout: float = 30.0
 ) -> Verification:
     """Walk the whole table in key batches (one short read-only transaction each) counting mismatches."""
-    key = table_key(conn, spec.table)
-    result = Verification(str(spec.table), key.columns)
+    return verify_all(conn, [spec], batch_size, statement_timeout)[0]
+
+
+def verify_all(
+    conn: Conn,
+    specs: Sequence[BackfillSpec],
+    batch_size: int = 20_000,
+    statement_timeout: float = 30.0,
+    rest: Callable[[float], float] | None = None,
+) -> list[Verification]:
+    """Verify the backfills of one pass (``specs``, one table) in one walk of it: each batch read
+    once, each backfill's mismatches counted apart. After each read, ``rest`` (given the read's
+    seconds) says how long to sleep before the next: a verification beside the app reads at the
+    pass's duty, not at full speed."""
+    key = table_key(conn, specs[0].table)
+    results = [Verification(str(spec.table), key.columns) for spec in specs]
     lower: Key | None = None
     while True:
         query = sql.SQL(
-            "WITH b AS MATERIALIZED"
-            " (SELECT {cols}, ({bad}) AS bad FROM {t} WHERE {cond} ORDER BY {asc} LIMIT {size})"
-            " SELECT (SELECT count(*) FROM b), (SELECT count(*) FROM b WHERE bad),"
-            " (SELECT {text} FROM b ORDER BY {desc} LIMIT 1),"
-            " (SELECT array_agg(k)"
-            "  FROM (SELECT {text} AS k FROM b WHERE bad ORDER BY {asc} LIMIT {sample}) s)"
+            "WITH b AS MATERIALIZED (SELECT {cols}, {bads} FROM {t} WHERE {cond} ORDER BY {asc} LIMIT {size})"
+            " SELECT (SELECT count(*) FROM b), (SELECT {text} FROM b ORDER BY {desc} LIMIT 1), {each}"
         ).format(
             cols=sql.SQL(", ").join(sql.Identifier(c) for c in key.columns),
-            bad=sql.SQL("coalesce({}, false)").format(spec.condition()),
-            t=qname(spec.table),
+            bads=sql.SQL(", ").join(
+                sql.SQL("coalesce({}, false) AS {}").format(spec.condition(), sql.Identifier(f"bad{i}"))
+                for i, spec in enumerate(specs)
+            ),
+            t=qname(specs[0].table),
             cond=key.range(lower, None),
             size=sql.Literal(batch_size),
-            sample=sql.Literal(SAMPLE),
             asc=key.order(),
             text=key.as_text(),
             desc=key.order(desc=True),
+            each=sql.SQL(", ").join(
+                sql.SQL(
+                    "(SELECT count(*) FROM b WHERE {bad}), (SELECT array_agg(k)"
+                    " FROM (SELECT {text} AS k FROM b WHERE {bad} ORDER BY {asc} LIMIT {n}) s)"
+                ).format(
+                    bad=sql.Identifier(f"bad{i}"), text=key.as_text(), asc=key.order(), n=sql.Literal(SAMPLE)
+                )
+                for i in range(len(specs))
+            ),
         )
+        started = time.monotonic()
         with conn.transaction():
             conn.execute("SET TRANSACTION READ ONLY")
             conn.execute(
@@ -79,9 +103,13 @@ def verify(
             )
             row = conn.execute(query).fetchone()
         if row is None or not row[0]:
-            return result
-        result.rows_checked += int(row[0])
-        result.mismatches += int(row[1])
-        if row[3] and len(result.sample) < SAMPLE:
-            result.sample += [list(k) for k in row[3]][: SAMPLE - len(result.sample)]
-        lower = list(row[2])
+            return results
+        for i, result in enumerate(results):
+            result.rows_checked += int(row[0])
+            result.mismatches += int(row[2 + 2 * i])
+            sample = row[3 + 2 * i]
+            if sample and len(result.sample) < SAMPLE:
+                result.sample += [list(k) for k in sample][: SAMPLE - len(result.sample)]
+        lower = list(row[1])
+        if rest is not None:
+            time.sleep(rest(time.monotonic() - started))
