@@ -52,6 +52,7 @@ from functools import partial
 from pathlib import Path
 
 import psycopg
+from backfill import cpu_times  # a sibling bench script: bench/ is the script's sys.path[0]
 
 from zdm_runbook.demo.embedded import LocalServer, embedded_bin_dir
 from zdm_runbook.demo.pgbench import PgBench
@@ -154,15 +155,28 @@ BEFORE, AFTER = "app alone, before", "app alone, after"
 AUTOVACUUM = "  autovacuum"
 
 
+STOLEN: dict[str, float] = {}  # the CPU time the host stole in each window of ours, in %
+
+
 class AutovacuumWatch:
     """Samples the database's autovacuum workers four times a second while the change runs, and
     gives each stretch of one worker's work a window of its own: the app's tail while a vacuum of
-    the table's dead row versions shares the cores is the change's cost, but not the engine's."""
+    the table's dead row versions shares the cores is the change's cost, but not the engine's.
+    It samples the machine's CPU time too (:func:`cpu_times`), for the share the host stole."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn, self.stop = dsn, threading.Event()
         self.samples: list[tuple[float, str]] = []
+        self.cpu: list[tuple[float, int, int]] = [(time.time(), *cpu_times())]
         self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def stolen(self, window: tuple[str, float, float]) -> float:
+        """The share (%) of the machine's CPU time the host stole between the samples around ``window``."""
+        _, start, end = window
+        before = max((c for c in self.cpu if c[0] <= start), default=self.cpu[0])
+        after = min((c for c in self.cpu if c[0] >= end), default=self.cpu[-1])
+        total = after[2] - before[2]
+        return 100 * (after[1] - before[1]) / total if total > 0 else 0.0
 
     def __enter__(self) -> AutovacuumWatch:
         self.thread.start()
@@ -176,6 +190,7 @@ class AutovacuumWatch:
         # Named as the engine's sessions are, so that its duty sampler does not count it as the app's.
         with psycopg.connect(self.dsn, autocommit=True, application_name="zdm_runbook-bench") as conn:
             while not self.stop.wait(0.25):
+                self.cpu.append((time.time(), *cpu_times()))
                 for (query,) in conn.execute(
                     "SELECT query FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
                     " AND datname = current_database()"
@@ -200,9 +215,9 @@ def ours(dsn: str, spec: str, alone: float = 0.0) -> Callable[[Windows], None]:
     plan = build_plan(parse_change(spec))
 
     def run(windows: Windows) -> None:
-        if alone:
-            _timed(windows, BEFORE, lambda: time.sleep(alone))
         with AutovacuumWatch(dsn) as vacuums:
+            if alone:
+                _timed(windows, BEFORE, lambda: time.sleep(alone))
             for phase in Phase:
                 _timed(
                     windows,
@@ -240,6 +255,7 @@ def ours(dsn: str, spec: str, alone: float = 0.0) -> Callable[[Windows], None]:
             windows.append(("  backfill pass", float(fill[0]), float(fill[1])))
             windows.append(("  verification", float(fill[1]), migrate[2]))
         windows.extend(vacuums.windows())
+        STOLEN.update({w[0]: vacuums.stolen(w) for w in windows})
 
     return run
 
@@ -377,7 +393,7 @@ def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
         print(f"\n{name}: the change took {whole:.1f} s; pgbench failed transactions: {bench.failed}")
         print(
             f"  {'step':<40} {'seconds':>8} {'tx':>8} {'p50 ms':>9} {'p99 ms':>9} {'p50 x':>7} {'p99 x':>7}"
-            f" {'longest ms':>11}{' p99 x before' if before[0] else ''}"
+            f" {'longest ms':>11}{' p99 x before' if before[0] else ''}{'  stolen' if name == 'ours' else ''}"
         )
         for label, (n, p50, p99) in stats.items():
             seconds = next(end - start for lab, start, end in steps if lab == label)
@@ -387,7 +403,8 @@ def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
             row = f"{n:>8,} {p50:>9.2f} {p99:>9.2f} {ratio50:>7.2f} {ratio99:>7.2f}"
             window = next(w for w in steps if w[0] == label)
             paired = f" {p99 / before[2]:>12.2f}" if before[0] and n else ""
-            print(f"  {label:<40} {seconds:>8.1f} {row} {_longest(bench, window):>11.0f}{paired}")
+            steal = f" {STOLEN[label]:>7.1f}%" if name == "ours" and label in STOLEN else ""
+            print(f"  {label:<40} {seconds:>8.1f} {row} {_longest(bench, window):>11.0f}{paired}{steal}")
         print(f"  worst step p99: {worst:.1f} ms = {worst / b99:.1f}x the baseline's")
 
 
