@@ -57,7 +57,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param(
         "index_build_workers",
         0,
-        "parallel workers an index build may start; 0 builds in one backend, leaving the app the other cores",
+        "an index build's parallel workers; 0 builds in one backend, cores left to the app",
         (Phase.EXPAND, Phase.SWITCH),
     ),
     Param(
