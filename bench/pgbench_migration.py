@@ -156,6 +156,18 @@ AUTOVACUUM = "  autovacuum"
 
 
 STOLEN: dict[str, float] = {}  # the CPU time the host stole in each window of ours, in %
+DIRTY: dict[str, float] = {}  # the most dirty page cache (MB) the kernel held to write back, per window
+
+
+def dirty_mb() -> float:
+    """The kernel's dirty and under-writeback page cache, in MB (0 where there is no /proc/meminfo):
+    the server's writes that the kernel has still to write to disk, and will, whatever runs then."""
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return 0.0
+    fields = {line.split(":")[0]: line.split()[1] for line in lines if ":" in line}
+    return (int(fields.get("Dirty", 0)) + int(fields.get("Writeback", 0))) / 1024
 
 
 class AutovacuumWatch:
@@ -168,7 +180,12 @@ class AutovacuumWatch:
         self.dsn, self.stop = dsn, threading.Event()
         self.samples: list[tuple[float, str]] = []
         self.cpu: list[tuple[float, int, int]] = [(time.time(), *cpu_times())]
+        self.dirty: list[tuple[float, float]] = []
         self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def most_dirty(self, window: tuple[str, float, float]) -> float:
+        """The most dirty page cache (MB) sampled in ``window``."""
+        return max((mb for at, mb in self.dirty if window[1] <= at <= window[2]), default=0.0)
 
     def stolen(self, window: tuple[str, float, float]) -> float:
         """The share (%) of the machine's CPU time the host stole between the samples around ``window``."""
@@ -191,6 +208,7 @@ class AutovacuumWatch:
         with psycopg.connect(self.dsn, autocommit=True, application_name="zdm_runbook-bench") as conn:
             while not self.stop.wait(0.25):
                 self.cpu.append((time.time(), *cpu_times()))
+                self.dirty.append((time.time(), dirty_mb()))
                 for (query,) in conn.execute(
                     "SELECT query FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
                     " AND datname = current_database()"
@@ -256,6 +274,7 @@ def ours(dsn: str, spec: str, alone: float = 0.0) -> Callable[[Windows], None]:
             windows.append(("  verification", float(fill[1]), migrate[2]))
         windows.extend(vacuums.windows())
         STOLEN.update({w[0]: vacuums.stolen(w) for w in windows})
+        DIRTY.update({w[0]: vacuums.most_dirty(w) for w in windows})
 
     return run
 
@@ -393,7 +412,8 @@ def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
         print(f"\n{name}: the change took {whole:.1f} s; pgbench failed transactions: {bench.failed}")
         print(
             f"  {'step':<40} {'seconds':>8} {'tx':>8} {'p50 ms':>9} {'p99 ms':>9} {'p50 x':>7} {'p99 x':>7}"
-            f" {'longest ms':>11}{' p99 x before' if before[0] else ''}{'  stolen' if name == 'ours' else ''}"
+            f" {'longest ms':>11}{' p99 x before' if before[0] else ''}"
+            f"{'  stolen  dirty MB' if name == 'ours' else ''}"
         )
         for label, (n, p50, p99) in stats.items():
             seconds = next(end - start for lab, start, end in steps if lab == label)
@@ -403,7 +423,11 @@ def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
             row = f"{n:>8,} {p50:>9.2f} {p99:>9.2f} {ratio50:>7.2f} {ratio99:>7.2f}"
             window = next(w for w in steps if w[0] == label)
             paired = f" {p99 / before[2]:>12.2f}" if before[0] and n else ""
-            steal = f" {STOLEN[label]:>7.1f}%" if name == "ours" and label in STOLEN else ""
+            steal = (
+                f" {STOLEN[label]:>7.1f}% {DIRTY.get(label, 0.0):>9.0f}"
+                if name == "ours" and label in STOLEN
+                else ""
+            )
             print(f"  {label:<40} {seconds:>8.1f} {row} {_longest(bench, window):>11.0f}{paired}{steal}")
         print(f"  worst step p99: {worst:.1f} ms = {worst / b99:.1f}x the baseline's")
 
