@@ -312,7 +312,7 @@ def full_speed(server: LocalServer, dbname: str, scale: int, clients: int) -> fl
     return sum(1 for at, _ in bench.finished if start <= at < end) / (end - start)
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -322,24 +322,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--change", choices=("cents", "key"), default="cents", help="which change (cents)")
     parser.add_argument("--no-full", action="store_true", help="skip the full-speed runs")
     parser.add_argument(
+        "--fsync",
+        action="store_true",
+        help="run the server with fsync on (the embedded one runs with it off): writes reach the disk",
+    )
+    parser.add_argument(
         "--alone",
         type=float,
         default=10.0,
         help="at the fixed rate, seconds of the app alone just before the change and just after it,"
         " in the same pgbench run (10; 0: none)",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
     key = args.change == "key"
     spec, statements = (SPEC_KEY, NAIVE_KEY) if key else (SPEC, NAIVE)
     runs: dict[str, tuple[PgBench, Windows]] = {}
     with tempfile.TemporaryDirectory(prefix="zdm-bench-") as folder:
-        server = LocalServer(data_dir=Path(folder) / "pg", bin_dir=args.pg_bin or embedded_bin_dir())
+        server = LocalServer(
+            data_dir=Path(folder) / "pg", bin_dir=args.pg_bin or embedded_bin_dir(), fsync=args.fsync
+        )
         server.start()
         try:
             accounts = args.scale * 100_000
             print(
                 f"{server.version()}, scale {args.scale} ({accounts:,} accounts), {args.clients} clients,"
-                f" change {args.change}"
+                f" change {args.change}, fsync {'on' if args.fsync else 'off'}"
             )
             init(server, "b_full", args.scale, key)
             rate = max(1, round(full_speed(server, "b_full", args.scale, args.clients) / 2))

@@ -84,6 +84,9 @@ class LocalServer:
     data_dir: Path
     bin_dir: Path
     port: int = 5432
+    # Off for the demo and the tests (nothing here must survive a crash, and a flush per commit
+    # would slow every test); on for a bench that wants a server's writes to reach the disk.
+    fsync: bool = False
 
     @classmethod
     def default(cls, data_dir: Path | None = None, bin_dir: Path | None = None) -> LocalServer:
@@ -146,7 +149,7 @@ class LocalServer:
         options = (
             f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}'"
             f" -c port={self.port} -c shared_preload_libraries=pg_stat_statements"
-            " -c max_connections=200 -c fsync=off"
+            f" -c max_connections=200 -c fsync={'on' if self.fsync else 'off'}"
         )
         log = self.data_dir / "server.log"
         result = self._run_raw(
