@@ -85,3 +85,15 @@ def test_lifecycle_as_an_ordinary_user(tmp_path: Path) -> None:
     assert _in_child_as(nobody.pw_uid, nobody.pw_gid, lambda: _server_lifecycle(folder / "pg")) == 0
     owner = (folder / "pg" / "PG_VERSION").stat().st_uid
     assert owner == nobody.pw_uid  # no root-only detour: the ordinary user owns its data
+
+
+def test_fsync_is_off_unless_asked_for(tmp_path: Path) -> None:
+    """The demo's and the tests' server runs without fsync; a bench may ask for it
+    (``bench/pgbench_migration.py --fsync``), and the server then says so itself."""
+    for fsync, shown in ((False, "off"), (True, "on")):
+        server = LocalServer(tmp_path / f"pg-{shown}", embedded_bin_dir(), fsync=fsync)
+        try:
+            with psycopg.connect(server.start()) as conn:
+                assert conn.execute("SHOW fsync").fetchone() == (shown,)
+        finally:
+            server.stop()
