@@ -30,18 +30,12 @@ import time
 from pathlib import Path
 
 import psycopg
+from backfill import at_least, p99  # a sibling bench script: bench/ is the script's sys.path[0]
 
 from zdm_runbook.demo.embedded import LocalServer, embedded_bin_dir
 
 VARIANTS = ("idle", "burner", "batches")
 ROWS = 1_000_000
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def burn() -> None:
@@ -78,11 +72,6 @@ def app(dsn: str, seconds: float) -> list[float]:
     return took
 
 
-def p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[int(0.99 * (len(ordered) - 1))]
-
-
 def measure(dsn: str, variant: str, seconds: float) -> list[float]:
     stop = threading.Event()
     worker: threading.Thread | multiprocessing.Process | None = None
@@ -107,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=positive, default=3, help="rounds, the order rotated (3)")
+    parser.add_argument("--rounds", type=at_least(1), default=3, help="rounds, the order rotated (3)")
     parser.add_argument(
-        "--seconds", type=positive, default=4, help="seconds of app per variant and round (4)"
+        "--seconds", type=at_least(1), default=4, help="seconds of app per variant and round (4)"
     )
     args = parser.parse_args(argv)
     if os.cpu_count() != 2 or not hasattr(os, "sched_setaffinity"):

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from backfill import at_least  # a sibling bench script: bench/ is the script's sys.path[0]
 from psycopg import sql
 
 from zdm_runbook.demo.embedded import LocalServer, embedded_bin_dir
@@ -54,13 +55,6 @@ operations:
 """
 VARIANTS = ("none", "every-row", "ours")
 CHUNK = 20_000
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def build(dsn: str, rows: int, variant: str) -> None:
@@ -134,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rows", type=positive, default=300_000, help="rows in orders (300,000)")
-    parser.add_argument("--repeat", type=positive, default=3, help="rounds, the order rotated each time (3)")
+    parser.add_argument("--rows", type=at_least(1), default=300_000, help="rows in orders (300,000)")
+    parser.add_argument(
+        "--repeat", type=at_least(1), default=3, help="rounds, the order rotated each time (3)"
+    )
     parser.add_argument("--pg-bin", type=Path, help="PostgreSQL binaries (default: the embedded ones)")
     args = parser.parse_args(argv)
     server = LocalServer(

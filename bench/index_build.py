@@ -25,18 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-from pgbench_migration import Windows, full_speed, init, under_pgbench  # a sibling: bench/ is sys.path[0]
+from backfill import at_least  # siblings: bench/ is the script's sys.path[0]
+from pgbench_migration import Windows, full_speed, init, under_pgbench
 
 from zdm_runbook.demo.embedded import LocalServer, embedded_bin_dir
 
 VARIANTS = {"default": 2, "ours": 0}
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def builds(dsn: str, rounds: int, alone: float) -> tuple[list[str], Callable[[Windows], None]]:
@@ -69,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--scale", type=positive, default=10, help="pgbench scale: 100,000 accounts each (10)"
+        "--scale", type=at_least(1), default=10, help="pgbench scale: 100,000 accounts each (10)"
     )
-    parser.add_argument("--clients", type=positive, default=4, help="pgbench clients (4)")
-    parser.add_argument("--rounds", type=positive, default=3, help="builds per variant, order rotated (3)")
+    parser.add_argument("--clients", type=at_least(1), default=4, help="pgbench clients (4)")
+    parser.add_argument("--rounds", type=at_least(1), default=3, help="builds per variant, order rotated (3)")
     parser.add_argument(
         "--alone", type=float, default=3.0, help="seconds of the app alone before each build (3)"
     )

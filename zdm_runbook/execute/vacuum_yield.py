@@ -77,7 +77,7 @@ def yield_autovacuum(
     found = [r for r in vacuums if not r["wraparound"]]
     if not found or not conflicts_with_autovacuum(step):
         return []
-    notes = []
+    notes, cancelled = [], set()
     for vacuum in found:
         what = f"autovacuum pid {vacuum['pid']} on {vacuum['table']} ({vacuum['phase']})"
         try:
@@ -88,12 +88,14 @@ def yield_autovacuum(
         if not (row and row[0]):
             notes.append(f"could not cancel {what}: it had ended")
             continue
+        cancelled.add(vacuum["pid"])
         notes.append(
             f"cancelled {what} before the attempt: it yields to DDL only after deadlock_timeout,"
             " longer than the attempt waits; the autovacuum launcher starts it again later"
         )
-    pids = {r["pid"] for r in found}
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and pids & {r["pid"] for r in autovacuum_rows(conn, step.tables)}:
+    deadline = time.monotonic() + wait_s  # only the cancelled ones are waited for: the rest go on
+    while cancelled and time.monotonic() < deadline:
+        if not cancelled & {r["pid"] for r in autovacuum_rows(conn, step.tables)}:
+            break
         time.sleep(0.05)
     return notes

@@ -202,13 +202,13 @@ def validate(phase: Phase | str, given: Mapping[str, Any]) -> RunParameters:
     cycle = window = 0.0
     if not problems:
         timeouts = {k: values[k] for k in ("lock_timeout", "statement_timeout")}
-        ladder: dict[str, Any] = {
+        guarded: dict[str, Any] = {  # the rest of the guard's settings this phase takes
             k: values[k]
             for k in ("lock_timeout_first", "max_attempts", "cancel_autovacuum", "index_build_workers")
             if k in values
         }
         try:
-            guard = settings_from({**timeouts, **ladder}, path="p")
+            guard = settings_from({**timeouts, **guarded}, path="p")
         except ParameterError as exc:
             problems += [Problem(x.path.removeprefix("p."), x.message) for x in exc.problems]
         fixed = values.get("batch_size") or 0

@@ -86,11 +86,21 @@ def update_trigger(table: Table, trigger: str, function: str, when: sql.Composab
     ).format(sql.Identifier(trigger), qname(table), when, sql.Identifier(table.schema, function))
 
 
-def install(table: Table, trigger: str, function: str, when: sql.Composable) -> tuple[sql.Composed, ...]:
-    """The UPDATE trigger ``trigger`` (replacing one of the same name, as an earlier version's
-    single ``INSERT OR UPDATE`` trigger) and the INSERT trigger beside it."""
+def install(
+    table: Table,
+    trigger: str,
+    function: str,
+    old: str,
+    new: str,
+    to_new: sql.Composable,
+    to_old: sql.Composable,
+) -> tuple[sql.Composed, ...]:
+    """The dual-write's statements: :func:`sync_function`, the UPDATE trigger ``trigger`` calling
+    it only when it :func:`changes` a row (replacing one of the same name, as an earlier version's
+    single ``INSERT OR UPDATE`` trigger), and the INSERT trigger beside it."""
     return (
-        update_trigger(table, trigger, function, when),
+        sync_function(table, function, old, new, to_new, to_old),
+        update_trigger(table, trigger, function, changes(old, new, to_new)),
         Q("CREATE OR REPLACE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
             sql.Identifier(insert_trigger(trigger)), qname(table), sql.Identifier(table.schema, function)
         ),

@@ -99,10 +99,7 @@ def dual_write_steps(
             "dual-write",
             Phase.EXPAND,
             f"install trigger {trigger}: keeps {old} and {new} in sync for old and new app writes",
-            (
-                dual_write.sync_function(table, function, old, new, to_new[0], to_old),
-                *dual_write.install(table, trigger, function, dual_write.changes(old, new, to_new[0])),
-            ),
+            dual_write.install(table, trigger, function, old, new, to_new[0], to_old),
             dual_write.installed(table, trigger),
             (table,),
             superseded_when=s.column_absent(table, old),
@@ -223,13 +220,8 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
         "dual-write",
         Phase.EXPAND,
         f"install trigger {trigger}: every write of {key} is copied to {shadow}",
-        (
-            dual_write.sync_function(
-                table, trigger, key, shadow, Q("NEW.{}").format(k), Q("NEW.{}").format(n)
-            ),
-            *dual_write.install(
-                table, trigger, trigger, dual_write.changes(key, shadow, Q("NEW.{}").format(k))
-            ),
+        dual_write.install(
+            table, trigger, trigger, key, shadow, Q("NEW.{}").format(k), Q("NEW.{}").format(n)
         ),
         dual_write.installed(table, trigger),
         (table,),
