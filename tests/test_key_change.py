@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -337,13 +338,15 @@ def test_a_lock_taken_while_holding_one_gives_up_before_the_app_is_made_a_deadlo
     any_pg_db: str, ours: bool
 ) -> None:
     """The swap holds the parent and then wants a child; an app holds the child and wants the
-    parent. With the child lock's wait as long as deadlock_timeout (1 s each), the app is the
-    victim; with HELD_LOCK_TIMEOUT our attempt gives up first (and is retried), the app goes on."""
+    parent. With the phase's lock_timeout (2 s) the app, which began waiting first, reaches its
+    deadlock_timeout (1 s) first and is the victim; with HELD_LOCK_TIMEOUT our attempt gives up
+    first (and is retried), the app goes on. The app waits 0.25 s before the swap asks, so the
+    order of the two timers does not hang on how soon a loaded machine runs either backend."""
     with psycopg.connect(any_pg_db, autocommit=True) as conn:
         conn.execute(SCHEMA.format(kind="serial", overriding="").encode())
     with psycopg.connect(any_pg_db) as swap, psycopg.connect(any_pg_db) as app:
         swap.execute(
-            "SELECT set_config('lock_timeout', '1s', true), set_config('deadlock_timeout', '1s', false)"
+            "SELECT set_config('lock_timeout', '2s', true), set_config('deadlock_timeout', '1s', false)"
         )
         swap.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
         if ours:
@@ -361,6 +364,7 @@ def test_a_lock_taken_while_holding_one_gives_up_before_the_app_is_made_a_deadlo
         waiter = threading.Thread(target=app_wants_the_parent)
         waiter.start()
         assert wait_for(lambda: _catalog(any_pg_db, "SELECT count(*) FROM pg_locks WHERE NOT granted") == 1)
+        time.sleep(0.25)
         try:
             swap.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
             outcome["swap"] = "ok"
