@@ -41,6 +41,7 @@ change's cost to the app, not the engine's, and these lines tell the two apart.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +51,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from backfill import cpu_times  # a sibling bench script: bench/ is the script's sys.path[0]
@@ -157,6 +159,7 @@ AUTOVACUUM = "  autovacuum"
 
 STOLEN: dict[str, float] = {}  # the CPU time the host stole in each window of ours, in %
 DIRTY: dict[str, float] = {}  # the most dirty page cache (MB) the kernel held to write back, per window
+WAL: dict[str, tuple[float, float]] = {}  # per window: WAL written (MB), % of samples in a checkpoint
 
 
 def dirty_mb() -> float:
@@ -181,11 +184,26 @@ class AutovacuumWatch:
         self.samples: list[tuple[float, str]] = []
         self.cpu: list[tuple[float, int, int]] = [(time.time(), *cpu_times())]
         self.dirty: list[tuple[float, float]] = []
+        self.wal: list[tuple[float, float]] = []  # (when, WAL position in bytes)
+        self.checkpoints: list[float] = []  # when a checkpoint was seen running
         self.thread = threading.Thread(target=self._sample, daemon=True)
 
     def most_dirty(self, window: tuple[str, float, float]) -> float:
         """The most dirty page cache (MB) sampled in ``window``."""
         return max((mb for at, mb in self.dirty if window[1] <= at <= window[2]), default=0.0)
+
+    def wal_mb(self, window: tuple[str, float, float]) -> float:
+        """The WAL the server wrote between the samples around ``window``, in MB."""
+        _, start, end = window
+        inside = [w for at, w in self.wal if start <= at <= end]
+        return (max(inside) - min(inside)) / 1e6 if len(inside) > 1 else 0.0
+
+    def checkpointing(self, window: tuple[str, float, float]) -> float:
+        """The share (%) of the window's samples that saw a checkpoint running."""
+        _, start, end = window
+        inside = [at for at, _ in self.wal if start <= at <= end]
+        seen = [at for at in self.checkpoints if start <= at <= end]
+        return 100 * len(seen) / len(inside) if inside else 0.0
 
     def stolen(self, window: tuple[str, float, float]) -> float:
         """The share (%) of the machine's CPU time the host stole between the samples around ``window``."""
@@ -214,6 +232,14 @@ class AutovacuumWatch:
                     " AND datname = current_database()"
                 ):
                     self.samples.append((time.time(), str(query).removeprefix("autovacuum: ")))
+                row = conn.execute(
+                    "SELECT (SELECT wait_event FROM pg_stat_activity WHERE backend_type = 'checkpointer'),"
+                    " (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8"
+                ).fetchone()
+                if row:
+                    self.wal.append((time.time(), float(row[1])))
+                    if row[0] != "CheckpointerMain":  # the checkpointer's idle wait: else a checkpoint runs
+                        self.checkpoints.append(time.time())
 
     def windows(self) -> Windows:
         """``(label, start, end)`` per stretch of one worker's query, samples at most 0.5 s apart."""
@@ -227,9 +253,11 @@ class AutovacuumWatch:
         return [(f"{AUTOVACUUM} {i + 1}: {q}", a, b) for i, (q, a, b) in enumerate(stretches)]
 
 
-def ours(dsn: str, spec: str, alone: float = 0.0) -> Callable[[Windows], None]:
+def ours(
+    dsn: str, spec: str, alone: float = 0.0, settings: dict[str, Any] | None = None
+) -> Callable[[Windows], None]:
     """The four phases; with ``alone`` seconds, the app alone just before them and just after them
-    (on the changed schema), in the same pgbench run."""
+    (on the changed schema), in the same pgbench run. ``settings``: the backfill's, if not its defaults."""
     plan = build_plan(parse_change(spec))
 
     def run(windows: Windows) -> None:
@@ -240,7 +268,14 @@ def ours(dsn: str, spec: str, alone: float = 0.0) -> Callable[[Windows], None]:
                 _timed(
                     windows,
                     phase.value,
-                    partial(execute_phase, plan, phase, dsn, on_batch=lambda state: None),
+                    partial(
+                        execute_phase,
+                        plan,
+                        phase,
+                        dsn,
+                        backfill_settings=settings,
+                        on_batch=lambda state: None,
+                    ),
                 )
             if alone:
                 time.sleep(1.0)  # what contract held up finishes first
@@ -275,6 +310,7 @@ def ours(dsn: str, spec: str, alone: float = 0.0) -> Callable[[Windows], None]:
         windows.extend(vacuums.windows())
         STOLEN.update({w[0]: vacuums.stolen(w) for w in windows})
         DIRTY.update({w[0]: vacuums.most_dirty(w) for w in windows})
+        WAL.update({w[0]: (vacuums.wal_mb(w), vacuums.checkpointing(w)) for w in windows})
 
     return run
 
@@ -327,6 +363,13 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         help="run the server with fsync on (the embedded one runs with it off): writes reach the disk",
     )
     parser.add_argument(
+        "--backfill",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help="the backfill's settings, as the migrate notebook takes them, e.g. '{\"max_wal_mb_per_s\": 4}'",
+    )
+    parser.add_argument(
         "--alone",
         type=float,
         default=10.0,
@@ -350,17 +393,18 @@ def main(argv: list[str] | None = None) -> int:
             accounts = args.scale * 100_000
             print(
                 f"{server.version()}, scale {args.scale} ({accounts:,} accounts), {args.clients} clients,"
-                f" change {args.change}, fsync {'on' if args.fsync else 'off'}"
+                f" change {args.change}, fsync {'on' if args.fsync else 'off'},"
+                f" backfill {args.backfill or 'defaults'}"
             )
             init(server, "b_full", args.scale, key)
             rate = max(1, round(full_speed(server, "b_full", args.scale, args.clients) / 2))
             dsn = init(server, "b_quiet", args.scale, key)
-            ours(dsn, spec)([])
+            ours(dsn, spec, settings=args.backfill)([])
             quiet = fill_rate(dsn)
             fixed: dict[str, tuple[PgBench, Windows]] = {}
             dsn = init(server, "b_ours_r", args.scale, key)
             fixed["ours"] = under_pgbench(
-                server, "b_ours_r", args.scale, args.clients, ours(dsn, spec, args.alone), rate
+                server, "b_ours_r", args.scale, args.clients, ours(dsn, spec, args.alone, args.backfill), rate
             )
             loaded = fill_rate(dsn)
             took = max(end for _, _, end in fixed["ours"][1]) - fixed["ours"][1][0][1]
@@ -370,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             if not args.no_full:
                 dsn = init(server, "b_ours", args.scale, key)
-                runs["ours"] = under_pgbench(server, "b_ours", args.scale, args.clients, ours(dsn, spec))
+                runs["ours"] = under_pgbench(
+                    server, "b_ours", args.scale, args.clients, ours(dsn, spec, settings=args.backfill)
+                )
                 full = fill_rate(dsn)
                 dsn = init(server, "b_naive", args.scale, key)
                 runs["naive"] = under_pgbench(
@@ -424,7 +470,7 @@ def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
         print(
             f"  {'step':<40} {'seconds':>8} {'tx':>8} {'p50 ms':>9} {'p99 ms':>9} {'p50 x':>7} {'p99 x':>7}"
             f" {'longest ms':>11}{' p99 x before' if before[0] else ''}"
-            f"{'  stolen  dirty MB' if name == 'ours' else ''}"
+            f"{'  stolen  dirty MB  WAL MB  ckpt' if name == 'ours' else ''}"
         )
         for label, (n, p50, p99) in stats.items():
             seconds = next(end - start for lab, start, end in steps if lab == label)
@@ -434,8 +480,9 @@ def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
             row = f"{n:>8,} {p50:>9.2f} {p99:>9.2f} {ratio50:>7.2f} {ratio99:>7.2f}"
             window = next(w for w in steps if w[0] == label)
             paired = f" {p99 / before[2]:>12.2f}" if before[0] and n else ""
+            wal, ckpt = WAL.get(label, (0.0, 0.0))
             steal = (
-                f" {STOLEN[label]:>7.1f}% {DIRTY.get(label, 0.0):>9.0f}"
+                f" {STOLEN[label]:>7.1f}% {DIRTY.get(label, 0.0):>9.0f} {wal:>7.0f} {ckpt:>4.0f}%"
                 if name == "ours" and label in STOLEN
                 else ""
             )
