@@ -155,6 +155,7 @@ def _timed(windows: Windows, label: str, step: Callable[[], object]) -> None:
 
 BEFORE, AFTER = "app alone, before", "app alone, after"
 AUTOVACUUM = "  autovacuum"
+CHECKPOINT = "  checkpoint"
 
 
 STOLEN: dict[str, float] = {}  # the CPU time the host stole in each window of ours, in %
@@ -241,6 +242,24 @@ class AutovacuumWatch:
                     if row[0] != "CheckpointerMain":  # the checkpointer's idle wait: else a checkpoint runs
                         self.checkpoints.append(time.time())
 
+    def checkpoint_windows(self) -> Windows:
+        """``(label, start, end)`` per stretch in which a checkpoint was seen running (samples at
+        most 0.5 s apart): on a server whose writes reach the disk, the app's own tail lives there."""
+        stretches: list[tuple[float, float]] = []
+        for at in self.checkpoints:
+            if stretches and at - stretches[-1][1] <= 0.5:
+                stretches[-1] = (stretches[-1][0], at)
+            else:
+                stretches.append((at, at))
+        return [(f"{CHECKPOINT} {i + 1}", a, b) for i, (a, b) in enumerate(stretches) if b > a]
+
+    def note(self, windows: Windows) -> None:
+        """Keep, per window, what the host stole, the most dirty page cache, the WAL written and
+        the checkpoints' share, for the report."""
+        STOLEN.update({w[0]: self.stolen(w) for w in windows})
+        DIRTY.update({w[0]: self.most_dirty(w) for w in windows})
+        WAL.update({w[0]: (self.wal_mb(w), self.checkpointing(w)) for w in windows})
+
     def windows(self) -> Windows:
         """``(label, start, end)`` per stretch of one worker's query, samples at most 0.5 s apart."""
         stretches: list[tuple[str, float, float]] = []
@@ -307,10 +326,8 @@ def ours(
         if fill and fill[0] is not None and migrate is not None:  # migrate: the pass, then verifying
             windows.append(("  backfill pass", float(fill[0]), float(fill[1])))
             windows.append(("  verification", float(fill[1]), migrate[2]))
-        windows.extend(vacuums.windows())
-        STOLEN.update({w[0]: vacuums.stolen(w) for w in windows})
-        DIRTY.update({w[0]: vacuums.most_dirty(w) for w in windows})
-        WAL.update({w[0]: (vacuums.wal_mb(w), vacuums.checkpointing(w)) for w in windows})
+        windows.extend(vacuums.windows() + vacuums.checkpoint_windows())
+        vacuums.note(windows)
 
     return run
 
@@ -324,9 +341,12 @@ def naive(dsn: str, statements: list[tuple[str, str]]) -> Callable[[Windows], No
     return run
 
 
-def idle(seconds: float) -> Callable[[Windows], None]:
+def idle(dsn: str, seconds: float) -> Callable[[Windows], None]:
     def run(windows: Windows) -> None:
-        _timed(windows, "baseline", lambda: time.sleep(seconds))
+        with AutovacuumWatch(dsn) as watch:
+            _timed(windows, "baseline", lambda: time.sleep(seconds))
+        windows.extend(watch.checkpoint_windows())
+        watch.note(windows[:1])
 
     return run
 
@@ -343,7 +363,7 @@ def fill_rate(dsn: str) -> float:
 
 def full_speed(server: LocalServer, dbname: str, scale: int, clients: int) -> float:
     """pgbench's throughput alone at full speed, tx/s (10 s after the warm-up)."""
-    bench, windows = under_pgbench(server, dbname, scale, clients, idle(10))
+    bench, windows = under_pgbench(server, dbname, scale, clients, idle(server.dsn(dbname), 10))
     _, start, end = windows[0]
     return sum(1 for at, _ in bench.finished if start <= at < end) / (end - start)
 
@@ -408,10 +428,18 @@ def main(argv: list[str] | None = None) -> int:
             )
             loaded = fill_rate(dsn)
             took = max(end for _, _, end in fixed["ours"][1]) - fixed["ours"][1][0][1]
-            init(server, "b_base_r", args.scale, key)
+            dsn = init(server, "b_base_r", args.scale, key)
             fixed["baseline"] = under_pgbench(
-                server, "b_base_r", args.scale, args.clients, idle(max(took, 10)), rate
+                server, "b_base_r", args.scale, args.clients, idle(dsn, max(took, 10)), rate
             )
+            # Printed now: the full-speed runs' windows have the same labels.
+            print(f"\n== at a fixed rate: {rate} tx/s, half of pgbench's full-speed throughput ==")
+            report(fixed)
+            if quiet:
+                print(
+                    f"  backfill: {loaded:,.0f} rows/s under this load, {quiet:,.0f} rows/s without load"
+                    f" ({loaded / quiet:.0%} of it)"
+                )
             if not args.no_full:
                 dsn = init(server, "b_ours", args.scale, key)
                 runs["ours"] = under_pgbench(
@@ -423,19 +451,12 @@ def main(argv: list[str] | None = None) -> int:
                     server, "b_naive", args.scale, args.clients, naive(dsn, statements)
                 )
                 took = max(end for _, _, end in runs["ours"][1]) - runs["ours"][1][0][1]
-                init(server, "b_base", args.scale, key)
+                dsn = init(server, "b_base", args.scale, key)
                 runs["baseline"] = under_pgbench(
-                    server, "b_base", args.scale, args.clients, idle(max(took, 10))
+                    server, "b_base", args.scale, args.clients, idle(dsn, max(took, 10))
                 )
         finally:
             server.destroy()
-    print(f"\n== at a fixed rate: {rate} tx/s, half of pgbench's full-speed throughput ==")
-    report(fixed)
-    if quiet:
-        print(
-            f"  backfill: {loaded:,.0f} rows/s under this load, {quiet:,.0f} rows/s without load"
-            f" ({loaded / quiet:.0%} of it)"
-        )
     if runs:
         print("\n== at full speed ==")
         report(runs)
@@ -454,7 +475,14 @@ def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
         f"\nbaseline (no change): {b_n:,} transactions, p50 {b50:.2f} ms, p99 {b99:.2f} ms,"
         f" longest {b_max:.0f} ms"
     )
-    print(f"  failed transactions: {base.failed}")
+    wal, share = WAL.get("baseline", (0.0, 0.0))
+    print(f"  failed transactions: {base.failed}; WAL {wal:.0f} MB, a checkpoint running {share:.0f}% of it")
+    for label, (n, _, p99) in base.by_window(windows[1:]).items():  # its checkpoints
+        window = next(w for w in windows if w[0] == label)
+        print(
+            f"  {label.strip()}: {window[2] - window[1]:.1f} s, {n:,} transactions, p99 {p99:.2f} ms,"
+            f" longest {_longest(base, window):.0f} ms"
+        )
     for name in [n for n in ("ours", "naive") if n in runs]:
         bench, steps = runs[name]
         stats = bench.by_window(steps)
@@ -474,7 +502,7 @@ def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
         )
         for label, (n, p50, p99) in stats.items():
             seconds = next(end - start for lab, start, end in steps if lab == label)
-            if label not in (BEFORE, AFTER) and not label.startswith(AUTOVACUUM):
+            if label not in (BEFORE, AFTER) and not label.startswith((AUTOVACUUM, CHECKPOINT)):
                 worst = max(worst, p99)
             ratio50, ratio99 = (p50 / b50, p99 / b99) if n else (0.0, 0.0)
             row = f"{n:>8,} {p50:>9.2f} {p99:>9.2f} {ratio50:>7.2f} {ratio99:>7.2f}"
