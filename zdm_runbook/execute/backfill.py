@@ -31,9 +31,10 @@ from zdm_runbook.core.errors import ConfigError, DatabaseError
 from zdm_runbook.execute.batch_sql import BatchStatements
 from zdm_runbook.execute.duty import DutyController, Sampler
 from zdm_runbook.execute.fill_settings import BackfillSettings, backfill_settings
-from zdm_runbook.execute.holds import Health, hold_reason, read_health
+from zdm_runbook.execute.holds import hold_reason, read_health
 from zdm_runbook.execute.keyset import Key, TableKey, table_key
 from zdm_runbook.execute.progress import Batch, State
+from zdm_runbook.execute.wal_pace import WalPace
 from zdm_runbook.execute.walk import Walk
 from zdm_runbook.ledger import checkpoints
 from zdm_runbook.plan.steps import BackfillSpec, Step
@@ -89,7 +90,7 @@ class BackfillEngine:
         self._checked = float("-inf")
         self._control: dict[str, Any] = {}
         self._busy_seen: bool | None = None  # None: no check yet
-        self._health: Health | None = None
+        self._wal = WalPace(self.settings.max_wal_mb_per_s)
         self._sampler: Sampler | None = None  # started when the app is first seen
         shared_cap = min(self.settings.busy_max_batch_size, self.settings.max_batch_size)
         self.duty = DutyController(
@@ -272,7 +273,7 @@ class BackfillEngine:
             pause = self.settings.pause if pause_ms is None else pause_ms / 1000
             if self.state.app_busy and pause_ms is None:  # share the server: see .duty
                 pause = max(pause, self._shared_pause(batch.seconds))
-            time.sleep(pause)
+            time.sleep(max(pause, self._wal.pause_after(batch.rows_scanned, batch.seconds)))
         try:
             self._finish()
         except psycopg.OperationalError as exc:
@@ -317,7 +318,7 @@ class BackfillEngine:
 
         Checked at most every ``CHECK_EVERY`` seconds (not per batch: one round trip fewer each)."""
         now = time.monotonic()
-        if now - self._checked < CHECK_EVERY:
+        if now - self._checked < CHECK_EVERY and not self._wal.unknown:
             return 0.0, self._control
         waited = 0.0
         while True:
@@ -338,13 +339,12 @@ class BackfillEngine:
             self._busy_seen = busy_now
             reason = hold_reason(
                 health,
-                self._health,
                 str(self.spec.table),
                 paused=paused,
                 max_replay_lag=self.settings.max_replay_lag,
+                wal_rate=self._wal.over(health.at, health.wal_bytes, self.state.rows_scanned),
                 max_wal_mb_per_s=self.settings.max_wal_mb_per_s,
             )
-            self._health = health
             if reason != self.state.paused:  # the ledger says why it waits: written when that changes
                 for st in self.steps:
                     checkpoints.set_hold(conn, self.change_id, st.key, reason)

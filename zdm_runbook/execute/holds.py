@@ -11,7 +11,8 @@ its progress (``holding: …``) and writes it to the ledger (``zdm.backfills.hol
 - a replica's replay lag is over ``max_replay_lag``. A replica that has replayed everything counts
   as 0: ``pg_stat_replication.replay_lag`` keeps its last measured value while no new WAL comes
   (measured on 18.6), so a held backfill, writing nothing, would otherwise wait forever.
-- the server writes WAL faster than ``max_wal_mb_per_s`` (0: no cap), measured between two checks.
+- the server's WAL rate, averaged since the last check under it, is over ``max_wal_mb_per_s`` (0:
+  no cap; :mod:`.wal_pace` keeps the average and paces the batches so that this is rare).
 - sessions queue for a lock on the table: a DDL (ours or someone's) is waiting, and every batch
   would hold it up longer.
 """
@@ -67,24 +68,23 @@ def read_health(conn: Conn, table_oid: int) -> Health:
 
 def hold_reason(
     now: Health,
-    before: Health | None,
     table: str,
     *,
     paused: bool,
     max_replay_lag: float,
-    max_wal_mb_per_s: int,
+    wal_rate: float | None = None,
+    max_wal_mb_per_s: int = 0,
 ) -> str | None:
-    """Why the backfill must wait now (the first reason that applies), or None."""
+    """Why the backfill must wait now (the first reason that applies), or None. ``wal_rate``: the
+    average WAL rate (MB/s) when :class:`~.wal_pace.WalPace` found it over ``max_wal_mb_per_s``."""
     if paused:
         return "paused (zdm backfill resume lifts it)"
     if now.vacuum:
         return f"{now.vacuum} is vacuuming {table}"
     if now.replay_lag_s is not None and now.replay_lag_s > max_replay_lag:
         return f"replica lag {now.replay_lag_s:.0f} s > {max_replay_lag:g} s"
-    if max_wal_mb_per_s and before is not None and now.at > before.at:
-        rate = (now.wal_bytes - before.wal_bytes) / (now.at - before.at) / 1e6
-        if rate > max_wal_mb_per_s:
-            return f"WAL written at {rate:.0f} MB/s > {max_wal_mb_per_s} MB/s"
+    if wal_rate is not None:
+        return f"WAL written at {wal_rate:.0f} MB/s > {max_wal_mb_per_s} MB/s"
     if now.queued:
         return f"{now.queued} session(s) queued for a lock on {table}"
     return None
