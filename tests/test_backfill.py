@@ -28,6 +28,7 @@ from zdm_runbook.core.errors import ParameterError, SpecError
 from zdm_runbook.execute.backfill import BackfillEngine, BackfillSettings, backfill_settings
 from zdm_runbook.execute.phase import execute_phase
 from zdm_runbook.execute.progress import LogProgress, frame
+from zdm_runbook.execute.progress import line as progress_line
 from zdm_runbook.execute.verify import verify
 from zdm_runbook.notebook.charts import backfill_figure, png, show
 from zdm_runbook.plan.planner import build_plan
@@ -346,6 +347,8 @@ def test_a_wal_cap_holds_the_backfill_and_keeps_its_average(db: str) -> None:
     _big(db, 30_000)
     cap = 1
     engine = _engine(db, max_batch_size=2000, max_wal_mb_per_s=cap)
+    lines: list[str] = []
+    engine.on_batch = lambda state: lines.append(progress_line(state))
     start_lsn, started = scalar(db, "SELECT pg_current_wal_lsn()"), time.monotonic()
     thread = threading.Thread(target=engine.run)
     thread.start()
@@ -361,6 +364,7 @@ def test_a_wal_cap_holds_the_backfill_and_keeps_its_average(db: str) -> None:
     assert written > 4 * cap * 1e6, "enough WAL that the cap decides the run's length"
     assert written / seconds / 1e6 <= 1.2 * cap
     assert engine._wal.per_row is not None and engine._wal.per_row > 0  # paced per batch, not only held
+    assert any("; paced to the WAL cap of 1 MB/s (" in text for text in lines)
 
 
 def test_a_backfill_that_starts_under_load_begins_small_and_one_on_a_quiet_server_does_not(db: str) -> None:

@@ -273,7 +273,9 @@ class BackfillEngine:
             pause = self.settings.pause if pause_ms is None else pause_ms / 1000
             if self.state.app_busy and pause_ms is None:  # share the server: see .duty
                 pause = max(pause, self._shared_pause(batch.seconds))
-            time.sleep(max(pause, self._wal.pause_after(batch.rows_scanned, batch.seconds)))
+            wal_pause = self._wal.pause_after(batch.rows_scanned, batch.seconds)
+            self._share(paced=self._wal.describe(wal_pause) if wal_pause > pause else None)
+            time.sleep(max(pause, wal_pause))
         try:
             self._finish()
         except psycopg.OperationalError as exc:

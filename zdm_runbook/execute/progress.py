@@ -53,6 +53,7 @@ class State:
     app_busy: bool = False  # other sessions used the database in the last second: share it
     doing: str = "starting"  # what the engine is doing between batches: see activity()
     sharing: str | None = None  # how it shares the server with the app, kept across batches
+    paced: str | None = None  # the pause the WAL cap set after the last batch, when it was the longer
     step: str = ""  # the backfill step this is the progress of (several may share one pass)
 
     @property
@@ -112,7 +113,8 @@ def frame(state: State) -> pd.DataFrame:
 
 def line(state: State, named: bool = False) -> str:
     """``orders: 412,000 / 1,000,000 rows (41%), 38,200 rows/s, ETA 15 s, batch 5,000 rows``, and
-    why it waits, or how it shares the server with the app (``; sharing the server …``).
+    why it waits, or how it shares the server with the app (``; sharing the server …``) and
+    whether the WAL cap paces it (``; paced to the WAL cap …``).
 
     ``named`` starts it ``backfill <step> of orders:`` as the summary does, for a log where the
     line has no title: backfills sharing one pass log a line each, alike but for rows updated."""
@@ -127,8 +129,9 @@ def line(state: State, named: bool = False) -> str:
     )
     if state.paused:
         return f"{text}; waiting: {state.paused}"
+    paced = f"; {state.paced}" if state.paced and state.finished is None else ""
     sharing = state.finished is None and state.app_busy and state.sharing
-    return f"{text}; {state.sharing}" if sharing else text
+    return f"{text}; {state.sharing}{paced}" if sharing else f"{text}{paced}"
 
 
 def activity(state: State) -> str:

@@ -59,3 +59,10 @@ class WalPace:
         if not self.cap_mb_per_s or self.per_row is None:
             return 0.0
         return max(0.0, rows * self.per_row / (self.cap_mb_per_s * 1e6) - seconds)
+
+    def describe(self, pause: float) -> str:
+        """The progress line's words for a pause it set."""
+        return (
+            f"paced to the WAL cap of {self.cap_mb_per_s} MB/s ({self.per_row or 0:,.0f} bytes a row):"
+            f" {1000 * pause:.0f} ms between batches"
+        )
