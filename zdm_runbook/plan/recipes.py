@@ -98,7 +98,8 @@ def dual_write_steps(
         b.add(
             "dual-write",
             Phase.EXPAND,
-            f"install trigger {trigger}: keeps {old} and {new} in sync for old and new app writes",
+            f"install triggers {trigger} and {dual_write.insert_trigger(trigger)}: keep {old} and {new}"
+            " in sync for old and new app writes",
             dual_write.install(table, trigger, function, old, new, to_new[0], to_old),
             dual_write.installed(table, trigger),
             (table,),
@@ -125,7 +126,7 @@ def dual_write_steps(
     what = f"drop {table}.{old}"
     if change.dual_write == "trigger":
         drops = (*dual_write.drop(table, trigger, function), *drops)
-        what = f"drop trigger {trigger} and {table}.{old} together, in one short transaction"
+        what = f"drop the dual-write's triggers and {table}.{old} together, in one short transaction"
     b.add("drop-old", Phase.CONTRACT, what, drops, s.column_absent(table, old), (table,))
 
 
@@ -219,7 +220,8 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
     b.add(
         "dual-write",
         Phase.EXPAND,
-        f"install trigger {trigger}: every write of {key} is copied to {shadow}",
+        f"install triggers {trigger} and {dual_write.insert_trigger(trigger)}: every write of {key}"
+        f" is copied to {shadow}",
         dual_write.install(
             table, trigger, trigger, key, shadow, Q("NEW.{}").format(k), Q("NEW.{}").format(n)
         ),
@@ -285,7 +287,8 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
     b.add(
         "drop-old",
         Phase.CONTRACT,
-        f"drop trigger {trigger} and {table}.{shadow} (the old {key}) together, in one short transaction",
+        f"drop the dual-write's triggers and {table}.{shadow} (the old {key}) together, in one short"
+        " transaction",
         (*dual_write.drop(table, trigger, trigger), s.drop_column(table, shadow)),
         s.column_absent(table, shadow),
         (table,),
