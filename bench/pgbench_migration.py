@@ -361,6 +361,25 @@ def fill_rate(dsn: str) -> float:
     return float(row[0]) / float(row[1]) if row and row[0] and row[1] else 0.0
 
 
+def fill_shape(dsn: str) -> str:
+    """Where the pass's time went, from the ledger: its batches, their mean size, the share of the
+    pass's wall time spent in them, and the rows/s within them (the duty times that is the rate)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*), avg(b.rows_scanned), sum(b.seconds), sum(b.rows_scanned),"
+            " sum(b.throttled_s), extract(epoch FROM max(f.finished_at) - min(f.started_at))::float8"
+            " FROM zdm.backfill_batches b JOIN zdm.backfills f USING (change_id, step_key)"
+            " WHERE step_key = (SELECT min(step_key) FROM zdm.backfills)"  # one pass: one step's rows
+        ).fetchone()
+    if not row or not row[0]:
+        return "no batches"
+    batches, mean, busy, rows, held, wall = row
+    return (
+        f"{batches:,} batches of {float(mean):,.0f} rows on average; in batches {100 * busy / wall:.0f}% of"
+        f" the pass's {wall:.1f} s, held {held:.1f} s; {rows / busy:,.0f} rows/s within batches"
+    )
+
+
 def full_speed(server: LocalServer, dbname: str, scale: int, clients: int) -> float:
     """pgbench's throughput alone at full speed, tx/s (10 s after the warm-up)."""
     bench, windows = under_pgbench(server, dbname, scale, clients, idle(server.dsn(dbname), 10))
@@ -426,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             fixed["ours"] = under_pgbench(
                 server, "b_ours_r", args.scale, args.clients, ours(dsn, spec, args.alone, args.backfill), rate
             )
-            loaded = fill_rate(dsn)
+            loaded, shape = fill_rate(dsn), fill_shape(dsn)
             took = max(end for _, _, end in fixed["ours"][1]) - fixed["ours"][1][0][1]
             dsn = init(server, "b_base_r", args.scale, key)
             fixed["baseline"] = under_pgbench(
@@ -438,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             if quiet:
                 print(
                     f"  backfill: {loaded:,.0f} rows/s under this load, {quiet:,.0f} rows/s without load"
-                    f" ({loaded / quiet:.0%} of it)"
+                    f" ({loaded / quiet:.0%} of it)\n  the pass under load: {shape}"
                 )
             if not args.no_full:
                 dsn = init(server, "b_ours", args.scale, key)
