@@ -29,10 +29,15 @@ than the migration): baseline, ours and naive, as before (``--no-full`` skips th
 
 Printed: pgbench's failed transactions (goal 0), and per step its p50 / p99 latency against the
 baseline's, with the ratios, and the longest single transaction (the worst stall an app saw); the
-backfill's rows/s from the ledger. Below the phases, the same for parts of them (the backfill pass,
-the verification, the swap) and for each stretch in which an autovacuum worker was at work on the
-database (sampled four times a second): a vacuum of the backfill's dead row versions is the
-change's cost to the app, not the engine's, and these lines tell the two apart.
+backfill's rows/s from the ledger, and where the loaded pass's time went (in batches, held,
+resting). Below the phases, the same for parts of them (the backfill pass, the verification, the
+swap), for each stretch in which an autovacuum worker was at work on the database, and for each
+checkpoint (sampled four times a second): a vacuum of the backfill's dead row versions, or a
+checkpoint writing its pages, is the change's cost to the app, not the engine's CPU, and these
+lines tell them apart. Per window of ours: the CPU time the host stole, the most dirty page cache
+the kernel held, the WAL written and the share of the window a checkpoint ran; the baseline run's
+checkpoints are listed too. ``--fsync`` runs the server with its writes reaching the disk, and
+``--backfill '{"max_wal_mb_per_s": 12}'`` gives the backfill settings.
 
     python bench/pgbench_migration.py                      # scale 10 (1,000,000 accounts)
     python bench/pgbench_migration.py --change key --scale 10
@@ -174,11 +179,12 @@ def dirty_mb() -> float:
     return (int(fields.get("Dirty", 0)) + int(fields.get("Writeback", 0))) / 1024
 
 
-class AutovacuumWatch:
+class ServerWatch:
     """Samples the database's autovacuum workers four times a second while the change runs, and
     gives each stretch of one worker's work a window of its own: the app's tail while a vacuum of
     the table's dead row versions shares the cores is the change's cost, but not the engine's.
-    It samples the machine's CPU time too (:func:`cpu_times`), for the share the host stole."""
+    It samples the machine's CPU time too (:func:`cpu_times`), for the share the host stole, the
+    kernel's dirty page cache, the server's WAL position and whether a checkpoint runs."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn, self.stop = dsn, threading.Event()
@@ -214,7 +220,7 @@ class AutovacuumWatch:
         total = after[2] - before[2]
         return 100 * (after[1] - before[1]) / total if total > 0 else 0.0
 
-    def __enter__(self) -> AutovacuumWatch:
+    def __enter__(self) -> ServerWatch:
         self.thread.start()
         return self
 
@@ -280,7 +286,7 @@ def ours(
     plan = build_plan(parse_change(spec))
 
     def run(windows: Windows) -> None:
-        with AutovacuumWatch(dsn) as vacuums:
+        with ServerWatch(dsn) as watch:
             if alone:
                 _timed(windows, BEFORE, lambda: time.sleep(alone))
             for phase in Phase:
@@ -326,8 +332,8 @@ def ours(
         if fill and fill[0] is not None and migrate is not None:  # migrate: the pass, then verifying
             windows.append(("  backfill pass", float(fill[0]), float(fill[1])))
             windows.append(("  verification", float(fill[1]), migrate[2]))
-        windows.extend(vacuums.windows() + vacuums.checkpoint_windows())
-        vacuums.note(windows)
+        windows.extend(watch.windows() + watch.checkpoint_windows())
+        watch.note(windows)
 
     return run
 
@@ -343,7 +349,7 @@ def naive(dsn: str, statements: list[tuple[str, str]]) -> Callable[[Windows], No
 
 def idle(dsn: str, seconds: float) -> Callable[[Windows], None]:
     def run(windows: Windows) -> None:
-        with AutovacuumWatch(dsn) as watch:
+        with ServerWatch(dsn) as watch:
             _timed(windows, "baseline", lambda: time.sleep(seconds))
         windows.extend(watch.checkpoint_windows())
         watch.note(windows[:1])

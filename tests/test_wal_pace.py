@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from zdm_runbook.execute.wal_pace import WalPace
+from zdm_runbook.execute.wal_pace import MAX_PAUSE, WalPace
 
 
 def test_the_reference_stays_until_the_average_since_it_is_back_under_the_cap() -> None:
@@ -26,10 +26,11 @@ def test_the_pause_after_a_batch_keeps_its_rows_at_the_cap_the_apps_wal_counted_
     assert pace.per_row == pytest.approx(5000)
     assert pace.pause_after(1000, 0.1) == pytest.approx(0.4)  # 5 MB a batch at 10 MB/s: 0.5 s a cycle
     assert pace.pause_after(1000, 0.8) == 0.0  # a batch slower than the cap needs no pause
+    assert pace.pause_after(4000, 0.1) == pytest.approx(1.9)
     # The app starts writing 24.5 MB/s and the backfill walks 100 rows in the next second: held,
-    # and the estimate per row (250 kB, nearly all the app's) makes the pause 50 times longer.
+    # and the estimate per row (250 kB, nearly all the app's) would make the pause 50 times longer.
     assert pace.over(2.0, 30e6, 1100) == pytest.approx(25.0)
-    assert pace.pause_after(100, 0.01) == pytest.approx(2.49)
+    assert pace.pause_after(100, 0.01) == MAX_PAUSE  # 2.49 s: a longer wait is the hold's
 
 
 def test_no_cap_no_hold_no_pause() -> None:
