@@ -332,7 +332,15 @@ def ours(
         if fill and fill[0] is not None and migrate is not None:  # migrate: the pass, then verifying
             windows.append(("  backfill pass", float(fill[0]), float(fill[1])))
             windows.append(("  verification", float(fill[1]), migrate[2]))
-        windows.extend(watch.windows() + watch.checkpoint_windows())
+        vacuums = watch.windows()
+        if fill and fill[0] is not None:  # the backfill holds while a vacuum of its table runs
+            during = sum(
+                max(0.0, min(end, float(fill[1])) - max(start, float(fill[0])))
+                for label, start, end in vacuums
+                if "pgbench_accounts" in label
+            )
+            print(f"  autovacuum of pgbench_accounts during the pass: {during:.1f} s")
+        windows.extend(vacuums + watch.checkpoint_windows())
         watch.note(windows)
 
     return run
