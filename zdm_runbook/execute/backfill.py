@@ -369,7 +369,7 @@ class BackfillEngine:
         # Three round trips: BEGIN with the range's end, the UPDATE, the checkpoint with the COMMIT
         # (pipeline mode; the timeouts are the session's: see _connect).
         with conn.pipeline() as pipe, conn.transaction():
-            end = self.statements.end(conn, lower, upper, size)
+            end = self.statements.end(conn, lower, upper, size, settle=self.state.app_busy)
             scanned = size
             if end is None:
                 scanned, end = self.statements.left(conn, lower, upper), upper

@@ -16,6 +16,23 @@ The keys travel as text, untyped, so the server reads them as the key columns' o
 the literals did, and any btree-ordered key (integer, uuid, text, composite) works the same way.
 ``RawCursor``'s placeholders are PostgreSQL's own, so a spec expression's ``%`` reaches the
 server as written (spec expressions cannot hold ``$n`` parameters: the spec reader refuses them).
+
+While the app shares the server, each batch first reads the range the batch before it wrote, in
+the same round trip (:meth:`end`; the pass's last range is read by the call that finds nothing
+left). The first read of a row after
+the transaction that wrote it commits sets its hint bits, and with data checksums on (initdb's
+default since PostgreSQL 18) or ``wal_log_hints``, the first such change to a page after a
+checkpoint writes the whole page to the WAL. Read just after the batch, the page has been changed
+in this checkpoint's cycle already and needs no second image; read by the verification after the
+pass, with checkpoints in between, every page does. Measured on 1,000,000 rows in 5,000-row
+batches (PostgreSQL 18.6, checksums on, a checkpoint between the pass and the verification): the
+verification wrote 257 to 267 MB of WAL without the read and 0 with it (the whole 674 to 690
+against 420 to 425 MB), and took 0.9 to 1.2 s against 1.3 to 1.5 s; the pass took 12 to 22%
+longer, the work moved from the verification into it. Why only while sharing: alone on the
+server a pass is short, the verification follows it within a checkpoint's cycle and needs no
+images, and the pass's own rate is what an operator waits for; beside the app, a pass lasts
+minutes, checkpoints come between, and the images the verification would write are a burst of
+WAL and disk writes the app's commits wait behind.
 """
 
 from __future__ import annotations
@@ -40,6 +57,7 @@ class BatchStatements:
     def __init__(self, key: TableKey, walk: Walk) -> None:
         self.key, self.walk = key, walk
         self._cache: dict[tuple[str, bool], bytes] = {}
+        self._written: tuple[Key | None, Key] | None = None  # the range the last UPDATE wrote
 
     def explain(self, conn: Conn, paths: list[str]) -> None:
         """Have the server plan each backfill's UPDATE of the whole table, so that a bad
@@ -78,8 +96,13 @@ class BatchStatements:
         cur.execute(self._query(conn, what, lower is not None), [*(lower or []), *upper, *more])
         return cur
 
-    def end(self, conn: Conn, lower: Key | None, upper: Key, size: int) -> Key | None:
-        """The key ``size`` rows after ``lower`` (None: fewer than ``size`` rows are left)."""
+    def end(self, conn: Conn, lower: Key | None, upper: Key, size: int, settle: bool = False) -> Key | None:
+        """The key ``size`` rows after ``lower`` (None: fewer than ``size`` rows are left); first,
+        with ``settle``, in the same round trip, the range the last batch wrote is read (see the
+        module text)."""
+        if settle and self._written is not None:
+            self._run(conn, "count", *self._written)
+        self._written = None
         row = self._run(conn, "end", lower, upper, str(size - 1)).fetchone()
         return list(row[0]) if row is not None else None
 
@@ -94,6 +117,7 @@ class BatchStatements:
         In pipeline mode (``pipe``) the UPDATE is synced here, so its time and errors are the batch's."""
         counted = self._run(conn, "counts", lower, upper) if len(self.walk.specs) > 1 else None
         cur = self._run(conn, "update", lower, upper)
+        self._written = (lower, upper)
         if pipe is not None:
             pipe.sync()
         if counted is None:
