@@ -366,8 +366,8 @@ class BackfillEngine:
             raise ConfigError("prepare() first")
         conn = self._connect()
         started = time.monotonic()
-        # Three round trips: BEGIN with the range's end, the UPDATE, the checkpoint with the COMMIT
-        # (pipeline mode; the timeouts are the session's: see _connect).
+        # Three round trips: BEGIN with the range's end (and, beside the app, a read of the last
+        # range: see batch_sql), the UPDATE, the checkpoint with the COMMIT (pipeline mode).
         with conn.pipeline() as pipe, conn.transaction():
             end = self.statements.end(conn, lower, upper, size, settle=self.state.app_busy)
             scanned = size
