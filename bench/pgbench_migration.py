@@ -56,7 +56,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from backfill import cpu_times  # a sibling bench script: bench/ is the script's sys.path[0]
@@ -163,9 +163,16 @@ AUTOVACUUM = "  autovacuum"
 CHECKPOINT = "  checkpoint"
 
 
-STOLEN: dict[str, float] = {}  # the CPU time the host stole in each window of ours, in %
-DIRTY: dict[str, float] = {}  # the most dirty page cache (MB) the kernel held to write back, per window
-WAL: dict[str, tuple[float, float]] = {}  # per window: WAL written (MB), % of samples in a checkpoint
+class Noted(NamedTuple):
+    """What :class:`ServerWatch` saw in one window."""
+
+    stolen: float  # the share (%) of the machine's CPU time the host stole
+    dirty_mb: float  # the most dirty page cache the kernel held to write back
+    wal_mb: float  # the WAL the server wrote
+    checkpointing: float  # the share (%) of samples with a checkpoint running
+
+
+NOTED: dict[str, Noted] = {}  # per window label, for the report
 
 
 def dirty_mb() -> float:
@@ -262,9 +269,12 @@ class ServerWatch:
     def note(self, windows: Windows) -> None:
         """Keep, per window, what the host stole, the most dirty page cache, the WAL written and
         the checkpoints' share, for the report."""
-        STOLEN.update({w[0]: self.stolen(w) for w in windows})
-        DIRTY.update({w[0]: self.most_dirty(w) for w in windows})
-        WAL.update({w[0]: (self.wal_mb(w), self.checkpointing(w)) for w in windows})
+        NOTED.update(
+            {
+                w[0]: Noted(self.stolen(w), self.most_dirty(w), self.wal_mb(w), self.checkpointing(w))
+                for w in windows
+            }
+        )
 
     def windows(self) -> Windows:
         """``(label, start, end)`` per stretch of one worker's query, samples at most 0.5 s apart."""
@@ -508,8 +518,11 @@ def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
         f"\nbaseline (no change): {b_n:,} transactions, p50 {b50:.2f} ms, p99 {b99:.2f} ms,"
         f" longest {b_max:.0f} ms"
     )
-    wal, share = WAL.get("baseline", (0.0, 0.0))
-    print(f"  failed transactions: {base.failed}; WAL {wal:.0f} MB, a checkpoint running {share:.0f}% of it")
+    seen = NOTED.get("baseline", Noted(0.0, 0.0, 0.0, 0.0))
+    print(
+        f"  failed transactions: {base.failed}; WAL {seen.wal_mb:.0f} MB,"
+        f" a checkpoint running {seen.checkpointing:.0f}% of it"
+    )
     for label, (n, _, p99) in base.by_window(windows[1:]).items():  # its checkpoints
         window = next(w for w in windows if w[0] == label)
         print(
@@ -541,10 +554,10 @@ def report(runs: dict[str, tuple[PgBench, Windows]]) -> None:
             row = f"{n:>8,} {p50:>9.2f} {p99:>9.2f} {ratio50:>7.2f} {ratio99:>7.2f}"
             window = next(w for w in steps if w[0] == label)
             paired = f" {p99 / before[2]:>12.2f}" if before[0] and n else ""
-            wal, ckpt = WAL.get(label, (0.0, 0.0))
+            got = NOTED.get(label)
             steal = (
-                f" {STOLEN[label]:>7.1f}% {DIRTY.get(label, 0.0):>9.0f} {wal:>7.0f} {ckpt:>4.0f}%"
-                if name == "ours" and label in STOLEN
+                f" {got.stolen:>7.1f}% {got.dirty_mb:>9.0f} {got.wal_mb:>7.0f} {got.checkpointing:>4.0f}%"
+                if name == "ours" and got is not None
                 else ""
             )
             print(f"  {label:<40} {seconds:>8.1f} {row} {_longest(bench, window):>11.0f}{paired}{steal}")
