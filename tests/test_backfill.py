@@ -292,6 +292,9 @@ def test_pause_resume_and_batch_size_from_another_session(db: str) -> None:
         time.sleep(1.0)
         assert len(engine.state.batches) <= count + 1, "no batch starts while paused"
         ledger.control_backfill(c, "fill-w", paused=False, batch_size=123)
+        assert wait_for(lambda: engine.state.steered is not None)
+        said = progress_line(engine.state)
+        assert "; steered by zdm backfill set: batch 123 rows, the rest between batches the engine's" in said
     thread.join(timeout=120)
     engine.close()
     assert engine.state.finished is not None
@@ -466,10 +469,17 @@ def test_zdm_backfill_commands_steer_a_running_backfill(db: str) -> None:
     assert "fill-w 01-backfill-backfill on public.big: running" in status.stdout
     assert "PAUSED" in status.stdout
     assert "; last batch " in status.stdout and " ago" in status.stdout
-    assert zdm("backfill", "set", "fill-w", "--batch-size", "250", env=env).returncode == 0
+    assert (
+        zdm("backfill", "set", "fill-w", "--batch-size", "250", "--pause", "100ms", env=env).returncode == 0
+    )
     assert zdm("backfill", "set", "fill-w", env=env).returncode == 2  # nothing to set: usage error
     assert zdm("backfill", "pause", "no-such-change", env=env).returncode == 2
     assert zdm("backfill", "resume", "fill-w", env=env).returncode == 0
+    steered = "steered by zdm backfill set: batch 250 rows, 100 ms between batches"
+    assert wait_for(lambda: engine.state.steered == steered)
+    assert progress_line(engine.state).endswith(f"; {steered}"), "the DBA's setting, not the duty's"
+    assert zdm("backfill", "set", "fill-w", "--auto", env=env).returncode == 0
+    assert wait_for(lambda: engine.state.steered is None)
     thread.join(timeout=120)
     engine.close()
     assert 250 in [b.size for b in engine.state.batches]
@@ -489,7 +499,9 @@ def test_verification_counts_mismatches_and_samples_their_keys(db: str) -> None:
     assert not check.ok
     assert (check.rows_checked, check.mismatches) == (30_000, 3)
     assert check.sample == [["7"], ["15000"], ["29999"]]
-    assert str(check).startswith("NOT verified public.big: 3 of 30,000 rows differ from their expression")
+    assert str(check).startswith(
+        "NOT verified public.big: 3 of 30,000 rows differ from their expression in w;"
+    )
 
 
 def test_widget_progress_draws_from_its_ticker_and_says_what_the_engine_does() -> None:

@@ -33,7 +33,7 @@ from zdm_runbook.execute.duty import DutyController, Sampler
 from zdm_runbook.execute.fill_settings import BackfillSettings, backfill_settings
 from zdm_runbook.execute.holds import hold_reason, read_health
 from zdm_runbook.execute.keyset import Key, TableKey, table_key
-from zdm_runbook.execute.progress import Batch, State
+from zdm_runbook.execute.progress import Batch, State, steered
 from zdm_runbook.execute.wal_pace import WalPace
 from zdm_runbook.execute.walk import Walk
 from zdm_runbook.ledger import checkpoints
@@ -47,8 +47,6 @@ SHRINK_ON = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)
 RETRY_ON = (*SHRINK_ON, psycopg.errors.DeadlockDetected)
 GROWTH = 1.2
 CHECK_EVERY = 0.5  # seconds between checks of the controls, replica lag and the lock queue
-
-
 Listener = Callable[[State], None]
 
 
@@ -354,6 +352,7 @@ class BackfillEngine:
             if reason is None:
                 self._checked = time.monotonic()
                 self._control = {"batch_size": batch_size, "pause_ms": pause_ms}
+                self._share(steered=steered(batch_size, pause_ms))
                 return waited, self._control
             self._tell()
             time.sleep(0.5)

@@ -54,6 +54,7 @@ class State:
     doing: str = "starting"  # what the engine is doing between batches: see activity()
     sharing: str | None = None  # how it shares the server with the app, kept across batches
     paced: str | None = None  # the pause the WAL cap set after the last batch, when it was the longer
+    steered: str | None = None  # what a DBA set with ``zdm backfill set``: see steered()
     step: str = ""  # the backfill step this is the progress of (several may share one pass)
 
     @property
@@ -129,9 +130,24 @@ def line(state: State, named: bool = False) -> str:
     )
     if state.paused:
         return f"{text}; waiting: {state.paused}"
-    paced = f"; {state.paced}" if state.paced and state.finished is None else ""
-    sharing = state.finished is None and state.app_busy and state.sharing
-    return f"{text}; {state.sharing}{paced}" if sharing else f"{text}{paced}"
+    if state.finished is not None:
+        return text
+    # A DBA's setting rules over the engine's own sharing, so the line says that, not the duty.
+    how = state.steered or (state.sharing if state.app_busy else None)
+    return text + "".join(f"; {part}" for part in (how, state.paced) if part)
+
+
+def steered(batch_size: int | None, pause_ms: int | None) -> str | None:
+    """What ``zdm backfill set`` told the engine, for the progress line: ``steered by zdm backfill
+    set: batch 250 rows, 5 ms between batches``; None when nothing is set (``--auto``).
+
+    A batch size set alone leaves the rest between batches to the engine, and the line says so."""
+    parts = [f"batch {batch_size:,} rows"] if batch_size else []
+    if pause_ms is not None:
+        parts.append(f"{pause_ms:,} ms between batches")
+    elif parts:
+        parts.append("the rest between batches the engine's")
+    return f"steered by zdm backfill set: {', '.join(parts)}" if parts else None
 
 
 def activity(state: State) -> str:
