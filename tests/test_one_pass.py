@@ -193,6 +193,8 @@ def test_the_backfills_of_one_pass_are_verified_in_one_walk(db: str) -> None:
     assert (ref.rows_checked, ref.mismatches, ref.sample) == (ROWS, 3, [["7"], ["8"], ["9"]])
     assert (currency.rows_checked, currency.mismatches) == (ROWS, 5)
     assert currency.sample == [["2"], ["40"], ["41"], ["42"], ["2999"]]
+    assert " rows differ from their expression in customer_ref; first (id): 7; 8; 9" in str(ref)
+    assert " rows differ from their expression in currency; " in str(currency), "each line names its column"
     fetched = _row_versions(db, "idx_tup_fetch") - before
     assert ROWS <= fetched < 1.5 * ROWS, f"{fetched} index fetches for {ROWS} rows: more than one walk"
     assert len(reads) == ROWS // 500 and all(r > 0 for r in reads)

@@ -32,19 +32,21 @@ class Verification:
     rows_checked: int = 0
     mismatches: int = 0
     sample: list[Key] = field(default_factory=list)
+    targets: tuple[str, ...] = ()  # the columns checked: one pass verifies several, a line each
 
     @property
     def ok(self) -> bool:
         return self.mismatches == 0
 
     def __str__(self) -> str:
+        of = f" in {', '.join(self.targets)}" if self.targets else ""
         if self.ok:
-            return f"verified {self.table}: {self.rows_checked:,} rows checked, 0 mismatches"
+            return f"verified {self.table}: {self.rows_checked:,} rows checked, 0 mismatches{of}"
         keys = "; ".join(", ".join(k) for k in self.sample)
         cols = ", ".join(self.key_columns)
         return (
             f"NOT verified {self.table}: {self.mismatches:,} of {self.rows_checked:,} rows differ from"
-            f" their expression; first ({cols}): {keys}"
+            f" their expression{of}; first ({cols}): {keys}"
         )
 
 
@@ -67,7 +69,10 @@ def verify_all(
     seconds) says how long to sleep before the next: a verification beside the app reads at the
     pass's duty, not at full speed."""
     key = table_key(conn, specs[0].table)
-    results = [Verification(str(spec.table), key.columns) for spec in specs]
+    results = [
+        Verification(str(spec.table), key.columns, targets=tuple(col for col, _ in spec.assignments))
+        for spec in specs
+    ]
     lower: Key | None = None
     while True:
         query = sql.SQL(
