@@ -30,7 +30,8 @@ def test_plan_prints_four_phases_for_every_example(spec: Path) -> None:
 
 def test_every_recipe_has_an_example() -> None:
     text = "".join(p.read_text() for p in EXAMPLES.glob("*.yaml"))
-    for recipe in ("rename_column:", "change_type:", "add_not_null_column:"):
+    recipes = ("rename_column:", "change_type:", "change_key_type:", "add_not_null_column:", "rename_table:")
+    for recipe in recipes:
         assert recipe in text
 
 
