@@ -54,6 +54,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -404,6 +405,24 @@ def fill_shape(dsn: str) -> str:
     )
 
 
+def checkpoint_log(server: LocalServer, start: float, end: float) -> list[str]:
+    """The server log's checkpoint lines (``log_checkpoints`` is on by default) between ``start``
+    and ``end`` (epoch seconds): what started each (``time``, or ``wal`` when WAL reached
+    ``max_wal_size`` first and the checkpoint is paced by WAL, not time), and what it wrote and how
+    long its write and sync phases took."""
+    found = []
+    for text in (server.data_dir / "server.log").read_text(errors="replace").splitlines():
+        if "checkpoint" not in text or " LOG: " not in text:
+            continue
+        try:  # "2026-12-03 16:50:00.123 UTC [123] LOG:  checkpoint starting: wal"
+            at = datetime.strptime(" ".join(text.split()[:3]), "%Y-%m-%d %H:%M:%S.%f %Z")
+        except ValueError:
+            continue
+        if start <= at.replace(tzinfo=UTC).timestamp() <= end:
+            found.append(f"{text.split()[1][:8]} {text.split(' LOG: ', 1)[1].strip()}")
+    return found
+
+
 def full_speed(server: LocalServer, dbname: str, scale: int, clients: int) -> float:
     """pgbench's throughput alone at full speed, tx/s (10 s after the warm-up)."""
     bench, windows = under_pgbench(server, dbname, scale, clients, idle(server.dsn(dbname), 10))
@@ -439,6 +458,14 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         help="at the fixed rate, seconds of the app alone just before the change and just after it,"
         " in the same pgbench run (10; 0: none)",
     )
+    parser.add_argument(
+        "--baseline-seconds",
+        type=float,
+        default=0.0,
+        help="at the fixed rate, run the baseline (the app alone, no change) at least this long, e.g."
+        " long enough to meet a checkpoint of its own, whose window the report shows (0: as long as"
+        " the change took)",
+    )
     return parser.parse_args(argv)
 
 
@@ -473,11 +500,20 @@ def main(argv: list[str] | None = None) -> int:
             took = max(end for _, _, end in fixed["ours"][1]) - fixed["ours"][1][0][1]
             dsn = init(server, "b_base_r", args.scale, key)
             fixed["baseline"] = under_pgbench(
-                server, "b_base_r", args.scale, args.clients, idle(dsn, max(took, 10)), rate
+                server,
+                "b_base_r",
+                args.scale,
+                args.clients,
+                idle(dsn, max(took, 10, args.baseline_seconds)),
+                rate,
             )
             # Printed now: the full-speed runs' windows have the same labels.
             print(f"\n== at a fixed rate: {rate} tx/s, half of pgbench's full-speed throughput ==")
             report(fixed)
+            for name, (_, steps) in fixed.items():
+                print(f"  the server log's checkpoints during {name} (UTC):")
+                lines = checkpoint_log(server, steps[0][1], max(end for _, _, end in steps))
+                print("\n".join(f"    {line}" for line in lines) or "    none")
             if quiet:
                 print(
                     f"  backfill: {loaded:,.0f} rows/s under this load, {quiet:,.0f} rows/s without load"
