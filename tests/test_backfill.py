@@ -24,6 +24,7 @@ import psycopg
 import pytest
 
 from zdm_runbook import ledger
+from zdm_runbook.core.durations import human_seconds
 from zdm_runbook.core.errors import ParameterError, SpecError
 from zdm_runbook.execute.backfill import BackfillEngine, BackfillSettings, backfill_settings
 from zdm_runbook.execute.phase import execute_phase
@@ -339,6 +340,8 @@ def test_a_vacuum_of_the_table_holds_the_backfill_which_resumes_by_itself(db: st
     assert engine.state.finished is not None and engine.state.rows_scanned == 40_000
     assert engine.state.batches[0].throttled_s >= 1.0  # the wait is recorded with the first batch
     assert _hold(db) is None
+    held = engine.state.held["a vacuum of the table"]
+    assert held >= 1.0 and f"; held {human_seconds(held)} (a vacuum of the table " in engine.state.summary()
 
 
 def test_a_wal_cap_holds_the_backfill_and_keeps_its_average(db: str) -> None:
@@ -368,6 +371,7 @@ def test_a_wal_cap_holds_the_backfill_and_keeps_its_average(db: str) -> None:
     assert written / seconds / 1e6 <= 1.2 * cap
     assert engine._wal.per_row is not None and engine._wal.per_row > 0  # paced per batch, not only held
     assert any("; paced to the WAL cap of 1 MB/s (" in text for text in lines)
+    assert "; held " in engine.state.summary() and " (the WAL cap " in engine.state.summary()
 
 
 def test_beside_the_app_the_pass_reads_each_batch_after_it_so_the_verification_writes_no_full_pages(

@@ -209,6 +209,13 @@ def test_a_backfill_opens_for_an_app_with_little_in_a_transaction_and_not_for_on
     opened = "rows; sharing the server with the app: batches 50% of the time (the app keeps 0."
     assert any(opened in line for line in lines), lines[-3:]
     assert lines[-1].startswith("done: ") and "sharing" not in lines[-1]
+    # The summary, the run's record, says how it shared: its measured share of the time in batches.
+    share = sum(b.seconds for b in light.state.batches) / light.state.elapsed
+    assert 0.1 < share < 0.6, share
+    assert (
+        f"; shared the server with the app: in batches {100 * share:.0f}% of the time"
+        in light.state.summary()
+    )
     with AppProbe(db, "SELECT pg_sleep(0.3)", every=0.0), AppProbe(db, "SELECT pg_sleep(0.3)", every=0.0):
         time.sleep(0.3)
         busy = backfill()

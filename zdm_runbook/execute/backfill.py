@@ -84,8 +84,7 @@ class BackfillEngine:
         self.key: TableKey | None = None
         self.statements: BatchStatements | None = None
         self.states = [State(str(self.spec.table), None, step=st.key) for st in self.steps]
-        self.table_oid = 0
-        self._checked = float("-inf")
+        self.table_oid, self._checked = 0, float("-inf")
         self._control: dict[str, Any] = {}
         self._busy_seen: bool | None = None  # None: no check yet
         self._wal = WalPace(self.settings.max_wal_mb_per_s)
@@ -337,7 +336,7 @@ class BackfillEngine:
             if busy_now == self._busy_seen or self._busy_seen is None:
                 self._share(app_busy=busy_now)
             self._busy_seen = busy_now
-            reason = hold_reason(
+            hold = hold_reason(
                 health,
                 str(self.spec.table),
                 paused=paused,
@@ -345,11 +344,12 @@ class BackfillEngine:
                 wal_rate=self._wal.over(health.at, health.wal_bytes, self.state.rows_scanned),
                 max_wal_mb_per_s=self.settings.max_wal_mb_per_s,
             )
+            reason = hold.text if hold else None
             if reason != self.state.paused:  # the ledger says why it waits: written when that changes
                 for st in self.steps:
                     checkpoints.set_hold(conn, self.change_id, st.key, reason)
             self._share(paused=reason)
-            if reason is None:
+            if hold is None:
                 self._checked = time.monotonic()
                 self._control = {"batch_size": batch_size, "pause_ms": pause_ms}
                 self._share(steered=steered(batch_size, pause_ms))
@@ -357,6 +357,7 @@ class BackfillEngine:
             self._tell()
             time.sleep(0.5)
             waited += 0.5
+            self._share(held={**self.state.held, hold.kind: self.state.held.get(hold.kind, 0.0) + 0.5})
 
     def _batch(
         self, lower: Key | None, upper: Key, size: int, retries: int, throttled: float

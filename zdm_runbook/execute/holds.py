@@ -66,6 +66,15 @@ def read_health(conn: Conn, table_oid: int) -> Health:
     return Health(int(queued or 0), lag, int(busy or 0), vacuum, float(wal or 0.0), time.monotonic())
 
 
+@dataclass(frozen=True)
+class Hold:
+    """Why the backfill waits: ``text`` for its progress and the ledger (with pids, lag, rates);
+    ``kind``, the same for every hold of its sort, for the summary's time held per kind."""
+
+    kind: str
+    text: str
+
+
 def hold_reason(
     now: Health,
     table: str,
@@ -74,17 +83,17 @@ def hold_reason(
     max_replay_lag: float,
     wal_rate: float | None = None,
     max_wal_mb_per_s: int = 0,
-) -> str | None:
+) -> Hold | None:
     """Why the backfill must wait now (the first reason that applies), or None. ``wal_rate``: the
     average WAL rate (MB/s) when :class:`~.wal_pace.WalPace` found it over ``max_wal_mb_per_s``."""
     if paused:
-        return "paused (zdm backfill resume lifts it)"
+        return Hold("paused", "paused (zdm backfill resume lifts it)")
     if now.vacuum:
-        return f"{now.vacuum} is vacuuming {table}"
+        return Hold("a vacuum of the table", f"{now.vacuum} is vacuuming {table}")
     if now.replay_lag_s is not None and now.replay_lag_s > max_replay_lag:
-        return f"replica lag {now.replay_lag_s:.0f} s > {max_replay_lag:g} s"
+        return Hold("replica lag", f"replica lag {now.replay_lag_s:.0f} s > {max_replay_lag:g} s")
     if wal_rate is not None:
-        return f"WAL written at {wal_rate:.0f} MB/s > {max_wal_mb_per_s} MB/s"
+        return Hold("the WAL cap", f"WAL written at {wal_rate:.0f} MB/s > {max_wal_mb_per_s} MB/s")
     if now.queued:
-        return f"{now.queued} session(s) queued for a lock on {table}"
+        return Hold("a lock queue on the table", f"{now.queued} session(s) queued for a lock on {table}")
     return None

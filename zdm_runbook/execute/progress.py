@@ -55,6 +55,7 @@ class State:
     sharing: str | None = None  # how it shares the server with the app, kept across batches
     paced: str | None = None  # the pause the WAL cap set after the last batch, when it was the longer
     steered: str | None = None  # what a DBA set with ``zdm backfill set``: see steered()
+    held: dict[str, float] = field(default_factory=dict)  # seconds held, per kind of hold (.holds)
     step: str = ""  # the backfill step this is the progress of (several may share one pass)
 
     @property
@@ -87,8 +88,20 @@ class State:
         return (
             f"{self.title}: {self.rows_scanned:,} rows scanned,"
             f" {self.rows_updated:,} updated{run};"
-            f" {self.retries} batch retries, {self.reconnects} reconnects"
+            f" {self.retries} batch retries, {self.reconnects} reconnects{self._how()}"
         )
+
+    def _how(self) -> str:
+        """How this run went beside the app, for the record: its share of the time in batches when
+        it shared the server, and the time it held, per kind of hold."""
+        how = ""
+        if self.sharing and self.elapsed > 0:
+            busy = sum(b.seconds for b in self.batches) / self.elapsed
+            how = f"; shared the server with the app: in batches {100 * busy:.0f}% of the time"
+        if self.held:
+            kinds = ", ".join(f"{kind} {human_seconds(s)}" for kind, s in self.held.items())
+            how += f"; held {human_seconds(sum(self.held.values()))} ({kinds})"
+        return how
 
 
 def frame(state: State) -> pd.DataFrame:
