@@ -60,7 +60,7 @@ class PerBatch:
             self._last = now
             with self.chart:
                 self.chart.clear_output(wait=True)
-                show(backfill_figure(frame(state), state.table))
+                show(backfill_figure(frame(state), state.title))
     def close(self):
         pass
 

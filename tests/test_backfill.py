@@ -31,7 +31,7 @@ from zdm_runbook.execute.phase import execute_phase
 from zdm_runbook.execute.progress import LogProgress, frame
 from zdm_runbook.execute.progress import line as progress_line
 from zdm_runbook.execute.verify import verify
-from zdm_runbook.notebook.charts import backfill_figure, png, show
+from zdm_runbook.notebook.charts import backfill_figure, held_spans, png, show, wall_rate
 from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.change import parse_change
 from zdm_runbook.spec.model import Phase
@@ -342,6 +342,18 @@ def test_a_vacuum_of_the_table_holds_the_backfill_which_resumes_by_itself(db: st
     assert _hold(db) is None
     held = engine.state.held["a vacuum of the table"]
     assert held >= 1.0 and f"; held {human_seconds(held)} (a vacuum of the table " in engine.state.summary()
+    # The chart shades the hold, and its rate is per second of wall time: nothing while held.
+    batches = frame(engine.state)
+    (start, end), *_ = held_spans(batches)
+    assert end - start >= 1.0 and end <= batches.at_s.iloc[0]
+    edges, rates = wall_rate(batches)
+    inside = [r for lo, hi, r in zip(edges, edges[1:], rates, strict=False) if lo >= start and hi <= end]
+    assert inside and not any(inside)
+    assert sum(r * (hi - lo) for lo, hi, r in zip(edges, edges[1:], rates, strict=False)) == pytest.approx(
+        40_000
+    )
+    figure = backfill_figure(batches, engine.state.title)
+    assert all(len(ax.patches) >= 1 for ax in figure.axes), "the hold is shaded on every panel"
 
 
 def test_a_wal_cap_holds_the_backfill_and_keeps_its_average(db: str) -> None:

@@ -62,8 +62,8 @@ def test_two_backfills_have_a_view_and_a_chart_each_and_count_rows_per_table(spe
     charts = [o["metadata"]["image/png"]["alt"] for o in outputs if "image/png" in o.get("data", {})]
     assert len(views) == 2, "one progress view per backfill, not one bar reused"
     assert charts == [
-        "backfill chart of orders-two 01-change_type-backfill: public.orders",
-        "backfill chart of orders-two 02-change_type-backfill: public.orders",
+        "chart of the backfill 01-change_type-backfill of public.orders (orders-two)",
+        "chart of the backfill 02-change_type-backfill of public.orders (orders-two)",
     ]
     summary = "".join(o.get("text", "") for o in _cell(nb, "rb.summary()").outputs)
     assert "public.orders backfilled (20,000 rows, 2 backfill steps)" in summary

@@ -162,7 +162,9 @@ def test_archived_html_holds_plan_lock_report_chart_and_signoff(orders_env: str,
     assert "RowExclusiveLock per batch" in page  # what it locks
     assert "GO: preflight on orders" in page  # the lock report
     assert page.count("data:image/png;base64,") >= 1  # the backfill chart
-    assert page.count('alt="backfill chart of orders-ref 01-change_type-backfill: public.orders"') == 1
+    assert (
+        page.count('alt="chart of the backfill 01-change_type-backfill of public.orders (orders-ref)"') == 1
+    )
     assert "signed off by alice" in page and "CHG-1" in page
     assert "PostgreSQL 1" in page  # the server version in the header
 

@@ -12,12 +12,19 @@ from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import StrMethodFormatter
 
 from zdm_runbook.core.display import display
 
 
 def backfill_figure(batches: pd.DataFrame, title: str, live: bool = False) -> Figure:
-    """Four panels over time: rows done, rate (rows/s), batch duration, batch size.
+    """Four panels over time: rows done, rows/s, batch duration, batch size; the stretches the
+    engine held (``throttled_s``: a vacuum of the table, replica lag, the WAL cap, a lock queue, a
+    pause) shaded on each.
+
+    The rate is rows per second of wall time, in bins of about a hundredth of the run (at least
+    0.2 s), so a hold reads as the rate falling to zero rather than as a line drawn across it; the
+    rate within each batch is what the duration panel shows.
 
     ``live``: the chart redrawn while a backfill runs, with fixed margins instead of
     ``tight_layout`` (which draws the figure once more to measure it): half the drawing time."""
@@ -27,23 +34,55 @@ def backfill_figure(batches: pd.DataFrame, title: str, live: bool = False) -> Fi
     t = batches["at_s"]
     done.plot(t, batches["rows_done"], color="tab:blue")
     done.set_ylabel("rows done")
-    seconds = batches["seconds"].where(batches["seconds"] > 0)
-    rate.plot(t, batches["rows_scanned"] / seconds, color="tab:green", linewidth=0.8)
-    rate.set_ylabel("rows/s (per batch)")
+    edges, per_second = wall_rate(batches)
+    rate.stairs(per_second, edges, color="tab:green", fill=True, alpha=0.8)
+    rate.set_ylabel("rows/s")
     duration.plot(t, batches["seconds"] * 1000, color="tab:orange", linewidth=0.8)
     duration.set_ylabel("batch duration (ms)")
     size.step(t, batches["batch_size"], where="post", color="tab:purple")
     size.set_ylabel("batch size (rows)")
     for ax in (duration, size):
         ax.set_xlabel("seconds since start")
+    holds = held_spans(batches)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"backfill of {title}")
+        for n, (start, end) in enumerate(holds):
+            ax.axvspan(start, end, color="0.6", alpha=0.3, linewidth=0, label="held" if n == 0 else None)
+    if holds:
+        done.legend(loc="upper left", frameon=False)
+    for ax in (done, rate, size):
+        ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    fig.suptitle(title)
     if live:
         fig.subplots_adjust(left=0.09, right=0.98, top=0.92, bottom=0.09, wspace=0.28, hspace=0.12)
     else:
         fig.tight_layout()
     return fig
+
+
+def wall_rate(batches: pd.DataFrame) -> tuple[list[float], list[float]]:
+    """Rows scanned per second of wall time: bin edges and each bin's rate (bins with no batch
+    committed read 0). Bins are a hundredth of the run, at least 0.2 s."""
+    if batches.empty:
+        return [0.0, 1.0], [0.0]
+    end = float(batches["at_s"].max())
+    width = max(0.2, end / 100)
+    count = int(end // width) + 1
+    rows = [0.0] * count
+    for at, scanned in zip(batches["at_s"], batches["rows_scanned"], strict=True):
+        rows[min(count - 1, int(float(at) // width))] += float(scanned)
+    return [i * width for i in range(count + 1)], [r / width for r in rows]
+
+
+def held_spans(batches: pd.DataFrame) -> list[tuple[float, float]]:
+    """``(start, end)`` seconds of each stretch the engine held: the ``throttled_s`` recorded with
+    a batch ended when that batch began."""
+    spans = []
+    for at, seconds, held in zip(batches["at_s"], batches["seconds"], batches["throttled_s"], strict=True):
+        if held and held > 0:
+            began = float(at) - float(seconds)
+            spans.append((max(0.0, began - float(held)), began))
+    return spans
 
 
 def png(fig: Figure, dpi: int = 90) -> bytes:

@@ -97,7 +97,10 @@ def backfill_charts(dsn_env: str = "ZDM_DSN") -> int:
         frame = status.batches(conn)
     count = 0
     for (change, step, table), part in frame.groupby(["change", "step", "table"], sort=True):
-        show(backfill_figure(part, f"{change} {step}: {table}"), alt=f"backfill chart of {change} {step}")
+        show(
+            backfill_figure(part, f"backfill {step} of {table} ({change})"),
+            alt=f"backfill chart of {change} {step}",
+        )
         count += 1
     if not count:
         print("no backfill has committed a batch in this database")

@@ -276,8 +276,8 @@ class Runbook:
                     view.close()
                     state = self.fills.get(key)
                     if state is not None and state.batches:
-                        title = f"{self.change_id} {key}: {state.table}"
-                        show(backfill_figure(frame(state), title), alt=f"backfill chart of {title}")
+                        title = f"{state.title} ({self.change_id})"
+                        show(backfill_figure(frame(state), title), alt=f"chart of the {title}")
 
         executor = Executor(
             session.worker,

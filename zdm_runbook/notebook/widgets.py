@@ -85,7 +85,7 @@ class WidgetProgress:
         due = now - self._chart_at >= max(self.chart_every, 5 * self._chart_cost)
         if not final and batches >= 2 and batches != self._charted and due:
             self._charted = batches
-            figure = backfill_figure(frame(state), f"{state.table}, {batches:,} batches so far", live=True)
+            figure = backfill_figure(frame(state), f"{state.title}, {batches:,} batches so far", live=True)
             image = png(figure, dpi=72)
             self._chart_cost, self._chart_at = time.monotonic() - now, time.monotonic()
             self._set(self.chart, "value", image)
