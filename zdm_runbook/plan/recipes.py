@@ -269,6 +269,19 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
         f"{table} RowShareLock: reads and writes go on",
     )
     b.add(
+        "fk-attach",
+        Phase.SWITCH,
+        "PostgreSQL before 18: add each partitioned referencing table's twin, valid; it attaches the"
+        " partitions' validated twins, no scan (18 and later: nothing to do)",
+        keyswap.attach_replacement_fks(table, key, shadow),
+        keyswap.replacements_done(table, key, validated=True),
+        (table,),
+        superseded_when=swapped,
+        locks=f"before 18, where a partitioned table references the key: {table} AccessExclusiveLock (the"
+        " partitions' own triggers on it are dropped), then each referencing table and its partitions"
+        " ShareRowExclusiveLock (catalog: attaches validated twins, no scan); otherwise none",
+    )
+    b.add(
         "swap",
         Phase.SWITCH,
         f"swap {key} and {shadow} in one short transaction (locks {table}, then its referencing tables"
