@@ -50,7 +50,7 @@ from zdm_runbook.spec.operations import (
 
 def check_change(conn: psycopg.Connection[Any], change: Change) -> list[Problem]:
     """Every problem found replaying ``change`` over the catalog of ``conn`` (empty if none)."""
-    state = CatalogState(conn)
+    state = CatalogState(conn, operations=tuple(change.operations))
     problems: list[Problem] = []
     with conn.transaction(force_rollback=True):
         conn.execute("SET TRANSACTION READ ONLY")

@@ -26,6 +26,7 @@ class CatalogState:
 
     conn: psycopg.Connection[Any]
     tables: dict[Table, dict[str, str] | None] = field(default_factory=dict)
+    operations: tuple[Any, ...] = ()  # the whole spec's, for checks that look at other operations
 
     def columns(self, table: Table) -> dict[str, str] | None:
         if table not in self.tables:

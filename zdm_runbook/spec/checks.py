@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from zdm_runbook.core.errors import Problem
 from zdm_runbook.spec.catalog_state import CatalogState, check_expr, check_new_column, need_columns
+from zdm_runbook.spec.key_dependents import check_key_dependents
 from zdm_runbook.spec.keys import key_facts, key_type_problem
 from zdm_runbook.spec.model import Phase, Table
 from zdm_runbook.spec.operations import (
@@ -137,6 +138,10 @@ def check_change_key_type(
         return
     if facts is not None and facts.type != wanted:  # before the swap: the shadow is the new type
         check_new_column(state, cols, op.table, op.new_column, op.type, f"{path}.new_column", problems)
+        check_key_dependents(state.conn, op, state.operations, path, problems)
+    else:  # swapped: the shadow holds the old key, until contract drops it; a later operation that
+        # names it (a twin index, see key_dependents) was for before the swap, and is built by then
+        cols.setdefault(op.new_column, "integer")
 
 
 def check_drop_not_null(

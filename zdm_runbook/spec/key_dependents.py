@@ -1,0 +1,141 @@
+"""What else uses a key that ``change_key_type`` widens, and would be lost or left behind by it.
+
+The swap moves the key's own constraint, its sequence or identity, and every one-column foreign
+key that references it, to the bigint column, which then takes the key's name. Everything else
+that uses the key column follows the column, not the name: PostgreSQL binds it by attribute
+number. After the swap it still uses the old int column, which reads NULL past the int range, and
+contract drops that column, which silently takes an index or a constraint on it along (measured on
+18.6: an index on ``(name, id)`` and one on ``(id % 10)`` were gone after contract), or fails on a
+view. So the catalog check refuses the change while any such object exists, naming each, and for
+an index the ``create_index`` that twins it on the new column: the swap then moves the twin under
+the key's name, and contract drops the old index with the old column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from zdm_runbook.core.errors import Problem
+from zdm_runbook.spec.model import Table
+from zdm_runbook.spec.operations import ChangeKeyType, CreateIndex, Operation
+from zdm_runbook.spec.sqltext import regclass
+
+Q = sql.SQL
+
+# Every object that depends on the key column, less what the swap moves or the recipe owns: the
+# key constraint and its index, the column's own default and sequence, PostgreSQL 18's named NOT
+# NULL, one-column foreign keys that reference the key (twinned), and the dual-write's triggers.
+_DEPENDENTS = Q("""
+WITH k AS (SELECT a.attrelid AS rel, a.attnum FROM pg_attribute a
+            WHERE a.attrelid = {table} AND a.attname = {column} AND NOT a.attisdropped),
+key AS (SELECT c.oid, c.conindid FROM pg_constraint c, k
+         WHERE c.conrelid = k.rel AND c.contype IN ('p', 'u') AND c.conkey = ARRAY[k.attnum])
+SELECT DISTINCT CASE WHEN d.classid = 'pg_rewrite'::regclass  -- a view's rule: name the view
+         THEN pg_describe_object('pg_class'::regclass,
+                                 (SELECT ev_class FROM pg_rewrite WHERE oid = d.objid), 0)
+         ELSE pg_describe_object(d.classid, d.objid, 0) END AS what,
+       CASE WHEN d.classid = 'pg_class'::regclass THEN d.objid::regclass::text END AS index,
+       CASE WHEN d.classid = 'pg_class'::regclass THEN (SELECT i.indexprs IS NULL AND i.indpred IS NULL
+         FROM pg_index i WHERE i.indexrelid = d.objid) END AS plain,
+       CASE WHEN d.classid = 'pg_class'::regclass THEN ARRAY(
+         SELECT a.attname::text FROM pg_index i
+          CROSS JOIN LATERAL unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY u(n, o)
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = u.n
+          WHERE i.indexrelid = d.objid ORDER BY u.o) END AS columns
+  FROM pg_depend d, k
+ WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = k.rel AND d.refobjsubid = k.attnum
+   AND d.deptype IN ('n', 'a')
+   AND NOT (d.classid = 'pg_class'::regclass AND (d.objid IN (SELECT conindid FROM key)
+            OR (SELECT relkind FROM pg_class WHERE oid = d.objid) = 'S'))
+   AND NOT (d.classid = 'pg_constraint'::regclass AND d.objid IN (
+            SELECT c.oid FROM pg_constraint c WHERE c.oid IN (SELECT oid FROM key)
+               OR (c.contype = 'n' AND c.conrelid = k.rel)
+               OR (c.contype = 'f' AND c.confrelid = k.rel AND c.confkey = ARRAY[k.attnum])))
+   AND NOT (d.classid = 'pg_attrdef'::regclass
+            AND d.objid IN (SELECT oid FROM pg_attrdef WHERE adrelid = k.rel AND adnum = k.attnum))
+   AND NOT (d.classid = 'pg_trigger'::regclass
+            AND d.objid IN (SELECT oid FROM pg_trigger WHERE tgname LIKE 'zdm\\_%%'))
+ ORDER BY 1
+""")
+
+
+@dataclass(frozen=True)
+class Dependent:
+    """One object that uses the key column: how PostgreSQL names it, and for an index its name,
+    whether it is a plain list of columns (no expression, no predicate), and its key columns."""
+
+    what: str
+    index: str | None
+    plain: bool | None
+    columns: list[str] | None
+
+
+def dependents(conn: psycopg.Connection[Any], table: Table, column: str) -> list[Dependent]:
+    """The objects that use ``table.column`` and that the swap would leave on the old column."""
+    rows = conn.execute(
+        _DEPENDENTS.format(table=regclass(table.schema, table.name), column=sql.Literal(column))
+    ).fetchall()
+    return [Dependent(str(r[0]), r[1], r[2], list(r[3]) if r[3] is not None else None) for r in rows]
+
+
+def _twinned(dep: Dependent, op: ChangeKeyType, operations: tuple[Operation, ...]) -> bool:
+    """Whether the spec builds the index's twin on the new column: a ``create_index`` on the table
+    with the same columns, the new column for the key (a plain index); for an index with an
+    expression or a predicate, one whose columns, expression or predicate name the new column."""
+    for other in operations:
+        if not isinstance(other, CreateIndex) or other.table != op.table:
+            continue
+        if dep.plain and dep.columns is not None:
+            wanted = tuple(op.new_column if c == op.column else c for c in dep.columns)
+            if other.columns == wanted:
+                return True
+            continue
+        named = set(other.columns or ())
+        for expr in (other.expression, other.where):
+            named |= expr.columns if expr is not None else set()
+        if op.new_column in named:
+            return True
+    return False
+
+
+def _advice(dep: Dependent, op: ChangeKeyType) -> str:
+    if dep.index is None:
+        return "drop it before the change and create it again after switch"
+    name = dep.index.rsplit(".", 1)[-1][:55] + "_" + op.type.text.replace(" ", "_")
+    if dep.plain and dep.columns is not None:
+        cols = ", ".join(op.new_column if c == op.column else c for c in dep.columns)
+        return (
+            f"twin it on the new column in this spec, after this operation: create_index: {{table:"
+            f" {op.table}, name: {name}, columns: [{cols}]}}; the swap moves the twin to {op.column},"
+            " and contract drops the old index with the old column"
+        )
+    return (
+        f"twin it on {op.new_column} in this spec, after this operation: a create_index whose"
+        f" expression or where names {op.new_column} where the old one names {op.column}"
+    )
+
+
+def check_key_dependents(
+    conn: psycopg.Connection[Any],
+    op: ChangeKeyType,
+    operations: tuple[Operation, ...],
+    path: str,
+    problems: list[Problem],
+) -> None:
+    """A problem per object that uses the key and that the spec does not take care of."""
+    for dep in dependents(conn, op.table, op.column):
+        if dep.index is not None and _twinned(dep, op, operations):
+            continue
+        problems.append(
+            Problem(
+                f"{path}.column",
+                f"{op.table}.{op.column} is used by {dep.what}: after the swap it would stay on the old"
+                f" column ({op.new_column}), whose values read NULL past its range, and contract drops"
+                f" that column ({'and the index with it' if dep.index else 'or fails on it'});"
+                f" {_advice(dep, op)}",
+            )
+        )
