@@ -43,6 +43,7 @@ def test_what_else_uses_the_key_is_refused_by_name_before_anything_runs(
         conn.execute(SCHEMA.encode())
         conn.execute("CREATE VIEW recent AS SELECT id, name FROM customers WHERE id > 400")
         conn.execute("ALTER TABLE customers ADD CONSTRAINT customers_id_small CHECK (id < 1000000)")
+        conn.execute("ALTER TABLE customers ADD CONSTRAINT customers_id_key UNIQUE (id)")  # a second key
         conn.execute("CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'")
         conn.execute(
             "CREATE TRIGGER audit_id BEFORE UPDATE OF id ON customers FOR EACH ROW EXECUTE FUNCTION noop()"
@@ -56,6 +57,7 @@ def test_what_else_uses_the_key_is_refused_by_name_before_anything_runs(
         "public.customers.id is used by view recent",
         "public.customers.id is used by constraint customers_id_small on table customers",
         "public.customers.id is used by trigger audit_id on table customers",
+        "public.customers.id is used by constraint customers_id_key on table customers",
     }
     assert all(p.path == "operations[0].change_key_type.column" for p in problems)
     plain = next(p.message for p in problems if "index customers_name_id:" in p.message)

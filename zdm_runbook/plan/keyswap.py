@@ -160,8 +160,9 @@ BEGIN
       EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', clone.part, {twin}, f.conname);
     END LOOP;
   END LOOP;
-  SELECT conname, contype INTO kc FROM pg_constraint
-    WHERE conrelid = p AND contype IN ('p', 'u') AND conkey = ARRAY[katt]::int2[];
+  SELECT conname, contype INTO kc FROM pg_constraint  -- a second one is refused by the check
+    WHERE conrelid = p AND contype IN ('p', 'u') AND conkey = ARRAY[katt]::int2[]
+    ORDER BY contype, conname LIMIT 1;
   IF kc.conname IS NOT NULL THEN
     EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', p, kc.conname);
   END IF;

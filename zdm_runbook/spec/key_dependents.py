@@ -32,8 +32,9 @@ Q = sql.SQL
 _DEPENDENTS = Q("""
 WITH k AS (SELECT a.attrelid AS rel, a.attnum FROM pg_attribute a
             WHERE a.attrelid = {table} AND a.attname = {column} AND NOT a.attisdropped),
-key AS (SELECT c.oid, c.conindid FROM pg_constraint c, k
-         WHERE c.conrelid = k.rel AND c.contype IN ('p', 'u') AND c.conkey = ARRAY[k.attnum])
+key AS (SELECT c.oid, c.conindid FROM pg_constraint c, k  -- the one the swap moves
+         WHERE c.conrelid = k.rel AND c.contype IN ('p', 'u') AND c.conkey = ARRAY[k.attnum]
+         ORDER BY c.contype, c.conname LIMIT 1)
 SELECT DISTINCT CASE WHEN d.classid = 'pg_rewrite'::regclass  -- a view's rule: name the view
          THEN pg_describe_object('pg_class'::regclass,
                                  (SELECT ev_class FROM pg_rewrite WHERE oid = d.objid), 0)
