@@ -161,6 +161,36 @@ def test_rename_table_leaves_a_view_the_old_app_reads_and_writes(accounts: str, 
     assert _as(dsn, app_role, "SELECT count(*) FROM users") == [(200,)]
 
 
+def test_what_the_old_app_can_and_cannot_do_through_the_rename_view(accounts: str, app_role: str) -> None:
+    """What the README says of rename_table's view, measured: upserts and row locks work; COPY
+    into it does not, nor MERGE before PostgreSQL 17."""
+    dsn = accounts
+    apply_phase(dsn, build_plan(parse_change(RENAME)), "expand")
+    works = _as(
+        dsn,
+        app_role,
+        "INSERT INTO accounts (id, email) VALUES (400, 'a1@example.org')"
+        " ON CONFLICT (email) DO UPDATE SET nick = 'upserted' RETURNING nick",
+        "SELECT id FROM accounts WHERE email = 'a1@example.org' FOR UPDATE",
+        "DO $$ BEGIN LOCK TABLE accounts IN ROW EXCLUSIVE MODE; END $$",
+    )
+    assert works == [("upserted",), (1,), -1]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"SET ROLE {app_role}".encode())
+        with (
+            pytest.raises(psycopg.errors.WrongObjectType, match='cannot copy to view "accounts"'),
+            conn.cursor().copy("COPY accounts (id, email) FROM STDIN") as copy,
+        ):
+            copy.write_row((401, "copied@example.org"))
+        version = conn.info.server_version
+        merge = "MERGE INTO accounts a USING (SELECT 2 AS id) s ON a.id = s.id WHEN MATCHED THEN UPDATE SET nick = 'm'"
+        if version < 170000:
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match="cannot execute MERGE on relation"):
+                conn.execute(merge.encode())
+        else:
+            assert conn.execute(merge.encode()).rowcount == 1
+
+
 @pytest.mark.parametrize(
     ("spec", "problem"),
     [
