@@ -66,6 +66,35 @@ def test_a_validated_not_null_check_makes_set_not_null_cheap(
     assert "set-not-null-scan" in _rules(shop, "ALTER TABLE orders ALTER COLUMN note SET NOT NULL")
 
 
+@pytest.mark.parametrize(
+    ("setup", "scans"),
+    [
+        ("", True),
+        ("ALTER TABLE keys ALTER COLUMN id SET NOT NULL", False),
+        ("ALTER TABLE keys ADD CONSTRAINT keys_id_nn CHECK (id IS NOT NULL)", False),
+    ],
+    ids=["nullable", "not-null", "proven-by-check"],
+)
+def test_primary_key_using_index_scans_unless_its_columns_are_not_null(
+    shop: psycopg.Connection[tuple[object, ...]], setup: str, scans: bool
+) -> None:
+    """Labelled by PostgreSQL itself: at DEBUG1 it says "verifying table" when it scans for the
+    NOT NULL a primary key needs, and the lint's verdict must agree."""
+    shop.execute("CREATE TABLE keys (id int, v text); CREATE UNIQUE INDEX keys_id ON keys (id)")  # type: ignore[arg-type]
+    if setup:
+        shop.execute(setup.encode())
+    statement = "ALTER TABLE keys ADD CONSTRAINT keys_pkey PRIMARY KEY USING INDEX keys_id"
+    rules = _rules(shop, statement)
+    assert ("primary-key-using-index-scan" in rules) == scans
+    assert ("primary-key-using-index-proven" in rules) == (not scans)
+    said: list[str] = []
+    shop.add_notice_handler(lambda d: said.append(d.message_primary or ""))
+    with shop.transaction(force_rollback=True):
+        shop.execute("SET LOCAL client_min_messages = debug1")
+        shop.execute(statement.encode())
+    assert ('verifying table "keys"' in said) == scans, said
+
+
 def test_dependents_of_a_dropped_or_renamed_column_are_named(
     shop: psycopg.Connection[tuple[object, ...]],
 ) -> None:

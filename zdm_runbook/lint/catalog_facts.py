@@ -152,7 +152,34 @@ def refine(conn: Conn, a: Analysis, node: Any, found: list[Finding], version: in
     cheap_type = None
     if "AT_AlterColumnType" in columns.values() and isinstance(node, ast.AlterTableStmt):
         cheap_type = rewrites(conn, node) is False
-    return [_refined(conn, f, columns, table, cheap_type, version) for f in found]
+    refined = [_refined(conn, f, columns, table, cheap_type, version) for f in found]
+    return [_key_refined(conn, f, node, table, version) for f in refined]
+
+
+def _key_refined(conn: Conn, f: Finding, node: Any, table: tuple[str, ...], version: int) -> Finding:
+    """ADD PRIMARY KEY USING INDEX: no scan when every column of the index is already NOT NULL
+    or proven so by a validated CHECK (PostgreSQL 12+), read from the catalog."""
+    if f.rule != "primary-key-using-index-scan" or version < 12:
+        return f
+    index = next((str(c.def_.indexname) for c in node.cmds or () if getattr(c.def_, "indexname", None)), None)
+    try:
+        with conn.transaction():
+            rows = conn.execute(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+                " AND a.attnum = ANY (i.indkey) WHERE i.indexrelid = to_regclass(%s)",
+                [regclass_text((*table[:-1], index or ""))],
+            ).fetchall()
+    except psycopg.Error:
+        return f
+    if rows and all(not_null_proven(conn, table, str(r[0])) is True for r in rows):
+        return replace(
+            f,
+            rule="primary-key-using-index-proven",
+            severity="info",
+            message="every key column is NOT NULL, or proven so by a validated CHECK: no scan",
+            safe_alternative="none needed",
+        )
+    return f
 
 
 def _refined(

@@ -197,6 +197,14 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
                         "this constraint builds its index under AccessExclusiveLock",
                         "CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT … USING INDEX",
                     )
+                elif kind == ConstrType.CONSTR_PRIMARY:  # USING INDEX: no build, but NOT NULL
+                    add(
+                        "primary-key-using-index-scan",
+                        "warning",
+                        "ADD PRIMARY KEY USING INDEX first makes each key column NOT NULL: a full scan"
+                        " under AccessExclusiveLock for any column not already NOT NULL (or proven so)",
+                        f"for each key column that may be NULL: {_NOT_NULL}; then add the key",
+                    )
             elif sub == "AT_DetachPartition" and getattr(cmd.def_, "concurrent", False) and version < 14:
                 add(
                     "detach-concurrently-version",
