@@ -95,6 +95,29 @@ def test_primary_key_using_index_scans_unless_its_columns_are_not_null(
     assert ('verifying table "keys"' in said) == scans, said
 
 
+def test_row_security_hides_the_rows_from_the_old_app_as_the_warning_says(
+    shop: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    """What the warning claims, measured: once enabled with no policy, a role with the table's
+    grants reads no rows and cannot insert; the owner still can; DISABLE has no warning."""
+    rules = _rules(shop, "ALTER TABLE orders ENABLE ROW LEVEL SECURITY")
+    assert "enable-row-security" in rules and "the table's owner" in rules["enable-row-security"]
+    assert "enable-row-security" in _rules(shop, "ALTER TABLE orders FORCE ROW LEVEL SECURITY")
+    assert "enable-row-security" not in _rules(shop, "ALTER TABLE orders DISABLE ROW LEVEL SECURITY")
+    role = f"zdm_rls_{abs(hash(shop.info.dsn)) % 10**8}"
+    shop.execute(f"CREATE ROLE {role}; GRANT SELECT, INSERT ON orders TO {role}".encode())
+    try:
+        with shop.transaction(force_rollback=True):
+            shop.execute("ALTER TABLE orders ENABLE ROW LEVEL SECURITY")
+            assert shop.execute("SELECT count(*) FROM orders").fetchone() == (1,), "the owner still reads"
+            shop.execute(f"SET LOCAL ROLE {role}".encode())
+            assert shop.execute("SELECT count(*) FROM orders").fetchone() == (0,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+                shop.execute("INSERT INTO orders (id, code) VALUES (2, 'y')")
+    finally:
+        shop.execute(f"DROP OWNED BY {role}; DROP ROLE {role}".encode())
+
+
 def test_dependents_of_a_dropped_or_renamed_column_are_named(
     shop: psycopg.Connection[tuple[object, ...]],
 ) -> None:
