@@ -118,6 +118,32 @@ def test_row_security_hides_the_rows_from_the_old_app_as_the_warning_says(
         shop.execute(f"DROP OWNED BY {role}; DROP ROLE {role}".encode())
 
 
+def test_if_not_exists_skips_an_invalid_index_and_the_catalog_says_when_one_is_there(
+    shop: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    """Measured: a failed concurrent build leaves an INVALID index; CREATE INDEX CONCURRENTLY IF NOT
+    EXISTS of that name then succeeds and changes nothing. The lint says so from the catalog."""
+    statement = "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS dup_x ON dup (x)"
+    shop.execute("CREATE TABLE dup (x int); INSERT INTO dup VALUES (1), (1)")  # type: ignore[arg-type]
+    assert rules_severity(shop, statement) == "info", "no index of that name yet"
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        shop.execute("CREATE UNIQUE INDEX CONCURRENTLY dup_x ON dup (x)")
+    shop.execute("DELETE FROM dup WHERE ctid = (SELECT max(ctid) FROM dup)")
+    assert rules_severity(shop, statement) == "error"
+    shop.execute(statement.encode())  # succeeds: skipped with a NOTICE
+    assert shop.execute(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'dup_x'::regclass"
+    ).fetchone() == (False,)
+
+
+def rules_severity(conn: psycopg.Connection[tuple[object, ...]], statement: str) -> str:
+    version_row = conn.execute("SHOW server_version_num").fetchone()
+    version = int(str(version_row[0])) // 10000 if version_row else 18
+    _, findings = lint_text(PRELUDE + statement, "m.sql", version, conn=conn)
+    (found,) = [f for f in findings if f.rule == "concurrent-index-if-not-exists"]
+    return found.severity
+
+
 def test_dependents_of_a_dropped_or_renamed_column_are_named(
     shop: psycopg.Connection[tuple[object, ...]],
 ) -> None:

@@ -141,6 +141,8 @@ def dependents(conn: Conn, table: tuple[str, ...], column: str) -> list[str] | N
 def refine(conn: Conn, a: Analysis, node: Any, found: list[Finding], version: int) -> list[Finding]:
     """Findings corrected by the catalog: cheap type changes and proven NOT NULLs become info,
     and drops, renames and type changes name what depends on the column."""
+    if isinstance(node, ast.IndexStmt) and node.idxname and node.relation is not None:
+        return [_index_refined(conn, f, node) for f in found]
     if not isinstance(node, ast.AlterTableStmt | ast.RenameStmt) or node.relation is None:
         return found
     table = relation_parts(node.relation)
@@ -154,6 +156,28 @@ def refine(conn: Conn, a: Analysis, node: Any, found: list[Finding], version: in
         cheap_type = rewrites(conn, node) is False
     refined = [_refined(conn, f, columns, table, cheap_type, version) for f in found]
     return [_key_refined(conn, f, node, table, version) for f in refined]
+
+
+def _index_refined(conn: Conn, f: Finding, node: Any) -> Finding:
+    """CREATE INDEX CONCURRENTLY IF NOT EXISTS: whether an INVALID index of that name is there now."""
+    if f.rule != "concurrent-index-if-not-exists":
+        return f
+    schema = relation_parts(node.relation)[:-1]
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
+                [regclass_text((*schema, str(node.idxname)))],
+            ).fetchone()
+    except psycopg.Error:
+        return f
+    if row is not None and not row[0]:
+        return replace(
+            f,
+            severity="error",
+            message=f"{f.message}: {node.idxname} is INVALID now, and would stay so",
+        )
+    return replace(f, severity="info", message=f"{f.message} (none by this name is INVALID now)")
 
 
 def _key_refined(conn: Conn, f: Finding, node: Any, table: tuple[str, ...], version: int) -> Finding:

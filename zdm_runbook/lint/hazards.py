@@ -265,6 +265,14 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
             "CREATE INDEX without CONCURRENTLY blocks writes (ShareLock) while it builds",
             "CREATE INDEX CONCURRENTLY, outside a transaction block",
         )
+    elif isinstance(node, ast.IndexStmt) and node.concurrent and node.if_not_exists:
+        add(  # measured: an INVALID index of that name is skipped with a NOTICE, and stays INVALID
+            "concurrent-index-if-not-exists",
+            "warning",
+            "IF NOT EXISTS also skips an INVALID index that a failed earlier build left under this name:"
+            " the migration then succeeds with no usable index",
+            "before it, drop the index CONCURRENTLY if pg_index says it is not indisvalid",
+        )
     elif isinstance(node, ast.DropStmt):
         obj = ObjectType(int(node.removeType or 0))
         if obj == ObjectType.OBJECT_INDEX and not node.concurrent:

@@ -33,6 +33,8 @@ from zdm_runbook.lint.verdicts import judge
 Conn = Any
 # What an empty shadow cannot show: failures and costs that come from rows, and the file's phase.
 ROW_RULES = frozenset({"add-column-not-null", "whole-table-update", "phase"})
+# About the live catalog's state, which the shadow does not copy (pg_dump leaves INVALID indexes out).
+STATE_RULES = frozenset({"concurrent-index-if-not-exists"})
 WHOLE_TABLE = 0.9  # an UPDATE or DELETE expected to match this share of the rows writes "all" of them
 # About the old app: measured only when its statements are known.
 APP_RULES = frozenset(
@@ -57,7 +59,7 @@ def measure(
             measured = probe.run_file(text)
     sizes = live_rows(conn)
     verdicts = judge(measured, rows=sizes.get)
-    kept = APP_RULES | ROW_RULES if app is None else ROW_RULES
+    kept = (APP_RULES | ROW_RULES if app is None else ROW_RULES) | STATE_RULES
     out: list[Finding] = []
     for i, a in enumerate(analyses):
         verdict = verdicts[i] if i < len(verdicts) else None
