@@ -6,6 +6,7 @@ chosen and no global figure state is touched, in a notebook kernel or anywhere e
 
 from __future__ import annotations
 
+import bisect
 import io
 from collections.abc import Callable
 from typing import Any
@@ -62,16 +63,22 @@ def backfill_figure(batches: pd.DataFrame, title: str, live: bool = False) -> Fi
 
 def wall_rate(batches: pd.DataFrame) -> tuple[list[float], list[float]]:
     """Rows scanned per second of wall time: bin edges and each bin's rate (bins with no batch
-    committed read 0). Bins are a hundredth of the run, at least 0.2 s."""
+    committed read 0). Bins are a hundredth of the run, at least 0.2 s; the last ends with the
+    last batch (joined to the one before when shorter than half a bin), so the run's end reads
+    neither low nor as a spike."""
     if batches.empty:
         return [0.0, 1.0], [0.0]
     end = float(batches["at_s"].max())
     width = max(0.2, end / 100)
-    count = int(end // width) + 1
-    rows = [0.0] * count
+    edges = [i * width for i in range(int(end // width) + 1)] + [end]
+    if len(edges) > 2 and end - edges[-2] < width / 2:
+        del edges[-2]
+    if edges[-1] <= edges[-2]:  # a single batch, or the run ends on a bin's edge
+        edges[-1] = edges[-2] + width
+    rows = [0.0] * (len(edges) - 1)
     for at, scanned in zip(batches["at_s"], batches["rows_scanned"], strict=True):
-        rows[min(count - 1, int(float(at) // width))] += float(scanned)
-    return [i * width for i in range(count + 1)], [r / width for r in rows]
+        rows[min(len(rows) - 1, max(0, bisect.bisect_right(edges, float(at)) - 1))] += float(scanned)
+    return edges, [r / (hi - lo) for r, lo, hi in zip(rows, edges, edges[1:], strict=False)]
 
 
 def held_spans(batches: pd.DataFrame) -> list[tuple[float, float]]:
