@@ -338,6 +338,7 @@ def test_password_in_the_dsn_never_reaches_the_archive_or_the_logs(
 def test_contract_gate_refuses_while_the_old_column_is_still_queried(orders_env: str, tmp_path: Path) -> None:
     with psycopg.connect(orders_env, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        conn.execute("CREATE INDEX orders_customer_id_idx ON orders (customer_id)")  # goes with the column
     spec, archive = _spec(tmp_path, REF), tmp_path / "archive"
     for phase in ("expand", "migrate", "switch"):
         assert _run(phase, spec, archive, **SIGN).exit_code == 0
@@ -366,6 +367,10 @@ def test_contract_gate_refuses_while_the_old_column_is_still_queried(orders_env:
     assert done.exit_code == 0, done
     assert "customer_id" not in columns(orders_env, "orders")
     assert "pg_stat_statements (watched for 1 s)" in _outputs(done.notebook)  # type: ignore[arg-type]
+    # The preflight said, before the drop, what PostgreSQL would drop with the column.
+    said = "[info] dropping public.orders.customer_id also drops what uses it (a view refuses it): index"
+    assert said in _outputs(done.notebook) and "orders_customer_id_idx" in _outputs(done.notebook)  # type: ignore[arg-type]
+    assert scalar(orders_env, "SELECT to_regclass('orders_customer_id_idx') IS NULL") is True
     # The evidence: the app's statement whole, as code that MathJax leaves alone; zdm's own counted.
     evidence = _outputs(refused.notebook)  # type: ignore[arg-type]
     assert "<pre class='tex2jax_ignore mathjax_ignore'" in evidence

@@ -18,6 +18,7 @@ import pandas as pd
 from zdm_runbook.core.durations import human_seconds
 from zdm_runbook.core.errors import Refused
 from zdm_runbook.inspect import locks as lk
+from zdm_runbook.lint.catalog_facts import dropped_along
 from zdm_runbook.spec.model import Table
 
 Level = Literal["no-go", "warn", "info"]
@@ -204,3 +205,27 @@ class PreflightRefused(Refused):
             " (or set require_go to False to rely on the lock timeouts and the live checks alone)."
         )
         self.verdict = verdict
+
+
+def drops_report(conn: lk.Conn, statements: Iterable[str]) -> tuple[list[Reason], pd.DataFrame]:
+    """What the phase's column drops take along: PostgreSQL drops an index or a constraint on a
+    dropped column with it, silently, and refuses while a view uses it. Said before the drop
+    (``info``), with the recipe's own dual-write triggers, dropped in the same step, left out."""
+    rows = []
+    for text in statements:
+        for column, used_by in dropped_along(conn, text):
+            others = [u for u in used_by or () if not u.startswith("trigger zdm_")]
+            if used_by is not None and not others:
+                continue
+            rows.append(
+                {"column dropped": column, "dropped or refused with it": ", ".join(others) or "unknown"}
+            )
+    reasons = [
+        Reason(
+            "info",
+            f"dropping {r['column dropped']} also drops what uses it (a view refuses it):"
+            f" {r['dropped or refused with it']}; re-create on the new shape what the app still needs",
+        )
+        for r in rows
+    ]
+    return reasons, pd.DataFrame(rows, columns=["column dropped", "dropped or refused with it"])

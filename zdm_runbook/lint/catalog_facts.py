@@ -19,6 +19,7 @@ import copy
 from dataclasses import replace
 from typing import Any
 
+import pglast
 import psycopg
 from pglast import ast
 from pglast.enums.parsenodes import AlterTableType
@@ -53,6 +54,7 @@ LEFT JOIN pg_constraint co ON d.classid = 'pg_constraint'::regclass AND co.oid =
 WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(%s) AND a.attname = %s
   AND d.deptype IN ('n', 'a') AND NOT (d.classid = 'pg_attrdef'::regclass AND ad.adnum = a.attnum)
   AND NOT (d.classid = 'pg_rewrite'::regclass AND r.ev_class = d.refobjid)
+  AND NOT (d.classid = 'pg_constraint'::regclass AND co.contype = 'n')  -- 18's NOT NULL: the column's own
 ORDER BY 1
 """
 
@@ -136,6 +138,21 @@ def dependents(conn: Conn, table: tuple[str, ...], column: str) -> list[str] | N
     except psycopg.Error:
         return None
     return [str(r[0]) for r in rows if r[0]]
+
+
+def dropped_along(conn: Conn, sql_text: str) -> list[tuple[str, list[str] | None]]:
+    """For each column that a statement of ``sql_text`` drops: ``table.column`` and what PostgreSQL
+    drops with it (an index, a constraint) or fails on (a view) (:func:`dependents`; None: unknown)."""
+    found: list[tuple[str, list[str] | None]] = []
+    for raw in pglast.parse_sql(sql_text):
+        node = raw.stmt
+        if not isinstance(node, ast.AlterTableStmt) or node.relation is None:
+            continue
+        table = relation_parts(node.relation)
+        for cmd in node.cmds or ():
+            if AlterTableType(int(cmd.subtype or 0)) == AlterTableType.AT_DropColumn:
+                found.append((f"{'.'.join(table)}.{cmd.name}", dependents(conn, table, str(cmd.name))))
+    return found
 
 
 def refine(conn: Conn, a: Analysis, node: Any, found: list[Finding], version: int) -> list[Finding]:

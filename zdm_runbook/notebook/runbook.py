@@ -36,7 +36,7 @@ from zdm_runbook.execute.progress import State, frame
 from zdm_runbook.execute.rehearsal import rehearse
 from zdm_runbook.execute.session import PhaseSession
 from zdm_runbook.inspect import usage
-from zdm_runbook.inspect.preflight import PreflightRefused, Verdict, preflight
+from zdm_runbook.inspect.preflight import PreflightRefused, Verdict, drops_report, preflight
 from zdm_runbook.ledger.gates import GateRefused, check_gate
 from zdm_runbook.ledger.signoffs import SignOff, phase_state, sign_off
 from zdm_runbook.notebook.charts import backfill_figure, show
@@ -234,6 +234,9 @@ class Runbook:
         tables = sorted({str(t) for st in self.steps for t in st.tables})
         verdict = self.verdict = preflight(self.session.control, tables)
         applied = frozenset(ledger.applied_steps(self.session.control, self.change_id))
+        todo = [st.render() for st in self.steps if st.key not in applied]
+        drops, dropped = drops_report(self.session.control, todo)
+        verdict.add(drops, "what the drops take along", dropped)
         rehearsed = rehearse(self.session.control, self.steps, self.plan.change.compat, self.phase, applied)
         verdict.add(rehearsed.reasons, "rehearsal on a shadow copy", rehearsed.frame())
         refused = not verdict.go and self.params.values["require_go"]
