@@ -211,21 +211,19 @@ def drops_report(conn: lk.Conn, statements: Iterable[str]) -> tuple[list[Reason]
     """What the phase's column drops take along: PostgreSQL drops an index or a constraint on a
     dropped column with it, silently, and refuses while a view uses it. Said before the drop
     (``info``), with the recipe's own dual-write triggers, dropped in the same step, left out."""
-    rows = []
+    reasons, rows = [], []
     for text in statements:
         for column, used_by in dropped_along(conn, text):
             others = [u for u in used_by or () if not u.startswith("trigger zdm_")]
             if used_by is not None and not others:
                 continue
-            rows.append(
-                {"column dropped": column, "dropped or refused with it": ", ".join(others) or "unknown"}
+            what = ", ".join(others) or "unknown"
+            rows.append((column, what))
+            reasons.append(
+                Reason(
+                    "info",
+                    f"dropping {column} also drops what uses it (a view refuses it): {what};"
+                    " re-create on the new shape what the app still needs",
+                )
             )
-    reasons = [
-        Reason(
-            "info",
-            f"dropping {r['column dropped']} also drops what uses it (a view refuses it):"
-            f" {r['dropped or refused with it']}; re-create on the new shape what the app still needs",
-        )
-        for r in rows
-    ]
     return reasons, pd.DataFrame(rows, columns=["column dropped", "dropped or refused with it"])

@@ -39,12 +39,15 @@ REFERENCING = Q(
 # writes a parent row and then its children takes them in (ADD FOREIGN KEY alone would lock the
 # child first and wait, inverted, on every transaction between its parent and child writes), and
 # a fixed order, so two swaps never deadlock. Every lock after p's waits at most HELD_LOCK_TIMEOUT.
+# The children in one LOCK TABLE, which takes them in the order listed: no loop variable of its own
+# to clobber the block's.
 _LOCK_FAMILY = """EXECUTE format('LOCK TABLE %s IN {mode} MODE', p);
   PERFORM {held};
-  FOR f IN SELECT DISTINCT conrelid::regclass::text AS child FROM pg_constraint
-      WHERE contype = 'f' AND confrelid = p AND conrelid <> p ORDER BY 1 LOOP
-    EXECUTE format('LOCK TABLE %s IN {child_mode} MODE', f.child);
-  END LOOP;"""
+  IF EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid = p AND conrelid <> p) THEN
+    EXECUTE format('LOCK TABLE %s IN {child_mode} MODE', (SELECT string_agg(child, ', ' ORDER BY child)
+      FROM (SELECT DISTINCT conrelid::regclass::text AS child FROM pg_constraint
+             WHERE contype = 'f' AND confrelid = p AND conrelid <> p) c));
+  END IF;"""
 
 
 SHARE_ROW_EXCLUSIVE, ACCESS_EXCLUSIVE = Q("SHARE ROW EXCLUSIVE"), Q("ACCESS EXCLUSIVE")
@@ -71,10 +74,13 @@ _ADD_TWIN = """EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%s)
 # partitioned tables"). There each leaf partition gets the twin NOT VALID instead; the validation
 # step validates them one by one, and the attach step then adds the twin, valid, on the
 # partitioned table, which attaches its partitions' validated twins rather than scanning them.
-_SPLIT = (
-    "current_setting('server_version_num')::int < 180000"
-    " AND (SELECT relkind FROM pg_class WHERE oid = f.child) = 'p'"
+_SPLIT = (  # parenthesised: it is negated and combined where it is used
+    "(current_setting('server_version_num')::int < 180000"
+    " AND (SELECT relkind FROM pg_class WHERE oid = f.child) = 'p')"
 )
+
+# Whether {target} already has f's twin (a re-run: each step is idempotent).
+_HAS_TWIN = "EXISTS (SELECT 1 FROM pg_constraint r WHERE r.conrelid = {target} AND r.conname = {twin})"
 
 _ADD_TWINS = """
 DECLARE
@@ -84,11 +90,10 @@ DECLARE
 BEGIN
   {lock}
   FOR f IN {referencing} LOOP
-    CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint r WHERE r.conrelid = f.child AND r.conname = {twin});
+    CONTINUE WHEN {has_twin};
     IF {split} THEN
       FOR leaf IN SELECT relid::regclass AS rel FROM pg_partition_tree(f.child) WHERE isleaf ORDER BY 1 LOOP
-        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint r
-          WHERE r.conrelid = leaf.rel AND r.conname = {twin});
+        CONTINUE WHEN {leaf_has_twin};
         {add_leaf}
       END LOOP;
     ELSE
@@ -112,21 +117,15 @@ END"""
 _ATTACH_TWINS = """
 DECLARE
   f record;
-  todo bool := false;
+  locked bool := false;
   action text[] := ARRAY['NO ACTION', 'RESTRICT', 'CASCADE', 'SET NULL', 'SET DEFAULT'];
 BEGIN
   FOR f IN {referencing} LOOP
-    todo := {split} AND NOT EXISTS (SELECT 1 FROM pg_constraint r
-      WHERE r.conrelid = f.child AND r.conname = {twin});
-    EXIT WHEN todo;
-  END LOOP;
-  IF NOT todo THEN
-    RETURN;  -- no lock taken where there is nothing to attach (always, from PostgreSQL 18)
-  END IF;
-  {lock}
-  FOR f IN {referencing} LOOP
-    CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint r WHERE r.conrelid = f.child AND r.conname = {twin});
-    CONTINUE WHEN NOT {split};
+    CONTINUE WHEN NOT {split} OR {has_twin};
+    IF NOT locked THEN  -- no lock where there is nothing to attach (always, from PostgreSQL 18)
+      {lock}
+      locked := true;
+    END IF;
     {add}
   END LOOP;
 END"""
@@ -222,6 +221,10 @@ def _do(table: Table, key: str, shadow: str, block: sql.Composable) -> sql.Compo
     )
 
 
+def _has_twin(target: str) -> sql.Composed:
+    return Q(_HAS_TWIN).format(target=Q(target), twin=TWIN)
+
+
 def _add_twin(target: str, valid: bool) -> sql.Composed:
     return Q(_ADD_TWIN).format(target=Q(target), twin=TWIN, valid=Q("" if valid else " NOT VALID"))
 
@@ -232,7 +235,8 @@ def add_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
     (Before PostgreSQL 18, on each leaf of a partitioned referencing table: see ``_SPLIT``.)"""
     block = Q(_ADD_TWINS).format(
         referencing=REFERENCING,
-        twin=TWIN,
+        has_twin=_has_twin("f.child"),
+        leaf_has_twin=_has_twin("leaf.rel"),
         lock=_lock_family(SHARE_ROW_EXCLUSIVE),
         split=Q(_SPLIT),
         add=_add_twin("f.child", valid=False),
@@ -249,7 +253,7 @@ def attach_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
     ROW EXCLUSIVE. Nothing to do, and no lock, elsewhere."""
     block = Q(_ATTACH_TWINS).format(
         referencing=REFERENCING,
-        twin=TWIN,
+        has_twin=_has_twin("f.child"),
         split=Q(_SPLIT),
         lock=_lock_family(ACCESS_EXCLUSIVE, SHARE_ROW_EXCLUSIVE),
         add=_add_twin("f.child", valid=True),

@@ -15,6 +15,7 @@ from psycopg import sql
 
 from zdm_runbook.core.errors import Problem
 from zdm_runbook.spec.model import Table
+from zdm_runbook.spec.operations import Operation
 from zdm_runbook.spec.sqltext import Expr, SqlType, regclass, trusted
 
 Q = sql.SQL
@@ -26,7 +27,7 @@ class CatalogState:
 
     conn: psycopg.Connection[Any]
     tables: dict[Table, dict[str, str] | None] = field(default_factory=dict)
-    operations: tuple[Any, ...] = ()  # the whole spec's, for checks that look at other operations
+    operations: tuple[Operation, ...] = ()  # the whole spec's, for checks that look at other ones
 
     def columns(self, table: Table) -> dict[str, str] | None:
         if table not in self.tables:

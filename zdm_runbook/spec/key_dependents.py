@@ -83,6 +83,13 @@ def dependents(conn: psycopg.Connection[Any], table: Table, column: str) -> list
     return [Dependent(str(r[0]), r[1], r[2], list(r[3]) if r[3] is not None else None) for r in rows]
 
 
+def _twin_columns(dep: Dependent, op: ChangeKeyType) -> tuple[str, ...] | None:
+    """A plain index's columns with the new column for the key: its twin's (None: not plain)."""
+    if not dep.plain or dep.columns is None:
+        return None
+    return tuple(op.new_column if c == op.column else c for c in dep.columns)
+
+
 def _twinned(dep: Dependent, op: ChangeKeyType, operations: tuple[Operation, ...]) -> bool:
     """Whether the spec builds the index's twin on the new column: a ``create_index`` on the table
     with the same columns, the new column for the key (a plain index); for an index with an
@@ -90,8 +97,7 @@ def _twinned(dep: Dependent, op: ChangeKeyType, operations: tuple[Operation, ...
     for other in operations:
         if not isinstance(other, CreateIndex) or other.table != op.table:
             continue
-        if dep.plain and dep.columns is not None:
-            wanted = tuple(op.new_column if c == op.column else c for c in dep.columns)
+        if (wanted := _twin_columns(dep, op)) is not None:
             if other.columns == wanted:
                 return True
             continue
@@ -107,8 +113,8 @@ def _advice(dep: Dependent, op: ChangeKeyType) -> str:
     if dep.index is None:
         return "drop it before the change and create it again after switch"
     name = dep.index.rsplit(".", 1)[-1][:55] + "_" + op.type.text.replace(" ", "_")
-    if dep.plain and dep.columns is not None:
-        cols = ", ".join(op.new_column if c == op.column else c for c in dep.columns)
+    if (twin := _twin_columns(dep, op)) is not None:
+        cols = ", ".join(twin)
         return (
             f"twin it on the new column in this spec, after this operation: create_index: {{table:"
             f" {op.table}, name: {name}, columns: [{cols}]}}; the swap moves the twin to {op.column},"
