@@ -133,11 +133,21 @@ class Demo:
             self.echo(str(result))
         return result.exit_code == 0
 
+    def _afterwards(self, conn: psycopg.Connection[Any]) -> str | None:
+        """The scenario's own proof, once every phase has run (its failure fails the demo)."""
+        if self.scenario.afterwards is None or len(self.results) != len(Phase):
+            return None
+        try:
+            return self.scenario.afterwards(conn)
+        except (psycopg.Error, ValueError) as exc:
+            return f"after the change: FAILED: {exc}"
+
     def _report(self, bench: PgBench, took: float) -> int:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             waits = status.lock_wait_by_phase(conn)
             filled = status.backfilled_tables(conn)
             lost = self.scenario.lost_writes(conn, self.apps)
+            afterwards = self._afterwards(conn)
         phases = pd.DataFrame(
             [
                 {
@@ -162,9 +172,11 @@ class Demo:
         acknowledged = sum(len(a.acknowledged) for a in self.apps)
         self.echo(f"acknowledged writes: {acknowledged:,}, missing or changed at the end: {lost}")
         self.echo(f"app errors: {errors}; pgbench failed transactions: {bench.failed}")
+        if afterwards:
+            self.echo(afterwards)
         self.echo(f"archive: {(self.archive / self.scenario.change_id).resolve()}")
         ok = len(self.results) == len(Phase) and all(r.exit_code == 0 for r, _ in self.results)
-        ok = ok and errors == 0 and lost == 0 and bench.failed == 0
+        ok = ok and errors == 0 and lost == 0 and bench.failed == 0 and "FAILED" not in (afterwards or "")
         self.echo("demo: OK" if ok else "demo: FAILED")
         return 0 if ok else 1
 

@@ -3,7 +3,9 @@
 ``type`` (the default): ``orders.customer_id`` (int) moves to ``customer_ref`` (bigint) and orders
 gain a NOT NULL ``currency``; the old app writes the old column, the new app the new ones.
 ``key``: ``customers.id``, a serial primary key that ``orders`` references, becomes bigint by
-``change_key_type``; both app versions keep using ``id``, so the same statements run throughout.
+``change_key_type``, and so does ``orders.customer_id``, which holds it; both app versions keep
+using the same names, so the same statements run throughout, and at the end the old app's
+statement places an order for a customer past the int range.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class Scenario:
     new: Shape
     lost_writes: Callable[[Conn, list[App]], int]
     new_app_note: str
+    # After the change, what the change was for, shown; an exception fails the demo.
+    afterwards: Callable[[Conn], str] | None = None
 
 
 def _order_values(rng: random.Random) -> dict[str, Any]:
@@ -135,9 +139,10 @@ SELECT setval(pg_get_serial_sequence('orders', 'id'), {rows});
 
 SPEC_KEY = """\
 change: customers-id-bigint
-description: customers.id, a serial primary key that orders reference, becomes bigint
+description: customers.id, a serial primary key that orders reference, and orders.customer_id become bigint
 operations:
   - change_key_type: {table: customers, column: id}
+  - change_key_type: {table: orders, column: customer_id}
 compat:
   old: &same  # to both versions the key is customers.id: the same statements
     - name: place order
@@ -157,6 +162,21 @@ _PLACE = (
 _READ = "SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = %(id)s"
 
 
+def _past_int_range(conn: Conn) -> str:
+    """The customers' sequence set past the int range, then the old app's own statement: the
+    order it places holds a customer id that only the widened columns can."""
+    conn.execute("SELECT setval(pg_get_serial_sequence('customers', 'id'), 2147483647)")
+    row = conn.execute(_PLACE, {"name": "past the int range", "total": 1}).fetchone()
+    order = row[0] if row else None
+    read = conn.execute(
+        "SELECT c.id FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = %s", [order]
+    ).fetchone()
+    if read is None or read[0] < 2**31:
+        raise ValueError(f"order {order} does not read back with a customer past the int range")
+    customer = read[0]
+    return f"past the int range: the old app's statement placed order {order} for customer {customer:,}"
+
+
 KEY = Scenario(
     "customers-id-bigint",
     SPEC_KEY,
@@ -168,6 +188,7 @@ KEY = Scenario(
         "name",
     ),
     "it uses customers.id as the old app does: the key's name never changes",
+    _past_int_range,
 )
 
 SCENARIOS = {"type": TYPE, "key": KEY}

@@ -1,11 +1,13 @@
 """The SQL of ``change_key_type``: a key column (primary key, or referenced by foreign keys, or fed by
-a sequence or an identity) widened to bigint with zero downtime, after GitLab's conversion of
-integer keys to bigint: a shadow column kept in sync and backfilled, a unique index built
-concurrently, each referencing foreign key re-created NOT VALID against the shadow and validated,
-then one short swap transaction.
+a sequence or an identity), or a foreign key column that holds such a key, widened to bigint with
+zero downtime, after GitLab's conversion of integer keys to bigint: a shadow column kept in sync
+and backfilled, a unique index built concurrently (a key), each foreign key that references the
+column or goes from it re-created NOT VALID on the shadow's side and validated, then one short
+swap transaction.
 
 What the swap moves is read from the catalog when it runs, not when the plan is made: the foreign
-keys that reference the key, its primary key or unique constraint, its sequence or identity. So
+keys that reference the key or go from the column, its primary key or unique constraint, its
+sequence or identity. So
 the plan is the same before and after the swap, and a key gains or loses a referencing table
 between phases without a new plan. Each piece is a ``DO`` block whose names are composed
 literals; :mod:`zdm_runbook.plan.recipes` places the steps in their phases.
@@ -35,13 +37,31 @@ REFERENCING = Q(
     " ORDER BY c.conrelid::regclass::text, c.conname"
 )
 
-# Lock p, then every table whose foreign keys reference it, sorted by name: the order an app that
-# writes a parent row and then its children takes them in (ADD FOREIGN KEY alone would lock the
-# child first and wait, inverted, on every transaction between its parent and child writes), and
-# a fixed order, so two swaps never deadlock. Every lock after p's waits at most HELD_LOCK_TIMEOUT.
-# The children in one LOCK TABLE, which takes them in the order listed: no loop variable of its own
-# to clobber the block's.
-_LOCK_FAMILY = """EXECUTE format('LOCK TABLE %s IN {mode} MODE', p);
+# The column's own one-column foreign keys, when it is a foreign key column (orders.customer_id):
+# each gets a twin on the shadow column, validated, and the swap moves it like the others.
+OUTGOING = Q(
+    "SELECT c.conname, c.confrelid::regclass AS parent, c.confkey, c.confupdtype, c.confdeltype,"
+    " c.condeferrable, c.condeferred FROM pg_constraint c"
+    " WHERE c.contype = 'f' AND c.conrelid = p AND c.conkey = ARRAY[katt]::int2[] AND c.conparentid = 0"
+    " ORDER BY c.conname"
+)
+
+# Lock the tables the widened column's own foreign keys reference (its parents, when it is a
+# foreign key column), then p, then every table whose foreign keys reference p, each group sorted
+# by name: the order an app that writes a parent row and then its children takes them in (ADD
+# FOREIGN KEY alone would lock the child first and wait, inverted, on every transaction between
+# its parent and child writes), and a fixed order, so two swaps never deadlock. Every lock after
+# the first waits at most HELD_LOCK_TIMEOUT. Each group in one LOCK TABLE, which takes them in the
+# order listed: no loop variable of its own to clobber the block's.
+_LOCK_PARENTS = """IF EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND conrelid = p
+      AND conkey = ARRAY[katt]::int2[] AND confrelid <> p) THEN
+    EXECUTE format('LOCK TABLE %s IN {mode} MODE', (SELECT string_agg(parent, ', ' ORDER BY parent)
+      FROM (SELECT DISTINCT confrelid::regclass::text AS parent FROM pg_constraint WHERE contype = 'f'
+             AND conrelid = p AND conkey = ARRAY[katt]::int2[] AND confrelid <> p) c));
+    PERFORM {held};
+  END IF;
+  """
+_LOCK_FAMILY = """{parents}EXECUTE format('LOCK TABLE %s IN {mode} MODE', p);
   PERFORM {held};
   IF EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid = p AND conrelid <> p) THEN
     EXECUTE format('LOCK TABLE %s IN {child_mode} MODE', (SELECT string_agg(child, ', ' ORDER BY child)
@@ -53,8 +73,12 @@ _LOCK_FAMILY = """EXECUTE format('LOCK TABLE %s IN {mode} MODE', p);
 SHARE_ROW_EXCLUSIVE, ACCESS_EXCLUSIVE = Q("SHARE ROW EXCLUSIVE"), Q("ACCESS EXCLUSIVE")
 
 
-def _lock_family(mode: sql.SQL, child_mode: sql.SQL | None = None) -> sql.Composed:
-    return Q(_LOCK_FAMILY).format(mode=mode, child_mode=child_mode or mode, held=HELD_LOCK_TIMEOUT)
+def _lock_family(mode: sql.SQL, child_mode: sql.SQL | None = None, parents: bool = True) -> sql.Composed:
+    """The lock fragment: ``parents`` in ``mode`` too (dropping or adding a foreign key takes its
+    referenced table's lock: ACCESS EXCLUSIVE and SHARE ROW EXCLUSIVE, measured on 15 and 18)."""
+    held = HELD_LOCK_TIMEOUT
+    first = Q(_LOCK_PARENTS).format(mode=mode, held=held) if parents else Q("")
+    return Q(_LOCK_FAMILY).format(parents=first, mode=mode, child_mode=child_mode or mode, held=held)
 
 
 # The twin's ALTER TABLE: on {target}, the columns of f (by name: a partition's attribute numbers
@@ -66,6 +90,19 @@ _ADD_TWIN = """EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%s)
          FROM unnest(f.conkey) WITH ORDINALITY u(attnum, ord)
          JOIN pg_attribute a ON a.attrelid = f.child AND a.attnum = u.attnum),
       p, n, action[strpos('arcnd', f.confupdtype)], action[strpos('arcnd', f.confdeltype)],
+      CASE WHEN f.condeferrable
+        THEN ' DEFERRABLE' || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END
+        ELSE '' END);"""
+
+# The twin of f, one of the column's own foreign keys: from the shadow column n of p to what f
+# references, then NOT VALID.
+_ADD_OUT_TWIN = """EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I) REFERENCES %s (%s)'
+        ' ON UPDATE %s ON DELETE %s%s NOT VALID',
+      p, {twin}, n, f.parent,
+      (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY u.ord)
+         FROM unnest(f.confkey) WITH ORDINALITY u(attnum, ord)
+         JOIN pg_attribute a ON a.attrelid = f.parent AND a.attnum = u.attnum),
+      action[strpos('arcnd', f.confupdtype)], action[strpos('arcnd', f.confdeltype)],
       CASE WHEN f.condeferrable
         THEN ' DEFERRABLE' || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END
         ELSE '' END);"""
@@ -100,6 +137,10 @@ BEGIN
       {add}
     END IF;
   END LOOP;
+  FOR f IN {outgoing} LOOP
+    CONTINUE WHEN {own_has_twin};
+    {add_out}
+  END LOOP;
 END"""
 
 _VALIDATE_TWINS = """
@@ -107,8 +148,9 @@ DECLARE
   f record;
 BEGIN
   FOR f IN SELECT r.conname, r.conrelid::regclass AS child FROM pg_constraint r
-      WHERE r.contype = 'f' AND r.confrelid = p AND r.confkey = ARRAY[natt]::int2[] AND NOT r.convalidated
-        AND r.conparentid = 0
+      WHERE r.contype = 'f' AND NOT r.convalidated AND r.conparentid = 0
+        AND ((r.confrelid = p AND r.confkey = ARRAY[natt]::int2[])
+          OR (r.conrelid = p AND r.conkey = ARRAY[natt]::int2[]))
       ORDER BY r.conrelid::regclass::text, r.conname LOOP
     EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', f.child, f.conname);
   END LOOP;
@@ -158,6 +200,16 @@ BEGIN
       CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = clone.part AND conname = f.conname);
       EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', clone.part, {twin}, f.conname);
     END LOOP;
+  END LOOP;
+  FOR f IN {outgoing} LOOP  -- the column's own foreign keys
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint r WHERE r.conrelid = p AND r.conname = {twin}
+        AND r.convalidated) THEN
+      RAISE EXCEPTION 'foreign key % on % has no validated twin (it was added after the twins step):'
+        ' nothing is swapped; re-run switch, which twins and validates it first',
+        f.conname, p USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', p, f.conname);
+    EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', p, {twin}, f.conname);
   END LOOP;
   SELECT conname, contype INTO kc FROM pg_constraint  -- a second one is refused by the check
     WHERE conrelid = p AND contype IN ('p', 'u') AND conkey = ARRAY[katt]::int2[]
@@ -241,6 +293,9 @@ def add_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
         split=Q(_SPLIT),
         add=_add_twin("f.child", valid=False),
         add_leaf=_add_twin("leaf.rel", valid=False),
+        outgoing=OUTGOING,
+        own_has_twin=_has_twin("p"),
+        add_out=Q(_ADD_OUT_TWIN).format(twin=TWIN),
     )
     return _do(table, key, shadow, block)
 
@@ -255,7 +310,7 @@ def attach_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
         referencing=REFERENCING,
         has_twin=_has_twin("f.child"),
         split=Q(_SPLIT),
-        lock=_lock_family(ACCESS_EXCLUSIVE, SHARE_ROW_EXCLUSIVE),
+        lock=_lock_family(ACCESS_EXCLUSIVE, SHARE_ROW_EXCLUSIVE, parents=False),
         add=_add_twin("f.child", valid=True),
     )
     return _do(table, key, shadow, block)
@@ -267,14 +322,15 @@ def validate_replacement_fks(table: Table, key: str, shadow: str) -> sql.Compose
 
 
 def replacements_done(table: Table, key: str, validated: bool) -> sql.Composed:
-    """No foreign key references ``key`` without a (validated) twin."""
+    """No foreign key references ``key``, or goes from it, without a (validated) twin."""
     p = regclass(table.schema, table.name)
     katt = Q("(SELECT attnum FROM pg_attribute WHERE attrelid = {} AND attname = {})").format(
         p, sql.Literal(key)
     )
     return Q(
-        "SELECT NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.confrelid = {p}"
-        " AND f.confkey = ARRAY[{katt}]::int2[] AND f.conparentid = 0"
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conparentid = 0"
+        " AND ((f.confrelid = {p} AND f.confkey = ARRAY[{katt}]::int2[])"
+        " OR (f.conrelid = {p} AND f.conkey = ARRAY[{katt}]::int2[]))"
         " AND NOT EXISTS (SELECT 1 FROM pg_constraint r"
         " WHERE r.conrelid = f.conrelid AND r.conname = {twin}{validated}))"
     ).format(p=p, katt=katt, twin=TWIN, validated=Q(" AND r.convalidated") if validated else Q(""))
@@ -288,12 +344,23 @@ def swap(table: Table, key: str, shadow: str, temp: str, index: str) -> sql.Comp
     to bigint, current value kept); re-create the key constraint on the prebuilt unique index."""
     block = Q(_SWAP).format(
         referencing=REFERENCING,
+        outgoing=OUTGOING,
         twin=TWIN,
         temp=sql.Literal(temp),
         index=sql.Literal(index),
         lock=_lock_family(ACCESS_EXCLUSIVE),
     )
     return _do(table, key, shadow, block)
+
+
+def not_a_key(table: Table, column: str) -> sql.Composed:
+    """True when ``column`` is under no one-column primary key or unique constraint: a foreign key
+    column, which needs no unique index and keeps no key constraint through the swap."""
+    return Q(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid"
+        " AND c.conkey = ARRAY[a.attnum]"
+        " WHERE c.conrelid = {p} AND c.contype IN ('p', 'u') AND a.attname = {k})"
+    ).format(p=regclass(table.schema, table.name), k=sql.Literal(column))
 
 
 def swapped(table: Table, key: str, type_name: str = "bigint") -> sql.Composed:

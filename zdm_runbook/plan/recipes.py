@@ -196,10 +196,11 @@ def add_not_null_column(b: StepBuilder, op: AddNotNullColumn) -> None:
 
 
 def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
-    """A key widened to bigint (GitLab's integer-to-bigint conversion, done as one recipe): a shadow
-    column kept in sync and backfilled; in switch, NOT NULL proven by a check, a unique index built
-    concurrently, each referencing foreign key twinned NOT VALID and validated, then one short swap
-    transaction (see :mod:`.keyswap`); contract drops the trigger and the old column.
+    """A key, or a foreign key column that holds one, widened to bigint (GitLab's integer-to-bigint
+    conversion, done as one recipe): a shadow column kept in sync and backfilled; in switch, NOT NULL
+    proven by a check (where the column is NOT NULL), a unique index built concurrently (a key), each
+    foreign key that references the column or goes from it twinned NOT VALID and validated, then one
+    short swap transaction (see :mod:`.keyswap`); contract drops the trigger and the old column.
 
     Every step before the swap is superseded by it: re-running an earlier phase afterwards (the
     key is bigint now, the shadow holds the old values) changes nothing."""
@@ -233,13 +234,22 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
         table, ((shadow, k),), Q("{} IS DISTINCT FROM {}").format(n, k), reads=frozenset({key, shadow})
     )
     b.add_backfill(f"backfill {table}.{shadow} from {key} in batches", fill, superseded_when=swapped)
-    not_null_steps(b, Phase.SWITCH, table, shadow, superseded_when=swapped)
+    not_null_steps(
+        b,
+        Phase.SWITCH,
+        table,
+        shadow,
+        f" — as {key} is NOT NULL (done at once if it is not)",
+        superseded_when=swapped,
+        unless=Q("SELECT NOT ({})").format(s.column_not_null(table, key)),
+    )
     b.add(
         "index",
         Phase.SWITCH,
-        f"build unique index {index} on {table}.{shadow} CONCURRENTLY: the key's index after the swap",
+        f"build unique index {index} on {table}.{shadow} CONCURRENTLY: the key's index after the swap"
+        " (a foreign key column that is no key needs none: done at once)",
         s.create_index_concurrently(table, index, s.identifiers((shadow,)), unique=True),
-        s.index_valid(table.schema, index),
+        s.any_of(s.index_valid(table.schema, index), keyswap.not_a_key(table, key)),
         (table,),
         transactional=False,
         builds_index=(table.schema, index),
@@ -249,12 +259,14 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
     b.add(
         "fk-twins",
         Phase.SWITCH,
-        f"re-create each foreign key referencing {table}.{key} against {shadow}, NOT VALID (no scan)",
+        f"re-create each foreign key referencing {table}.{key}, or going from it, on {shadow}'s side,"
+        " NOT VALID (no scan)",
         keyswap.add_replacement_fks(table, key, shadow),
         keyswap.replacements_done(table, key, validated=False),
         (table,),
         superseded_when=swapped,
-        locks=f"{table} and each referencing table ShareRowExclusiveLock (catalog: NOT VALID, no scan)",
+        locks=f"each table {table}.{key} references, {table} and each referencing table"
+        " ShareRowExclusiveLock (catalog: NOT VALID, no scan)",
     )
     b.add(
         "fk-validate",
@@ -265,8 +277,9 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
         (table,),
         long_running=True,
         superseded_when=swapped,
-        locks="each referencing table ShareUpdateExclusiveLock (scan), "
-        f"{table} RowShareLock: reads and writes go on",
+        locks=f"each referencing table ShareUpdateExclusiveLock (scan), {table} RowShareLock; for {key}'s"
+        f" own foreign keys, {table} ShareUpdateExclusiveLock, the tables they reference RowShareLock:"
+        " reads and writes go on",
     )
     b.add(
         "fk-attach",
@@ -284,8 +297,9 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
     b.add(
         "swap",
         Phase.SWITCH,
-        f"swap {key} and {shadow} in one short transaction (locks {table}, then its referencing tables"
-        f" by name): foreign keys, key constraint, sequence or identity move to the bigint {key};"
+        f"swap {key} and {shadow} in one short transaction (locks the tables {key} references, {table},"
+        f" then its referencing tables, by name): foreign keys, key constraint, sequence or identity"
+        f" move to the bigint {key};"
         f" {trigger} now keeps the old column, {shadow}, in sync",
         (
             keyswap.swap(table, key, shadow, s.derived_name(key, suffix="zdm_swap"), index),
@@ -294,7 +308,8 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
         ),
         swapped,
         (table,),
-        locks=f"{table} AccessExclusiveLock, then each referencing table's, sorted by name (catalog only:"
+        locks=f"each table {key} references, then {table}, then each referencing table, sorted by name,"
+        " AccessExclusiveLock (catalog only:"
         " renames, constraint moves, USING INDEX; no scan, no rewrite), for the swap's transaction",
     )
     b.add(

@@ -295,6 +295,10 @@ def all_of(*guards: sql.Composable) -> sql.Composed:
     return Q("SELECT ({})").format(Q(") AND (").join(Q("{}").format(g) for g in guards))
 
 
+def any_of(*guards: sql.Composable) -> sql.Composed:
+    return Q("SELECT ({})").format(Q(") OR (").join(Q("{}").format(g) for g in guards))
+
+
 # --- statements ---
 
 

@@ -1,14 +1,15 @@
 """What else uses a key that ``change_key_type`` widens, and would be lost or left behind by it.
 
 The swap moves the key's own constraint, its sequence or identity, and every one-column foreign
-key that references it, to the bigint column, which then takes the key's name. Everything else
-that uses the key column follows the column, not the name: PostgreSQL binds it by attribute
-number. After the swap it still uses the old int column, which reads NULL past the int range, and
-contract drops that column, which silently takes an index or a constraint on it along (measured on
-18.6: an index on ``(name, id)`` and one on ``(id % 10)`` were gone after contract), or fails on a
-view. So the catalog check refuses the change while any such object exists, naming each, and for
-an index the ``create_index`` that twins it on the new column: the swap then moves the twin under
-the key's name, and contract drops the old index with the old column.
+key that references it or goes from it (a foreign key column), to the bigint column, which then
+takes the key's name. Everything else that uses the key column follows the column, not the name:
+PostgreSQL binds it by attribute number. After the swap it still uses the old int column, which
+reads NULL past the int range, and contract drops that column, which silently takes an index or a
+constraint on it along (measured on 18.6: an index on ``(name, id)`` and one on ``(id % 10)`` were
+gone after contract), or fails on a view. So the catalog check refuses the change while any such
+object exists, naming each, and for an index the ``create_index`` that twins it on the new column:
+the swap then moves the twin under the key's name, and contract drops the old index with the old
+column.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ SELECT DISTINCT CASE WHEN d.classid = 'pg_rewrite'::regclass  -- a view's rule: 
    AND NOT (d.classid = 'pg_constraint'::regclass AND d.objid IN (
             SELECT c.oid FROM pg_constraint c WHERE c.oid IN (SELECT oid FROM key)
                OR (c.contype = 'n' AND c.conrelid = k.rel)
-               OR (c.contype = 'f' AND c.confrelid = k.rel AND c.confkey = ARRAY[k.attnum])))
+               OR (c.contype = 'f' AND c.confrelid = k.rel AND c.confkey = ARRAY[k.attnum])
+               OR (c.contype = 'f' AND c.conrelid = k.rel AND c.conkey = ARRAY[k.attnum])))
    AND NOT (d.classid = 'pg_attrdef'::regclass
             AND d.objid IN (SELECT oid FROM pg_attrdef WHERE adrelid = k.rel AND adnum = k.attnum))
    AND NOT (d.classid = 'pg_trigger'::regclass

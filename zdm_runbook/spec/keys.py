@@ -4,7 +4,9 @@
 A column that is a primary key, is referenced by a foreign key, or is fed by a sequence or an
 identity cannot change type by ``change_type``: its contract would drop the key itself (and the
 foreign keys with it, or fail on them). ``change_key_type`` swaps such a key instead; it needs the
-key to be one column, unique (a primary key or unique constraint), and smallint or integer.
+key to be one column, unique (a primary key or unique constraint), and smallint or integer. It
+also widens the other end of a key's foreign keys, a column that references a key on its own
+(``orders.customer_id``): once the key passes the int range, so must the columns that hold it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ _FACTS = sql.SQL(
     "   FROM pg_constraint c WHERE c.contype = 'f' AND c.confrelid = a.attrelid"
     "   AND a.attnum = ANY (c.confkey)), '{{}}') AS referenced_by,"
     " EXISTS (SELECT 1 FROM pg_constraint c WHERE c.contype = 'f' AND c.confrelid = a.attrelid"
-    "   AND a.attnum = ANY (c.confkey) AND cardinality(c.confkey) > 1) AS composite_reference"
+    "   AND a.attnum = ANY (c.confkey) AND cardinality(c.confkey) > 1) AS composite_reference,"
+    " coalesce((SELECT array_agg(c.conname::text || ' -> ' || c.confrelid::regclass::text ORDER BY 1)"
+    "   FROM pg_constraint c WHERE c.contype = 'f' AND c.conrelid = a.attrelid AND c.conparentid = 0"
+    "   AND c.conkey = ARRAY[a.attnum]), '{{}}') AS references,"
+    " EXISTS (SELECT 1 FROM pg_constraint c WHERE c.contype = 'f' AND c.conrelid = a.attrelid"
+    "   AND a.attnum = ANY (c.conkey) AND cardinality(c.conkey) > 1) AS in_composite_reference,"
+    " (SELECT relkind = 'p' FROM pg_class WHERE oid = a.attrelid) AS partitioned,"
+    " current_setting('server_version_num')::int AS server_version"
     " FROM pg_attribute a WHERE a.attrelid = {table} AND a.attname = {column} AND NOT a.attisdropped"
 )
 
@@ -49,6 +58,10 @@ class KeyFacts:
     in_composite_key: bool
     referenced_by: list[str]
     composite_reference: bool
+    references: list[str]  # this column's own one-column foreign keys: "name -> table"
+    in_composite_reference: bool
+    partitioned: bool
+    server_version: int
 
     @property
     def is_key(self) -> bool:
@@ -83,11 +96,16 @@ def key_type_problem(facts: KeyFacts, new_type: str) -> str | None:
         return None  # swapped already: a re-run after switch
     if facts.type not in WIDENS:
         return f"is {facts.type}: change_key_type widens a smallint or integer key to {new_type}"
-    if facts.in_composite_key or facts.composite_reference:
+    if facts.in_composite_key or facts.composite_reference or facts.in_composite_reference:
         return "is part of a key of several columns: change_key_type swaps a one-column key only"
-    if facts.key is None:
+    if facts.key is None and not facts.references:
         return (
-            "is neither a primary key nor under a unique constraint of its own: the swap needs one"
-            " (a plain column changes type by change_type)"
+            "is neither a primary key, nor under a unique constraint of its own, nor a foreign key"
+            " column: the swap needs one of them (a plain column changes type by change_type)"
+        )
+    if facts.references and facts.partitioned and facts.server_version < 180000:
+        return (
+            "is a foreign key column of a partitioned table: before PostgreSQL 18 a partitioned table"
+            " takes no NOT VALID foreign key, which the swap's twin needs"
         )
     return None

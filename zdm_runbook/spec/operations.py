@@ -228,7 +228,8 @@ class ChangeType:
 @dataclass(frozen=True)
 class ChangeKeyType:
     """A key column (primary key or unique, maybe referenced, maybe fed by a sequence or an
-    identity) widened to bigint; ``new_column`` is its shadow until the swap, the old one's after."""
+    identity), or a foreign key column that holds one, widened to bigint; ``new_column`` is its
+    shadow until the swap, the old one's after."""
 
     NAME: ClassVar[str] = "change_key_type"
     table: Table
