@@ -207,6 +207,12 @@ def test_the_preflight_warns_of_a_holder_left_narrower(any_pg_db: str) -> None:
             "is part of a key of several columns",
         ),
         (
+            "CREATE TABLE users (id int PRIMARY KEY); CREATE TABLE events (user_id int REFERENCES users,"
+            " at date) PARTITION BY RANGE (at);",
+            "{table: events, column: user_id}",
+            "is partitioned: change_key_type swaps a column of a plain table only",
+        ),
+        (
             "CREATE TABLE plain (id int PRIMARY KEY, n int);",
             "{table: plain, column: n}",
             "nor a foreign key column",

@@ -239,6 +239,17 @@ def check_partitioned(
                 )
             )
         return
+    if isinstance(op, ChangeKeyType):
+        problems.append(
+            Problem(
+                f"{path}.table",
+                f"{op.table} is partitioned: change_key_type swaps a column of a plain table only (a"
+                " partitioned table's key cannot be re-created USING INDEX, and before 18 it takes no"
+                " NOT VALID foreign key). ALTER COLUMN ... TYPE rewrites every partition under ACCESS"
+                " EXCLUSIVE: plan it for a maintenance window",
+            )
+        )
+        return
     problems.append(
         Problem(
             f"{path}.table",

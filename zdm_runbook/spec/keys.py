@@ -40,9 +40,7 @@ _FACTS = sql.SQL(
     "   FROM pg_constraint c WHERE c.contype = 'f' AND c.conrelid = a.attrelid AND c.conparentid = 0"
     "   AND c.conkey = ARRAY[a.attnum]), '{{}}') AS references,"
     " EXISTS (SELECT 1 FROM pg_constraint c WHERE c.contype = 'f' AND c.conrelid = a.attrelid"
-    "   AND a.attnum = ANY (c.conkey) AND cardinality(c.conkey) > 1) AS in_composite_reference,"
-    " (SELECT relkind = 'p' FROM pg_class WHERE oid = a.attrelid) AS partitioned,"
-    " current_setting('server_version_num')::int AS server_version"
+    "   AND a.attnum = ANY (c.conkey) AND cardinality(c.conkey) > 1) AS in_composite_reference"
     " FROM pg_attribute a WHERE a.attrelid = {table} AND a.attname = {column} AND NOT a.attisdropped"
 )
 
@@ -60,8 +58,6 @@ class KeyFacts:
     composite_reference: bool
     references: list[str]  # this column's own one-column foreign keys: "name -> table"
     in_composite_reference: bool
-    partitioned: bool
-    server_version: int
 
     @property
     def is_key(self) -> bool:
@@ -102,10 +98,5 @@ def key_type_problem(facts: KeyFacts, new_type: str) -> str | None:
         return (
             "is neither a primary key, nor under a unique constraint of its own, nor a foreign key"
             " column: the swap needs one of them (a plain column changes type by change_type)"
-        )
-    if facts.references and facts.partitioned and facts.server_version < 180000:
-        return (
-            "is a foreign key column of a partitioned table: before PostgreSQL 18 a partitioned table"
-            " takes no NOT VALID foreign key, which the swap's twin needs"
         )
     return None
