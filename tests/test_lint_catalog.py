@@ -348,3 +348,40 @@ def test_catalog_mode_measures_on_a_server_that_asks_for_a_password(tmp_path: ob
         assert secret not in out
     finally:
         server.destroy()
+
+
+def test_a_key_or_a_column_that_holds_one_widened_to_bigint_is_pointed_to_change_key_type(
+    any_pg_db: str,
+) -> None:
+    """The generic advice (add a new column, drop the old one) would drop a key or a foreign key with
+    the old column: for those the catalog names change_key_type's spec line; not for a plain column."""
+    with psycopg.connect(any_pg_db, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE customers (id serial PRIMARY KEY, name text);"
+            " CREATE TABLE orders (id bigint PRIMARY KEY, customer_id int NOT NULL REFERENCES customers, qty int);"
+            " INSERT INTO customers (name) SELECT 'c' FROM generate_series(1, 2000);"
+            " INSERT INTO orders SELECT g, 1 + g % 2000, g FROM generate_series(1, 2000) g; ANALYZE"
+        )
+        advice = {}
+        for column, table in (("id", "customers"), ("customer_id", "orders"), ("qty", "orders")):
+            version_row = conn.execute("SHOW server_version_num").fetchone()
+            version = int(str(version_row[0])) // 10000 if version_row else 18
+            _, findings = lint_text(
+                f"{PRELUDE}ALTER TABLE {table} ALTER COLUMN {column} TYPE bigint;",
+                "m.sql",
+                version,
+                conn=conn,
+            )
+            (finding,) = [f for f in findings if f.rule == "alter-column-type"]
+            assert finding.severity == "error", finding  # a rewrite of a table with rows
+            advice[column] = finding.safe_alternative
+    assert advice["id"].startswith(
+        "expand and contract that keeps the name: change_key_type: {table: public.customers, column: id}"
+        " (id is the primary key; referenced by orders.orders_customer_id_fkey; fed by sequence"
+    )
+    assert advice["customer_id"] == (
+        "expand and contract that keeps the name: change_key_type: {table: public.orders, column: customer_id}"
+        " (customer_id holds a key (orders_customer_id_fkey -> customers): a new column's contract would drop"
+        " its foreign key)"
+    )
+    assert "change_key_type" not in advice["qty"]

@@ -7,6 +7,9 @@
   NOT NULL) lets PostgreSQL 12+ skip the scan.
 - What depends on a column being dropped, renamed or retyped: views, triggers, policies, indexes and
   generated columns, by name.
+- Whether a column widened to bigint is a key, or holds one through its foreign key: then the way
+  to do it is ``change_key_type``, named with its spec line (``change_type``'s contract would drop
+  the key or the foreign key with the old column).
 
 Nothing here touches the real table beyond reading the catalog and ``LIKE``'s brief AccessShareLock.
 A question the catalog cannot answer (the table is not in it, a query fails) is *unknown*, and
@@ -28,6 +31,8 @@ from psycopg import sql
 
 from zdm_runbook.lint.analysis import Analysis
 from zdm_runbook.lint.hazards import Finding
+from zdm_runbook.spec.keys import WIDENS, key_facts
+from zdm_runbook.spec.model import Table
 from zdm_runbook.spec.sqltext import trusted
 
 Conn = psycopg.Connection[Any]
@@ -172,7 +177,46 @@ def refine(conn: Conn, a: Analysis, node: Any, found: list[Finding], version: in
     if "AT_AlterColumnType" in columns.values() and isinstance(node, ast.AlterTableStmt):
         cheap_type = rewrites(conn, node) is False
     refined = [_refined(conn, f, columns, table, cheap_type, version) for f in found]
-    return [_key_refined(conn, f, node, table, version) for f in refined]
+    widened = {str(c.name) for c in getattr(node, "cmds", None) or () if _to_bigint(c)}
+    return [_key_refined(conn, _widen_advice(conn, f, table, widened), node, table, version) for f in refined]
+
+
+def _to_bigint(cmd: Any) -> bool:
+    if AlterTableType(int(cmd.subtype or 0)) != AlterTableType.AT_AlterColumnType:
+        return False
+    names: tuple[Any, ...] = tuple(getattr(getattr(cmd.def_, "typeName", None), "names", None) or ())
+    return bool(names) and getattr(names[-1], "sval", "") in ("int8", "bigint")
+
+
+def _widen_advice(conn: Conn, f: Finding, table: tuple[str, ...], widened: set[str]) -> Finding:
+    """A key, or a column that holds one, widened to bigint: the way is change_key_type."""
+    if f.rule != "alter-column-type" or len(widened) != 1:
+        return f
+    column = next(iter(widened))
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.oid = to_regclass(%s)",
+                [regclass_text(table)],
+            ).fetchone()
+            facts = key_facts(conn, Table(str(row[0]), str(row[1])), column) if row else None
+    except psycopg.Error:
+        return f
+    if row is None or facts is None or facts.type not in WIDENS:
+        return f
+    if facts.is_key:
+        why = f"{column} is {facts.describe()}: a new column's contract would drop that with the old one"
+    elif facts.references:
+        held = ", ".join(facts.references)
+        why = f"{column} holds a key ({held}): a new column's contract would drop its foreign key"
+    else:
+        return f
+    return replace(
+        f,
+        safe_alternative="expand and contract that keeps the name: change_key_type:"
+        f" {{table: {row[0]}.{row[1]}, column: {column}}} ({why})",
+    )
 
 
 def _index_refined(conn: Conn, f: Finding, node: Any) -> Finding:
