@@ -244,3 +244,39 @@ def test_a_column_that_holds_no_key_of_its_own_is_refused(
         conn.execute(schema.encode())
         (found,) = check_change(conn, parse_change(f"change: x\noperations:\n  - change_key_type: {body}\n"))
     assert problem in found.message
+
+
+def test_a_foreign_key_its_owner_left_not_valid_is_moved_as_it_is(any_pg_db: str) -> None:
+    """Rows that a NOT VALID foreign key would refuse may be there on purpose (legacy orphans). Its
+    twin is not validated either, so switch does not fail on them, and the key ends NOT VALID,
+    under its name, with the rows kept; new rows are checked as before."""
+    dsn = any_pg_db
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE customers (id serial PRIMARY KEY, name text);"
+            " CREATE TABLE orders (id int PRIMARY KEY, customer_id int);"
+            " CREATE TABLE payments (id int PRIMARY KEY, customer_id int);"
+            " INSERT INTO customers (name) SELECT 'c' FROM generate_series(1, 50);"
+            " INSERT INTO orders SELECT g, CASE WHEN g = 7 THEN 99999 ELSE 1 + g % 50 END FROM generate_series(1, 200) g;"
+            " INSERT INTO payments SELECT g, CASE WHEN g = 3 THEN 88888 ELSE 1 + g % 50 END FROM generate_series(1, 90) g;"
+            " ALTER TABLE orders ADD CONSTRAINT orders_customer_id_fkey FOREIGN KEY (customer_id) REFERENCES customers NOT VALID;"
+            " ALTER TABLE payments ADD CONSTRAINT payments_customer_id_fkey FOREIGN KEY (customer_id)"
+            "   REFERENCES customers NOT VALID"
+        )
+    fks_before = scalar(dsn, FKS)
+    plan = build_plan(parse_change("change: orphans\noperations:\n" + KEY + HOLDERS.splitlines(True)[0]))
+    for phase in ("expand", "migrate", "switch", "contract"):
+        outcome = apply_phase(dsn, plan, phase)
+        assert "failed" not in outcome.values(), (phase, outcome)
+    assert scalar(dsn, FKS) == fks_before
+    assert "NOT VALID" in fks_before and ":false:" in fks_before
+    assert scalar(dsn, "SELECT count(*) FROM orders WHERE customer_id = 99999") == 1
+    assert (
+        scalar(
+            dsn,
+            "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attname = 'customer_id'",
+        )
+        == "bigint"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.errors.ForeignKeyViolation):
+        conn.execute("INSERT INTO orders VALUES (1000, 77777)")

@@ -26,13 +26,14 @@ Q = sql.SQL
 DO_TAG = Q("$zdm_key$")
 # A foreign key's twin (referencing the shadow column until the swap): named after the original,
 # within 63 bytes, and distinct for originals that share their first 50 characters.
-TWIN = Q("left(f.conname, 50) || '_zdm_' || left(md5(f.conname), 8)")
+_TWIN_OF = "left({a}.conname, 50) || '_zdm_' || left(md5({a}.conname), 8)"
+TWIN = Q(_TWIN_OF.format(a="f"))
 # The one-column foreign keys that reference p at the key column (attribute katt). Not the clones
 # a foreign key on a partitioned table has on each partition (conparentid): the parent's own
 # ADD, VALIDATE and DROP act on them, and the swap would otherwise drop a clone already dropped.
 REFERENCING = Q(
     "SELECT c.conname, c.conrelid::regclass AS child, c.conkey, c.confupdtype, c.confdeltype,"
-    " c.condeferrable, c.condeferred FROM pg_constraint c"
+    " c.condeferrable, c.condeferred, c.convalidated FROM pg_constraint c"
     " WHERE c.contype = 'f' AND c.confrelid = p AND c.confkey = ARRAY[katt]::int2[] AND c.conparentid = 0"
     " ORDER BY c.conrelid::regclass::text, c.conname"
 )
@@ -41,7 +42,7 @@ REFERENCING = Q(
 # each gets a twin on the shadow column, validated, and the swap moves it like the others.
 OUTGOING = Q(
     "SELECT c.conname, c.confrelid::regclass AS parent, c.confkey, c.confupdtype, c.confdeltype,"
-    " c.condeferrable, c.condeferred FROM pg_constraint c"
+    " c.condeferrable, c.condeferred, c.convalidated FROM pg_constraint c"
     " WHERE c.contype = 'f' AND c.conrelid = p AND c.conkey = ARRAY[katt]::int2[] AND c.conparentid = 0"
     " ORDER BY c.conname"
 )
@@ -151,6 +152,8 @@ BEGIN
       WHERE r.contype = 'f' AND NOT r.convalidated AND r.conparentid = 0
         AND ((r.confrelid = p AND r.confkey = ARRAY[natt]::int2[])
           OR (r.conrelid = p AND r.conkey = ARRAY[natt]::int2[]))
+        AND NOT EXISTS (SELECT 1 FROM pg_constraint o WHERE o.contype = 'f' AND o.conrelid = r.conrelid
+          AND NOT o.convalidated AND {twin_of_o} = r.conname)  -- its original was never validated
       ORDER BY r.conrelid::regclass::text, r.conname LOOP
     EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', f.child, f.conname);
   END LOOP;
@@ -186,7 +189,7 @@ BEGIN
   {lock}
   FOR f IN {referencing} LOOP
     IF NOT EXISTS (SELECT 1 FROM pg_constraint r WHERE r.conrelid = f.child AND r.conname = {twin}
-        AND r.convalidated) THEN
+        AND (r.convalidated OR NOT f.convalidated)) THEN
       RAISE EXCEPTION 'foreign key % on % references the key but has no validated twin (it was added'
         ' after the twins step): nothing is swapped; re-run switch, which twins and validates it first',
         f.conname, f.child USING ERRCODE = 'object_not_in_prerequisite_state';
@@ -203,7 +206,7 @@ BEGIN
   END LOOP;
   FOR f IN {outgoing} LOOP  -- the column's own foreign keys
     IF NOT EXISTS (SELECT 1 FROM pg_constraint r WHERE r.conrelid = p AND r.conname = {twin}
-        AND r.convalidated) THEN
+        AND (r.convalidated OR NOT f.convalidated)) THEN
       RAISE EXCEPTION 'foreign key % on % has no validated twin (it was added after the twins step):'
         ' nothing is swapped; re-run switch, which twins and validates it first',
         f.conname, p USING ERRCODE = 'object_not_in_prerequisite_state';
@@ -317,8 +320,10 @@ def attach_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
 
 
 def validate_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
-    """VALIDATE each twin: scans the child under SHARE UPDATE EXCLUSIVE, writes keep going."""
-    return _do(table, key, shadow, Q(_VALIDATE_TWINS))
+    """VALIDATE each twin: scans the child under SHARE UPDATE EXCLUSIVE, writes keep going. Not the
+    twin of a foreign key left NOT VALID by its owner (rows it would refuse may be there on purpose):
+    the twin stays NOT VALID too, and the swap moves it as it is."""
+    return _do(table, key, shadow, Q(_VALIDATE_TWINS).format(twin_of_o=Q(_TWIN_OF.format(a="o"))))
 
 
 def replacements_done(table: Table, key: str, validated: bool) -> sql.Composed:
@@ -333,7 +338,12 @@ def replacements_done(table: Table, key: str, validated: bool) -> sql.Composed:
         " OR (f.conrelid = {p} AND f.conkey = ARRAY[{katt}]::int2[]))"
         " AND NOT EXISTS (SELECT 1 FROM pg_constraint r"
         " WHERE r.conrelid = f.conrelid AND r.conname = {twin}{validated}))"
-    ).format(p=p, katt=katt, twin=TWIN, validated=Q(" AND r.convalidated") if validated else Q(""))
+    ).format(
+        p=p,
+        katt=katt,
+        twin=TWIN,
+        validated=Q(" AND (r.convalidated OR NOT f.convalidated)") if validated else Q(""),
+    )
 
 
 def swap(table: Table, key: str, shadow: str, temp: str, index: str) -> sql.Composed:
