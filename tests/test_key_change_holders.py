@@ -2,8 +2,8 @@
 while ``orders.customer_id`` stays int, since the app's first order for a customer past
 2,147,483,647 fails. On real servers (18, and 15): the key and its holders widened in one change,
 the old and the new app after every phase, a customer past the int range at the end; the swap of
-a holder locks the key's table before its own (the app's order); and the preflight's warning for
-a holder left narrower."""
+a holder locks the key's table before its own (the app's order); and the preflight's warnings for
+a holder left narrower, and for a foreign key that change_type's new column would leave behind."""
 
 from __future__ import annotations
 
@@ -280,3 +280,40 @@ def test_a_foreign_key_its_owner_left_not_valid_is_moved_as_it_is(any_pg_db: str
     )
     with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.errors.ForeignKeyViolation):
         conn.execute("INSERT INTO orders VALUES (1000, 77777)")
+
+
+def test_the_preflight_warns_of_a_foreign_key_a_new_column_leaves_behind_and_its_line_keeps_it(
+    any_pg_db: str,
+) -> None:
+    """change_type moves orders.customer_id to customer_ref; contract drops customer_id with its
+    foreign key. The warning's add_foreign_key line, added to the spec, keeps the reference."""
+    dsn = any_pg_db
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA.encode())
+        moved = (
+            "change: ref\noperations:\n  - change_type: {table: orders, column: customer_id, new_column:"
+            ' customer_ref, type: bigint, using: "customer_id::bigint", reverse: "customer_ref::int"}\n'
+        )
+        reasons, _ = narrow_holders(conn, parse_change(moved).operations)
+        (warning,) = [r.text for r in reasons]
+        assert warning.startswith(
+            "public.orders.customer_id has foreign key orders_customer_id_fkey (to customers.id): change_type's"
+            " new column customer_ref gets none, and contract drops it with customer_id. Add it on customer_ref"
+            " in this spec: add_foreign_key: "
+        )
+        line = warning.split("in this spec: ", 1)[1]
+        assert line.endswith("on_delete: cascade}")
+        kept = parse_change(moved + f"  - {line}\n")
+        assert narrow_holders(conn, kept.operations)[0] == []
+        assert check_change(conn, kept) == []
+    plan = build_plan(kept)
+    for phase in ("expand", "migrate", "switch", "contract"):
+        outcome = apply_phase(dsn, plan, phase)
+        assert "failed" not in outcome.values(), (phase, outcome)
+    assert scalar(
+        dsn,
+        "SELECT convalidated AND pg_get_constraintdef(oid) = 'FOREIGN KEY (customer_ref) REFERENCES customers(id)"
+        " ON DELETE CASCADE' FROM pg_constraint WHERE conname = 'orders_customer_ref_fkey'",
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.errors.ForeignKeyViolation):
+        conn.execute("INSERT INTO orders (customer_ref, total) VALUES (77777, 1)")
