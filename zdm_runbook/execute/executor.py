@@ -40,6 +40,7 @@ from zdm_runbook.execute.attempts import (
     outcome_of,
 )
 from zdm_runbook.execute.guard import GuardSettings
+from zdm_runbook.execute.index_twins import index_twin_steps
 from zdm_runbook.execute.partitions import partition_steps
 from zdm_runbook.execute.vacuum_yield import wraparound_reason, yield_autovacuum
 from zdm_runbook.execute.walk import walks
@@ -180,8 +181,11 @@ class Executor:
         settings, timeouts = self._settings(step)
         if step.backfill is not None and self.backfill is not None:
             return self._run_backfill([step])[0]
-        if step.index is not None and (parts := partition_steps(self.control, step)) is not None:
-            return self._run_partitioned(step, parts, timeouts)
+        parts = partition_steps(self.control, step) if step.index is not None else None
+        if step.twins is not None:
+            parts = index_twin_steps(self.control, step)
+        if parts is not None:
+            return self._run_pieces(step, parts, timeouts)
         attempts: list[Attempt] = []
         catalog_only = step.transactional and not step.long_running
         for number in range(1, settings.max_attempts + 1):
@@ -214,12 +218,13 @@ class Executor:
         last = attempts[-1]
         raise StepFailed(step.key, exhausted_text(step, attempts), last.sqlstate, attempts)
 
-    def _run_partitioned(self, step: Step, parts: list[Step], timeouts: dict[str, float]) -> StepResult:
-        """The step's index on a partitioned table, piece by piece (see :mod:`.partitions`)."""
+    def _run_pieces(self, step: Step, parts: list[Step], timeouts: dict[str, float]) -> StepResult:
+        """The step in pieces read from the catalog when it runs: an index on a partitioned table
+        (:mod:`.partitions`), or the twins of the indexes on a key (:mod:`.index_twins`)."""
         started = time.monotonic()
         done = [self.run_step(part) for part in parts]
         if not self.is_done(step):
-            why = f"step {step.key}: every partition attached, yet the index is not valid"
+            why = f"step {step.key}: every piece applied, yet its check does not hold"
             raise StepFailed(step.key, why, None, [])
         built = sum(r.outcome == "applied" for r in done)
         attempt = Attempt(
@@ -227,7 +232,7 @@ class Executor:
         )
         self._record(step, 1, timeouts, attempt)
         self.event(
-            f"{step.key}: applied on a partitioned table ({len(parts)} pieces, {attempt.seconds:.1f} s)"
+            f"{step.key}: applied in {len(parts)} piece{'s' * (len(parts) != 1)} ({attempt.seconds:.1f} s)"
         )
         return StepResult(step.key, "applied", [attempt])
 

@@ -18,16 +18,15 @@ from __future__ import annotations
 from psycopg import sql
 
 from zdm_runbook.plan.dual_write import update_trigger
+from zdm_runbook.plan.index_twins import SWAP_FRAGMENT, TWIN_OF
 from zdm_runbook.plan.steps import DOLLAR_TAG, HELD_LOCK_TIMEOUT
 from zdm_runbook.spec.model import Table
 from zdm_runbook.spec.sqltext import regclass
 
 Q = sql.SQL
 DO_TAG = Q("$zdm_key$")
-# A foreign key's twin (referencing the shadow column until the swap): named after the original,
-# within 63 bytes, and distinct for originals that share their first 50 characters.
-_TWIN_OF = "left({a}.conname, 50) || '_zdm_' || left(md5({a}.conname), 8)"
-TWIN = Q(_TWIN_OF.format(a="f"))
+# A foreign key's twin (on the shadow's side until the swap): named as an index's twin is.
+TWIN = Q(TWIN_OF.format(a="f.conname"))
 # The one-column foreign keys that reference p at the key column (attribute katt). Not the clones
 # a foreign key on a partitioned table has on each partition (conparentid): the parent's own
 # ADD, VALIDATE and DROP act on them, and the swap would otherwise drop a clone already dropped.
@@ -180,6 +179,7 @@ DECLARE
   f record;
   clone record;
   kc record;
+  ix record;
   seq text := pg_get_serial_sequence(p::text, k);
   ident "char" := (SELECT attidentity FROM pg_attribute WHERE attrelid = p AND attnum = katt);
   dflt text := (SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = p AND adnum = katt);
@@ -214,6 +214,7 @@ BEGIN
     EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', p, f.conname);
     EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', p, {twin}, f.conname);
   END LOOP;
+  {index_twins}
   SELECT conname, contype INTO kc FROM pg_constraint  -- a second one is refused by the check
     WHERE conrelid = p AND contype IN ('p', 'u') AND conkey = ARRAY[katt]::int2[]
     ORDER BY contype, conname LIMIT 1;
@@ -323,7 +324,7 @@ def validate_replacement_fks(table: Table, key: str, shadow: str) -> sql.Compose
     """VALIDATE each twin: scans the child under SHARE UPDATE EXCLUSIVE, writes keep going. Not the
     twin of a foreign key left NOT VALID by its owner (rows it would refuse may be there on purpose):
     the twin stays NOT VALID too, and the swap moves it as it is."""
-    return _do(table, key, shadow, Q(_VALIDATE_TWINS).format(twin_of_o=Q(_TWIN_OF.format(a="o"))))
+    return _do(table, key, shadow, Q(_VALIDATE_TWINS).format(twin_of_o=Q(TWIN_OF.format(a="o.conname"))))
 
 
 def replacements_done(table: Table, key: str, validated: bool) -> sql.Composed:
@@ -353,6 +354,7 @@ def swap(table: Table, key: str, shadow: str, temp: str, index: str) -> sql.Comp
     the old app and the new one alike; move the identity or the default and its sequence (widened
     to bigint, current value kept); re-create the key constraint on the prebuilt unique index."""
     block = Q(_SWAP).format(
+        index_twins=SWAP_FRAGMENT,
         referencing=REFERENCING,
         outgoing=OUTGOING,
         twin=TWIN,

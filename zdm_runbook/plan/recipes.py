@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from zdm_runbook.plan import dual_write, keyswap
+from zdm_runbook.plan import dual_write, index_twins, keyswap
 from zdm_runbook.plan import steps as s
 from zdm_runbook.plan.steps import BackfillSpec, StepBuilder
 from zdm_runbook.spec.change import Change
@@ -255,6 +255,20 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
         builds_index=(table.schema, index),
         long_running=True,
         superseded_when=swapped,
+    )
+    b.add(
+        "index-twins",
+        Phase.SWITCH,
+        f"twin each plain index on {table}.{key} on {shadow}, CONCURRENTLY, one by one (which: read from"
+        " the catalog when switch runs); the swap gives each twin its original's name",
+        index_twins.plain_indexes(table, key, shadow),
+        index_twins.all_twinned(table, key, shadow),
+        (table,),
+        transactional=False,
+        long_running=True,
+        superseded_when=swapped,
+        twins=(table, key, shadow),
+        locks=f"{table} ShareUpdateExclusiveLock per build (CONCURRENTLY: reads and writes go on)",
     )
     b.add(
         "fk-twins",

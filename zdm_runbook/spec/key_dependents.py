@@ -6,9 +6,10 @@ takes the key's name. Everything else that uses the key column follows the colum
 PostgreSQL binds it by attribute number. After the swap it still uses the old int column, which
 reads NULL past the int range, and contract drops that column, which silently takes an index or a
 constraint on it along (measured on 18.6: an index on ``(name, id)`` and one on ``(id % 10)`` were
-gone after contract), or fails on a view. So the catalog check refuses the change while any such
-object exists, naming each, and for an index the ``create_index`` that twins it on the new column:
-the swap then moves the twin under the key's name, and contract drops the old index with the old
+gone after contract), or fails on a view. A plain index is twinned by switch itself and given back
+its name by the swap (:mod:`zdm_runbook.plan.index_twins`). For everything else the catalog check
+refuses the change while it exists, naming each, and for an expression or partial index says how to
+twin it with a ``create_index`` on the new column; contract then drops the old index with the old
 column.
 """
 
@@ -114,15 +115,7 @@ def _twinned(dep: Dependent, op: ChangeKeyType, operations: tuple[Operation, ...
 def _advice(dep: Dependent, op: ChangeKeyType) -> str:
     if dep.index is None:
         return "drop it before the change and create it again after switch"
-    name = dep.index.rsplit(".", 1)[-1][:55] + "_" + op.type.text.replace(" ", "_")
-    if (twin := _twin_columns(dep, op)) is not None:
-        cols = ", ".join(twin)
-        return (
-            f"twin it on the new column in this spec, after this operation: create_index: {{table:"
-            f" {op.table}, name: {name}, columns: [{cols}]}}; the swap moves the twin to {op.column},"
-            " and contract drops the old index with the old column"
-        )
-    return (
+    return (  # a plain index never gets here: switch twins it itself
         f"twin it on {op.new_column} in this spec, after this operation: a create_index whose"
         f" expression or where names {op.new_column} where the old one names {op.column}"
     )
@@ -137,8 +130,8 @@ def check_key_dependents(
 ) -> None:
     """A problem per object that uses the key and that the spec does not take care of."""
     for dep in dependents(conn, op.table, op.column):
-        if dep.index is not None and _twinned(dep, op, operations):
-            continue
+        if dep.index is not None and (dep.plain or _twinned(dep, op, operations)):
+            continue  # a plain index is twinned by switch itself (plan/index_twins.py)
         problems.append(
             Problem(
                 f"{path}.column",

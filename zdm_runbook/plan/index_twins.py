@@ -1,0 +1,83 @@
+"""The plain indexes on a column that ``change_key_type`` widens: twinned on the new column before
+the swap, and given back their names by it.
+
+PostgreSQL binds an index to the column's number, not its name: after the swap an index on
+``orders.customer_id`` would stay on the old int column, serve no query that names
+``customer_id``, and go with that column at contract (measured: the catalog check refused such a
+change until the spec twinned each index itself). So switch builds, CONCURRENTLY, a twin of each
+plain index that uses the column: the same columns with the new one for it, the same order,
+operator classes, collations, ``INCLUDE`` columns, method, uniqueness and storage parameters.
+Which indexes is read from the catalog when switch runs (:mod:`zdm_runbook.execute.index_twins`
+turns this step into one build per index). The swap then drops each original, on the old column,
+under the lock it already holds, and renames the twin to the original's name: after the change
+the table has the indexes it had, under their names, on the bigint column.
+
+An index that the spec twins itself (a ``create_index`` that is the same index on the new column)
+is left to the spec. Expression and partial indexes, and an index behind a constraint, are refused
+by the catalog check (:mod:`zdm_runbook.spec.key_dependents`), which names what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from psycopg import sql
+
+from zdm_runbook.spec.model import Table
+from zdm_runbook.spec.sqltext import regclass
+
+Q = sql.SQL
+
+
+def twin_name(name: str) -> str:
+    """The twin's name: the original's, within 63 bytes, and distinct for originals that share
+    their first 50 characters (as :data:`TWIN_OF` computes it in SQL)."""
+    return f"{name[:50]}_zdm_{hashlib.md5(name.encode()).hexdigest()[:8]}"  # noqa: S324 - a name, not a secret
+
+
+TWIN_OF = "left({a}, 50) || '_zdm_' || left(md5({a}), 8)"
+
+# The same index on the new column (attribute natt for katt), by structure: the spec's twin or ours.
+_SAME_ON_NEW = """EXISTS (SELECT 1 FROM pg_index t JOIN pg_class tc ON tc.oid = t.indexrelid
+      WHERE t.indrelid = i.indrelid AND t.indkey::int2[] = array_replace(i.indkey::int2[], katt, natt)
+        AND t.indexprs IS NULL AND t.indpred IS NULL AND t.indisunique = i.indisunique
+        AND t.indnkeyatts = i.indnkeyatts AND t.indoption::int2[] = i.indoption::int2[]
+        AND tc.relam = c.relam)"""
+
+# The plain indexes that use the column (attribute katt of table p) and no constraint owns; each
+# with whether its twin is there.
+_PLAIN = """
+WITH a AS (SELECT {p}::oid AS p,
+    (SELECT attnum FROM pg_attribute WHERE attrelid = {p} AND attname = {k}) AS katt,
+    (SELECT attnum FROM pg_attribute WHERE attrelid = {p} AND attname = {n}) AS natt)
+SELECT c.relname::text AS name, i.indexrelid, {same} AS twinned
+  FROM a, pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = a.p AND a.katt = ANY (i.indkey::int2[]) AND i.indexprs IS NULL AND i.indpred IS NULL
+   AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = i.indexrelid)
+ ORDER BY 1"""
+
+
+def plain_indexes(table: Table, key: str, shadow: str) -> sql.Composed:
+    """The query (name, oid, twinned) of the plain indexes on ``key``; shown as the step's SQL."""
+    return Q(_PLAIN).format(
+        p=regclass(table.schema, table.name), k=sql.Literal(key), n=sql.Literal(shadow), same=Q(_SAME_ON_NEW)
+    )
+
+
+def all_twinned(table: Table, key: str, shadow: str) -> sql.Composed:
+    """True when every plain index on ``key`` has its twin on ``shadow`` (built, valid)."""
+    return Q("SELECT coalesce(bool_and(twinned), true) FROM ({}) q").format(plain_indexes(table, key, shadow))
+
+
+# In the swap's DO block: each of our twins replaces its original (on the old column now).
+_SWAP = """FOR ix IN SELECT o.indexrelid::regclass AS old, oc.relname AS name,
+        t.indexrelid::regclass AS twin
+      FROM pg_index o JOIN pg_class oc ON oc.oid = o.indexrelid
+      JOIN pg_class tc ON tc.relnamespace = oc.relnamespace AND tc.relname = {twin_of}
+      JOIN pg_index t ON t.indexrelid = tc.oid AND t.indrelid = p AND t.indisvalid
+     WHERE o.indrelid = p AND katt = ANY (o.indkey::int2[])
+       AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = o.indexrelid) LOOP
+    EXECUTE format('DROP INDEX %s', ix.old);
+    EXECUTE format('ALTER INDEX %s RENAME TO %I', ix.twin, ix.name);
+  END LOOP;"""
+SWAP_FRAGMENT = Q(_SWAP).format(twin_of=Q(TWIN_OF.format(a="oc.relname")))
