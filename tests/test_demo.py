@@ -46,6 +46,7 @@ def test_demo_of_the_key_change_swaps_a_referenced_primary_key_under_traffic(tmp
     assert done.returncode == 0, out[-4000:] + done.stderr[-2000:]
     assert "01-change_key_type-swap: applied" in out
     assert "02-change_key_type-swap: applied" in out  # orders.customer_id, which holds the key
+    assert "02-change_key_type-index-twins: applied in 1 piece " in out  # orders_customer_id_idx
     assert "past the int range: the old app's statement placed order" in out
     assert "app errors: 0; pgbench failed transactions: 0" in out
     assert "missing or changed at the end: 0" in out

@@ -3,7 +3,8 @@
 ``type`` (the default): ``orders.customer_id`` (int) moves to ``customer_ref`` (bigint) and orders
 gain a NOT NULL ``currency``; the old app writes the old column, the new app the new ones.
 ``key``: ``customers.id``, a serial primary key that ``orders`` references, becomes bigint by
-``change_key_type``, and so does ``orders.customer_id``, which holds it; both app versions keep
+``change_key_type``, and so does ``orders.customer_id``, which holds it (its index twinned and
+renamed back by the swap); both app versions keep
 using the same names, so the same statements run throughout, and at the end the old app's
 statement places an order for a customer past the int range.
 """
@@ -135,6 +136,7 @@ INSERT INTO orders (customer_id, total, status)
     SELECT 1 + (g * 7919) % {rows}, (g % 500) + 0.99, (ARRAY['new', 'paid', 'shipped'])[1 + g % 3]
     FROM generate_series(1, {rows}) g;
 SELECT setval(pg_get_serial_sequence('orders', 'id'), {rows});
+CREATE INDEX orders_customer_id_idx ON orders (customer_id);
 """
 
 SPEC_KEY = """\

@@ -40,8 +40,7 @@ from zdm_runbook.execute.attempts import (
     outcome_of,
 )
 from zdm_runbook.execute.guard import GuardSettings
-from zdm_runbook.execute.index_twins import index_twin_steps
-from zdm_runbook.execute.partitions import partition_steps
+from zdm_runbook.execute.index_twins import pieces
 from zdm_runbook.execute.vacuum_yield import wraparound_reason, yield_autovacuum
 from zdm_runbook.execute.walk import walks
 from zdm_runbook.inspect.blockers import BlockerWatch, describe, holders
@@ -181,10 +180,7 @@ class Executor:
         settings, timeouts = self._settings(step)
         if step.backfill is not None and self.backfill is not None:
             return self._run_backfill([step])[0]
-        parts = partition_steps(self.control, step) if step.index is not None else None
-        if step.twins is not None:
-            parts = index_twin_steps(self.control, step)
-        if parts is not None:
+        if (parts := pieces(self.control, step)) is not None:
             return self._run_pieces(step, parts, timeouts)
         attempts: list[Attempt] = []
         catalog_only = step.transactional and not step.long_running

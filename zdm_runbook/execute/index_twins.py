@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from zdm_runbook.execute.partitions import partition_steps
 from zdm_runbook.plan import steps as s
 from zdm_runbook.plan.index_twins import plain_indexes, twin_name
 from zdm_runbook.plan.steps import Step
@@ -105,3 +106,11 @@ def index_twin_steps(conn: Conn, step: Step) -> list[Step]:
             )
         )
     return out
+
+
+def pieces(conn: Conn, step: Step) -> list[Step] | None:
+    """The steps that ``step`` is run as, read from the catalog now: an index on a partitioned
+    table, or the twins of a key's indexes; None when it runs as itself."""
+    if step.twins is not None:
+        return index_twin_steps(conn, step)
+    return partition_steps(conn, step) if step.index is not None else None
