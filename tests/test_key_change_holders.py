@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from zdm_runbook.inspect.key_holders import narrow_holders
+from zdm_runbook.inspect.key_holders import hold_warnings
 from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.catalog import check_change
 from zdm_runbook.spec.change import parse_change
@@ -206,7 +206,7 @@ def test_the_preflight_warns_of_a_holder_left_narrower(any_pg_db: str) -> None:
     with psycopg.connect(any_pg_db, autocommit=True) as conn:
         conn.execute(SCHEMA.encode())
         key_only = parse_change("change: k\noperations:\n" + KEY)
-        reasons, frame = narrow_holders(conn, key_only.operations)
+        reasons, frame = hold_warnings(conn, key_only.operations)
         assert [r.level for r in reasons] == ["warn"] * 3
         assert list(frame["column"]) == [
             "public.customers.referred_by",
@@ -220,11 +220,11 @@ def test_the_preflight_warns_of_a_holder_left_narrower(any_pg_db: str) -> None:
             " change_key_type: {table: public.orders, column: customer_id}"
         ) in [r.text for r in reasons]
         family = parse_change("change: f\noperations:\n" + KEY + HOLDERS)
-        assert narrow_holders(conn, family.operations)[0] == []
+        assert hold_warnings(conn, family.operations)[0] == []
         conn.execute(
             "ALTER TABLE orders ALTER COLUMN coupon_from TYPE bigint"
         )  # widened by an earlier change
-        assert len(narrow_holders(conn, key_only.operations)[0]) == 2
+        assert len(hold_warnings(conn, key_only.operations)[0]) == 2
 
 
 @pytest.mark.parametrize(
@@ -306,7 +306,7 @@ def test_the_preflight_warns_of_a_foreign_key_a_new_column_leaves_behind_and_its
             "change: ref\noperations:\n  - change_type: {table: orders, column: customer_id, new_column:"
             ' customer_ref, type: bigint, using: "customer_id::bigint", reverse: "customer_ref::int"}\n'
         )
-        reasons, _ = narrow_holders(conn, parse_change(moved).operations)
+        reasons, _ = hold_warnings(conn, parse_change(moved).operations)
         (warning,) = [r.text for r in reasons]
         assert warning.startswith(
             "public.orders.customer_id has foreign key orders_customer_id_fkey (to customers.id): change_type's"
@@ -316,7 +316,7 @@ def test_the_preflight_warns_of_a_foreign_key_a_new_column_leaves_behind_and_its
         line = warning.split("in this spec: ", 1)[1]
         assert line.endswith("on_delete: cascade}")
         kept = parse_change(moved + f"  - {line}\n")
-        assert narrow_holders(conn, kept.operations)[0] == []
+        assert hold_warnings(conn, kept.operations)[0] == []
         assert check_change(conn, kept) == []
     plan = build_plan(kept)
     for phase in ("expand", "migrate", "switch", "contract"):

@@ -26,7 +26,7 @@ Conn = psycopg.Connection[Any]
 # How an index is made, column by column: key columns with their collation (where it differs from
 # the column's), operator class (where it is not the type's default) and order; then INCLUDE ones.
 _SHAPE = """
-SELECT u.ord <= i.indnkeyatts AS is_key, a.attname::text, a.attnum,
+SELECT u.ord <= i.indnkeyatts AS is_key, a.attname::text,
        CASE WHEN NOT oc.opcdefault THEN ocn.nspname::text END, oc.opcname::text,
        CASE WHEN u.coll <> 0 AND u.coll <> a.attcollation THEN con.nspname::text END, co.collname::text,
        coalesce(u.opt, 0), am.amname::text, i.indisunique, c.reloptions
@@ -50,7 +50,7 @@ def _create(conn: Conn, oid: int, twin: str, key: str, shadow: str, step: Step) 
     keys: list[sql.Composable] = []
     included: list[sql.Composable] = []
     rows = conn.execute(_SHAPE, [oid]).fetchall()
-    for is_key, column, _, opc_schema, opc, coll_schema, coll, opt, *_ in rows:
+    for is_key, column, opc_schema, opc, coll_schema, coll, opt, *_ in rows:
         name = sql.Identifier(shadow if column == key else column)
         if not is_key:
             included.append(name)
@@ -64,7 +64,7 @@ def _create(conn: Conn, oid: int, twin: str, key: str, shadow: str, step: Step) 
         if _ORDER[opt & 3]:
             part.append(Q(_ORDER[opt & 3]))
         keys.append(Q(" ").join(part))
-    method, unique, options = rows[0][8], rows[0][9], rows[0][10] or []
+    method, unique, options = rows[0][7], rows[0][8], rows[0][9] or []
     stmt = Q("CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {} USING {} ({})").format(
         Q("UNIQUE ") if unique else Q(""),
         sql.Identifier(twin),

@@ -52,7 +52,7 @@ SELECT c.conname, c.confrelid::regclass::text, r.attname,
 """)
 
 
-def narrow_holders(
+def hold_warnings(
     conn: psycopg.Connection[Any], operations: tuple[Operation, ...]
 ) -> tuple[list[Reason], pd.DataFrame]:
     """A warning per foreign key column that holds a key this change widens, is narrower, and is

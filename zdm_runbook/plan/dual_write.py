@@ -119,3 +119,40 @@ def drop(table: Table, trigger: str, function: str) -> tuple[sql.Composed, ...]:
         Q("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(insert_trigger(trigger)), qname(table)),
         Q("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(table.schema, function)),
     )
+
+
+def shadow_sync_function(table: Table, function: str, key: str, shadow: str) -> sql.Composed:
+    """After the swap: ``shadow`` (the old, narrower column) follows ``key`` on every write, so the
+    old shape survives the deploy cycle; a value past its range leaves it NULL, never an error.
+
+    The swap moved the column's position: an INSERT without a column list (``INSERT INTO t VALUES
+    (…)``, in the table's order) now writes the old app's value into ``shadow``, and ``key`` gets
+    NULL or its default. Nobody names ``shadow``, so an INSERT that sets it is such a write: its
+    value becomes the key's (measured: without this, the holder's NOT NULL failed, and a key took
+    the sequence's value instead of the one the app gave)."""
+    body = Q(
+        "\nBEGIN\n"
+        "  IF TG_OP = 'INSERT' AND NEW.{n} IS NOT NULL THEN\n"
+        "    NEW.{k} := NEW.{n};\n"
+        "  ELSIF TG_OP = 'INSERT' OR NEW.{k} IS DISTINCT FROM OLD.{k} THEN\n"
+        "    BEGIN\n"
+        "      NEW.{n} := NEW.{k};\n"
+        "    EXCEPTION WHEN numeric_value_out_of_range THEN\n"
+        "      NEW.{n} := NULL;\n"
+        "    END;\n"
+        "  END IF;\n"
+        "  RETURN NEW;\n"
+        "END\n"
+    ).format(k=sql.Identifier(key), n=sql.Identifier(shadow))
+    return Q("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {tag}{}{tag}").format(
+        sql.Identifier(table.schema, function), body, tag=Q(DOLLAR_TAG)
+    )
+
+
+def shadow_sync_trigger(table: Table, trigger: str, key: str) -> sql.Composed:
+    """After the swap the UPDATE trigger fires only where ``key`` is written. The condition
+    installed before the swap follows the columns, not their names, and no longer describes
+    what :func:`shadow_sync_function` does."""
+    return update_trigger(
+        table, trigger, trigger, Q("NEW.{k} IS DISTINCT FROM OLD.{k}").format(k=sql.Identifier(key))
+    )

@@ -7,19 +7,18 @@ swap transaction.
 
 What the swap moves is read from the catalog when it runs, not when the plan is made: the foreign
 keys that reference the key or go from the column, its primary key or unique constraint, its
-sequence or identity. So
-the plan is the same before and after the swap, and a key gains or loses a referencing table
-between phases without a new plan. Each piece is a ``DO`` block whose names are composed
-literals; :mod:`zdm_runbook.plan.recipes` places the steps in their phases.
+sequence or identity, the twins of its plain indexes. So the plan is the same before and after the
+swap, and a key gains or loses a referencing table between phases without a new plan. Each piece
+is a ``DO`` block whose names are composed literals; :mod:`zdm_runbook.plan.recipes` places the
+steps in their phases; the sync trigger after the swap is in :mod:`zdm_runbook.plan.dual_write`.
 """
 
 from __future__ import annotations
 
 from psycopg import sql
 
-from zdm_runbook.plan.dual_write import update_trigger
 from zdm_runbook.plan.index_twins import SWAP_FRAGMENT, TWIN_OF
-from zdm_runbook.plan.steps import DOLLAR_TAG, HELD_LOCK_TIMEOUT
+from zdm_runbook.plan.steps import HELD_LOCK_TIMEOUT
 from zdm_runbook.spec.model import Table
 from zdm_runbook.spec.sqltext import regclass
 
@@ -51,23 +50,26 @@ OUTGOING = Q(
 # by name: the order an app that writes a parent row and then its children takes them in (ADD
 # FOREIGN KEY alone would lock the child first and wait, inverted, on every transaction between
 # its parent and child writes), and a fixed order, so two swaps never deadlock. Every lock after
-# the first waits at most HELD_LOCK_TIMEOUT. Each group in one LOCK TABLE, which takes them in the
-# order listed: no loop variable of its own to clobber the block's.
-_LOCK_PARENTS = """IF EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND conrelid = p
-      AND conkey = ARRAY[katt]::int2[] AND confrelid <> p) THEN
-    EXECUTE format('LOCK TABLE %s IN {mode} MODE', (SELECT string_agg(parent, ', ' ORDER BY parent)
-      FROM (SELECT DISTINCT confrelid::regclass::text AS parent FROM pg_constraint WHERE contype = 'f'
-             AND conrelid = p AND conkey = ARRAY[katt]::int2[] AND confrelid <> p) c));
+# the first group's waits at most HELD_LOCK_TIMEOUT. Each group in one LOCK TABLE, which takes them in the
+# order listed; in a block of its own, whose names cannot clobber the enclosing block's.
+_LOCK_FAMILY = """DECLARE
+    parents text := (SELECT string_agg(DISTINCT confrelid::regclass::text, ', '
+      ORDER BY confrelid::regclass::text) FROM pg_constraint
+      WHERE {parents} AND contype = 'f' AND conrelid = p AND conkey = ARRAY[katt]::int2[] AND confrelid <> p);
+    children text := (SELECT string_agg(DISTINCT conrelid::regclass::text, ', '
+      ORDER BY conrelid::regclass::text) FROM pg_constraint
+      WHERE contype = 'f' AND confrelid = p AND conrelid <> p);
+  BEGIN
+    IF parents IS NOT NULL THEN
+      EXECUTE format('LOCK TABLE %s IN {mode} MODE', parents);
+      PERFORM {held};
+    END IF;
+    EXECUTE format('LOCK TABLE %s IN {mode} MODE', p);
     PERFORM {held};
-  END IF;
-  """
-_LOCK_FAMILY = """{parents}EXECUTE format('LOCK TABLE %s IN {mode} MODE', p);
-  PERFORM {held};
-  IF EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid = p AND conrelid <> p) THEN
-    EXECUTE format('LOCK TABLE %s IN {child_mode} MODE', (SELECT string_agg(child, ', ' ORDER BY child)
-      FROM (SELECT DISTINCT conrelid::regclass::text AS child FROM pg_constraint
-             WHERE contype = 'f' AND confrelid = p AND conrelid <> p) c));
-  END IF;"""
+    IF children IS NOT NULL THEN
+      EXECUTE format('LOCK TABLE %s IN {child_mode} MODE', children);
+    END IF;
+  END;"""
 
 
 SHARE_ROW_EXCLUSIVE, ACCESS_EXCLUSIVE = Q("SHARE ROW EXCLUSIVE"), Q("ACCESS EXCLUSIVE")
@@ -76,10 +78,19 @@ SHARE_ROW_EXCLUSIVE, ACCESS_EXCLUSIVE = Q("SHARE ROW EXCLUSIVE"), Q("ACCESS EXCL
 def _lock_family(mode: sql.SQL, child_mode: sql.SQL | None = None, parents: bool = True) -> sql.Composed:
     """The lock fragment: ``parents`` in ``mode`` too (dropping or adding a foreign key takes its
     referenced table's lock: ACCESS EXCLUSIVE and SHARE ROW EXCLUSIVE, measured on 15 and 18)."""
-    held = HELD_LOCK_TIMEOUT
-    first = Q(_LOCK_PARENTS).format(mode=mode, held=held) if parents else Q("")
-    return Q(_LOCK_FAMILY).format(parents=first, mode=mode, child_mode=child_mode or mode, held=held)
+    return Q(_LOCK_FAMILY).format(
+        parents=Q("true" if parents else "false"),
+        mode=mode,
+        child_mode=child_mode or mode,
+        held=HELD_LOCK_TIMEOUT,
+    )
 
+
+# f's actions and deferrability, as the ALTER TABLE of its twin says them.
+_ACTIONS = """action[strpos('arcnd', f.confupdtype)], action[strpos('arcnd', f.confdeltype)],
+      CASE WHEN f.condeferrable
+        THEN ' DEFERRABLE' || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END
+        ELSE '' END"""
 
 # The twin's ALTER TABLE: on {target}, the columns of f (by name: a partition's attribute numbers
 # may differ from its parent's), its actions and deferrability, then {valid}.
@@ -89,10 +100,7 @@ _ADD_TWIN = """EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%s)
       (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY u.ord)
          FROM unnest(f.conkey) WITH ORDINALITY u(attnum, ord)
          JOIN pg_attribute a ON a.attrelid = f.child AND a.attnum = u.attnum),
-      p, n, action[strpos('arcnd', f.confupdtype)], action[strpos('arcnd', f.confdeltype)],
-      CASE WHEN f.condeferrable
-        THEN ' DEFERRABLE' || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END
-        ELSE '' END);"""
+      p, n, {actions});"""
 
 # The twin of f, one of the column's own foreign keys: from the shadow column n of p to what f
 # references, then NOT VALID.
@@ -102,10 +110,7 @@ _ADD_OUT_TWIN = """EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY 
       (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY u.ord)
          FROM unnest(f.confkey) WITH ORDINALITY u(attnum, ord)
          JOIN pg_attribute a ON a.attrelid = f.parent AND a.attnum = u.attnum),
-      action[strpos('arcnd', f.confupdtype)], action[strpos('arcnd', f.confdeltype)],
-      CASE WHEN f.condeferrable
-        THEN ' DEFERRABLE' || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END
-        ELSE '' END);"""
+      {actions});"""
 
 # Before PostgreSQL 18 a partitioned table takes no NOT VALID foreign key ("not yet supported on
 # partitioned tables"). There each leaf partition gets the twin NOT VALID instead; the validation
@@ -282,7 +287,9 @@ def _has_twin(target: str) -> sql.Composed:
 
 
 def _add_twin(target: str, valid: bool) -> sql.Composed:
-    return Q(_ADD_TWIN).format(target=Q(target), twin=TWIN, valid=Q("" if valid else " NOT VALID"))
+    return Q(_ADD_TWIN).format(
+        target=Q(target), twin=TWIN, valid=Q("" if valid else " NOT VALID"), actions=Q(_ACTIONS)
+    )
 
 
 def add_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
@@ -299,7 +306,7 @@ def add_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
         add_leaf=_add_twin("leaf.rel", valid=False),
         outgoing=OUTGOING,
         own_has_twin=_has_twin("p"),
-        add_out=Q(_ADD_OUT_TWIN).format(twin=TWIN),
+        add_out=Q(_ADD_OUT_TWIN).format(twin=TWIN, actions=Q(_ACTIONS)),
     )
     return _do(table, key, shadow, block)
 
@@ -348,11 +355,12 @@ def replacements_done(table: Table, key: str, validated: bool) -> sql.Composed:
 
 
 def swap(table: Table, key: str, shadow: str, temp: str, index: str) -> sql.Composed:
-    """One transaction: lock the table, then every table referencing it (sorted by name, so two
-    swaps never deadlock); move the foreign keys to their validated twins (keeping their names);
-    drop the key constraint; swap the two columns' names, so ``key`` names the bigint column for
-    the old app and the new one alike; move the identity or the default and its sequence (widened
-    to bigint, current value kept); re-create the key constraint on the prebuilt unique index."""
+    """One transaction: lock the tables the column references, the table, then every table
+    referencing it (each group sorted by name, so two swaps never deadlock); move the foreign keys
+    to their twins (keeping their names); give each index twin its original's name; drop the key
+    constraint; swap the two columns' names, so ``key`` names the bigint column for the old app and
+    the new one alike; move the identity or the default and its sequence (widened to bigint,
+    current value kept); re-create the key constraint on the prebuilt unique index."""
     block = Q(_SWAP).format(
         index_twins=SWAP_FRAGMENT,
         referencing=REFERENCING,
@@ -381,40 +389,3 @@ def swapped(table: Table, key: str, type_name: str = "bigint") -> sql.Composed:
         "SELECT coalesce((SELECT format_type(atttypid, NULL) = {t} FROM pg_attribute"
         " WHERE attrelid = {p} AND attname = {k} AND NOT attisdropped), false)"
     ).format(t=sql.Literal(type_name), p=regclass(table.schema, table.name), k=sql.Literal(key))
-
-
-def shadow_sync_function(table: Table, function: str, key: str, shadow: str) -> sql.Composed:
-    """After the swap: ``shadow`` (the old, narrower column) follows ``key`` on every write, so the
-    old shape survives the deploy cycle; a value past its range leaves it NULL, never an error.
-
-    The swap moved the column's position: an INSERT without a column list (``INSERT INTO t VALUES
-    (…)``, in the table's order) now writes the old app's value into ``shadow``, and ``key`` gets
-    NULL or its default. Nobody names ``shadow``, so an INSERT that sets it is such a write: its
-    value becomes the key's (measured: without this, the holder's NOT NULL failed, and a key took
-    the sequence's value instead of the one the app gave)."""
-    body = Q(
-        "\nBEGIN\n"
-        "  IF TG_OP = 'INSERT' AND NEW.{n} IS NOT NULL THEN\n"
-        "    NEW.{k} := NEW.{n};\n"
-        "  ELSIF TG_OP = 'INSERT' OR NEW.{k} IS DISTINCT FROM OLD.{k} THEN\n"
-        "    BEGIN\n"
-        "      NEW.{n} := NEW.{k};\n"
-        "    EXCEPTION WHEN numeric_value_out_of_range THEN\n"
-        "      NEW.{n} := NULL;\n"
-        "    END;\n"
-        "  END IF;\n"
-        "  RETURN NEW;\n"
-        "END\n"
-    ).format(k=sql.Identifier(key), n=sql.Identifier(shadow))
-    return Q("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {tag}{}{tag}").format(
-        sql.Identifier(table.schema, function), body, tag=Q(DOLLAR_TAG)
-    )
-
-
-def shadow_sync_trigger(table: Table, trigger: str, key: str) -> sql.Composed:
-    """After the swap the UPDATE trigger fires only where ``key`` is written. The condition
-    installed before the swap follows the columns, not their names, and no longer describes
-    what :func:`shadow_sync_function` does."""
-    return update_trigger(
-        table, trigger, trigger, Q("NEW.{k} IS DISTINCT FROM OLD.{k}").format(k=sql.Identifier(key))
-    )

@@ -317,8 +317,8 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
         f" {trigger} now keeps the old column, {shadow}, in sync",
         (
             keyswap.swap(table, key, shadow, s.derived_name(key, suffix="zdm_swap"), index),
-            keyswap.shadow_sync_function(table, trigger, key, shadow),
-            keyswap.shadow_sync_trigger(table, trigger, key),
+            dual_write.shadow_sync_function(table, trigger, key, shadow),
+            dual_write.shadow_sync_trigger(table, trigger, key),
         ),
         swapped,
         (table,),
