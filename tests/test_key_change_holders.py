@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from zdm_runbook.inspect.key_holders import hold_warnings
 from zdm_runbook.plan.planner import build_plan
@@ -329,3 +330,34 @@ def test_the_preflight_warns_of_a_foreign_key_a_new_column_leaves_behind_and_its
     )
     with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.errors.ForeignKeyViolation):
         conn.execute("INSERT INTO orders (customer_ref, total) VALUES (77777, 1)")
+
+
+def test_an_index_in_a_tablespace_of_its_own_keeps_it(any_pg_db: str) -> None:
+    """pg_get_indexdef leaves the tablespace out; the twin is built in the original's."""
+    dsn = any_pg_db
+    space = "zdm_ts_" + scalar(dsn, "SELECT current_database()")[-12:]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET allow_in_place_tablespaces = on")  # a directory in the data folder
+        conn.execute(sql.SQL("CREATE TABLESPACE {} LOCATION ''").format(sql.Identifier(space)))
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SCHEMA.encode())
+            conn.execute(
+                sql.SQL("ALTER INDEX orders_customer_id_idx SET TABLESPACE {}").format(sql.Identifier(space))
+            )
+        plan = build_plan(
+            parse_change(
+                "change: ts\noperations:\n  - change_key_type: {table: orders, column: customer_id}\n"
+            )
+        )
+        for phase in ("expand", "migrate", "switch", "contract"):
+            assert "failed" not in apply_phase(dsn, plan, phase).values(), phase
+        where = "SELECT spcname FROM pg_class c JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE c.oid = %s::regclass"
+        assert scalar(dsn, where, ["orders_customer_id_idx"]) == space
+        assert scalar(dsn, "SELECT pg_get_indexdef('orders_customer_id_idx'::regclass)").endswith(
+            "(customer_id)"
+        )
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS orders, customers CASCADE")
+            conn.execute(sql.SQL("DROP TABLESPACE IF EXISTS {}").format(sql.Identifier(space)))

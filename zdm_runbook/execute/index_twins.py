@@ -24,12 +24,14 @@ Q = sql.SQL
 Conn = psycopg.Connection[Any]
 
 # How an index is made, column by column: key columns with their collation (where it differs from
-# the column's), operator class (where it is not the type's default) and order; then INCLUDE ones.
+# the column's), operator class (where it is not the type's default) and order; then INCLUDE ones;
+# and on every row its method, uniqueness, storage parameters and tablespace.
 _SHAPE = """
 SELECT u.ord <= i.indnkeyatts AS is_key, a.attname::text,
        CASE WHEN NOT oc.opcdefault THEN ocn.nspname::text END, oc.opcname::text,
        CASE WHEN u.coll <> 0 AND u.coll <> a.attcollation THEN con.nspname::text END, co.collname::text,
-       coalesce(u.opt, 0), am.amname::text, i.indisunique, c.reloptions
+       coalesce(u.opt, 0), am.amname::text, i.indisunique, c.reloptions,
+       (SELECT spcname::text FROM pg_tablespace WHERE oid = c.reltablespace)
   FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam
   CROSS JOIN LATERAL unnest(i.indkey::int2[], i.indclass::oid[], i.indcollation::oid[], i.indoption::int2[])
          WITH ORDINALITY u(attnum, cls, coll, opt, ord)
@@ -64,7 +66,7 @@ def _create(conn: Conn, oid: int, twin: str, key: str, shadow: str, step: Step) 
         if _ORDER[opt & 3]:
             part.append(Q(_ORDER[opt & 3]))
         keys.append(Q(" ").join(part))
-    method, unique, options = rows[0][7], rows[0][8], rows[0][9] or []
+    method, unique, options, space = rows[0][7], rows[0][8], rows[0][9] or [], rows[0][10]
     stmt = Q("CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {} USING {} ({})").format(
         Q("UNIQUE ") if unique else Q(""),
         sql.Identifier(twin),
@@ -79,6 +81,8 @@ def _create(conn: Conn, oid: int, twin: str, key: str, shadow: str, step: Step) 
         stmt = Q("{} WITH ({})").format(
             stmt, Q(", ").join(Q("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in pairs)
         )
+    if space is not None:  # 0, the database's default: said by no clause
+        stmt = Q("{} TABLESPACE {}").format(stmt, sql.Identifier(space))
     return stmt
 
 

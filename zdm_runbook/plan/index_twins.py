@@ -6,7 +6,8 @@ PostgreSQL binds an index to the column's number, not its name: after the swap a
 ``customer_id``, and go with that column at contract (measured: the catalog check refused such a
 change until the spec twinned each index itself). So switch builds, CONCURRENTLY, a twin of each
 plain index that uses the column: the same columns with the new one for it, the same order,
-operator classes, collations, ``INCLUDE`` columns, method, uniqueness and storage parameters.
+operator classes, collations, ``INCLUDE`` columns, method, uniqueness, storage parameters and
+tablespace.
 Which indexes is read from the catalog when switch runs (:mod:`zdm_runbook.execute.index_twins`
 turns this step into one build per index). The swap then drops each original, on the old column,
 under the lock it already holds, and renames the twin to the original's name: after the change
