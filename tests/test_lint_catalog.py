@@ -360,10 +360,19 @@ def test_a_key_or_a_column_that_holds_one_widened_to_bigint_is_pointed_to_change
             "CREATE TABLE customers (id serial PRIMARY KEY, name text);"
             " CREATE TABLE orders (id bigint PRIMARY KEY, customer_id int NOT NULL REFERENCES customers, qty int);"
             " INSERT INTO customers (name) SELECT 'c' FROM generate_series(1, 2000);"
-            " INSERT INTO orders SELECT g, 1 + g % 2000, g FROM generate_series(1, 2000) g; ANALYZE"
+            " INSERT INTO orders SELECT g, 1 + g % 2000, g FROM generate_series(1, 2000) g;"
+            " CREATE TABLE visits (customer_id int REFERENCES customers, at date) PARTITION BY RANGE (at);"
+            " CREATE TABLE visits_1 PARTITION OF visits FOR VALUES FROM ('2020-01-01') TO ('2030-01-01');"
+            " INSERT INTO visits SELECT 1 + g % 2000, DATE '2024-01-01' + g % 300 FROM generate_series(1, 2000) g;"
+            " ANALYZE"
         )
         advice = {}
-        for column, table in (("id", "customers"), ("customer_id", "orders"), ("qty", "orders")):
+        for column, table in (
+            ("id", "customers"),
+            ("customer_id", "orders"),
+            ("qty", "orders"),
+            ("customer_id", "visits"),
+        ):
             version_row = conn.execute("SHOW server_version_num").fetchone()
             version = int(str(version_row[0])) // 10000 if version_row else 18
             _, findings = lint_text(
@@ -374,14 +383,16 @@ def test_a_key_or_a_column_that_holds_one_widened_to_bigint_is_pointed_to_change
             )
             (finding,) = [f for f in findings if f.rule == "alter-column-type"]
             assert finding.severity == "error", finding  # a rewrite of a table with rows
-            advice[column] = finding.safe_alternative
-    assert advice["id"].startswith(
+            advice[f"{table}.{column}"] = finding.safe_alternative
+    assert advice["customers.id"].startswith(
         "expand and contract that keeps the name: change_key_type: {table: public.customers, column: id}"
-        " (id is the primary key; referenced by orders.orders_customer_id_fkey; fed by sequence"
+        " (id is the primary key; referenced by orders.orders_customer_id_fkey, visits.visits_customer_id_fkey;"
+        " fed by sequence"
     )
-    assert advice["customer_id"] == (
+    assert advice["orders.customer_id"] == (
         "expand and contract that keeps the name: change_key_type: {table: public.orders, column: customer_id}"
         " (customer_id holds a key (orders_customer_id_fkey -> customers): a new column's contract would drop"
         " its foreign key)"
     )
-    assert "change_key_type" not in advice["qty"]
+    assert "change_key_type" not in advice["orders.qty"]
+    assert "change_key_type" not in advice["visits.customer_id"]  # partitioned: refused by change_key_type

@@ -197,7 +197,7 @@ def _widen_advice(conn: Conn, f: Finding, table: tuple[str, ...], widened: set[s
         with conn.transaction():
             row = conn.execute(
                 "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE c.oid = to_regclass(%s)",
+                " WHERE c.oid = to_regclass(%s) AND c.relkind = 'r'",  # change_key_type refuses 'p'
                 [regclass_text(table)],
             ).fetchone()
             facts = key_facts(conn, Table(str(row[0]), str(row[1])), column) if row else None

@@ -32,7 +32,7 @@ _FACTS = sql.SQL(
     " EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = a.attrelid AND c.contype IN ('p', 'u')"
     "   AND a.attnum = ANY (c.conkey) AND cardinality(c.conkey) > 1) AS in_composite_key,"
     " coalesce((SELECT array_agg(c.conrelid::regclass::text || '.' || c.conname ORDER BY 1)"
-    "   FROM pg_constraint c WHERE c.contype = 'f' AND c.confrelid = a.attrelid"
+    "   FROM pg_constraint c WHERE c.contype = 'f' AND c.confrelid = a.attrelid AND c.conparentid = 0"
     "   AND a.attnum = ANY (c.confkey)), '{{}}') AS referenced_by,"
     " EXISTS (SELECT 1 FROM pg_constraint c WHERE c.contype = 'f' AND c.confrelid = a.attrelid"
     "   AND a.attnum = ANY (c.confkey) AND cardinality(c.confkey) > 1) AS composite_reference,"
