@@ -70,7 +70,7 @@ def test_plan_checks_the_catalog_with_dsn_env(db: str) -> None:
     )
 
 
-def test_the_feared_changes_examples_fit_the_schema_they_describe(db: str) -> None:
+def test_the_feared_changes_examples_fit_the_schema_they_describe(db: str, tmp_path: Path) -> None:
     """customers-id-bigint and orders-rename-table, checked against the catalog they are written
     for: an int key that a foreign key references, and a table to rename."""
     with psycopg.connect(db, autocommit=True) as conn:
@@ -79,6 +79,15 @@ def test_the_feared_changes_examples_fit_the_schema_they_describe(db: str) -> No
     for name in ("customers-id-bigint", "orders-rename-table"):
         ok = zdm("plan", str(EXAMPLES / f"{name}.yaml"), "--dsn-env", "T", env={"T": db})
         assert ok.returncode == 0, f"{name}: {ok.stderr}"
+    parent_only = tmp_path / "parent-only.yaml"
+    parent_only.write_text("change: p\noperations:\n  - change_key_type: {table: customers, column: id}\n")
+    warned = zdm("plan", str(parent_only), "--dsn-env", "T", env={"T": db})
+    assert warned.returncode == 0, warned.stderr
+    assert warned.stderr.startswith("[warn] public.orders.customer_id (integer) holds public.customers.id,")
+    assert (
+        "warn"
+        not in zdm("plan", str(EXAMPLES / "customers-id-bigint.yaml"), "--dsn-env", "T", env={"T": db}).stderr
+    )
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("CREATE TABLE purchases (id int)")
     taken = zdm("plan", str(EXAMPLES / "orders-rename-table.yaml"), "--dsn-env", "T", env={"T": db})
