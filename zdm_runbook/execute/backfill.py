@@ -355,9 +355,9 @@ class BackfillEngine:
                 self._share(steered=steered(batch_size, pause_ms))
                 return waited, self._control
             self._tell()
-            time.sleep(0.5)
-            waited += 0.5
-            self._share(held={**self.state.held, hold.kind: self.state.held.get(hold.kind, 0.0) + 0.5})
+            time.sleep(CHECK_EVERY)  # held: the next check, then
+            waited, kind = waited + CHECK_EVERY, hold.kind
+            self._share(held={**self.state.held, kind: self.state.held.get(kind, 0.0) + CHECK_EVERY})
 
     def _batch(
         self, lower: Key | None, upper: Key, size: int, retries: int, throttled: float

@@ -97,10 +97,8 @@ def backfill_charts(dsn_env: str = "ZDM_DSN") -> int:
         frame = status.batches(conn)
     count = 0
     for (change, step, table), part in frame.groupby(["change", "step", "table"], sort=True):
-        show(
-            backfill_figure(part, f"backfill {step} of {table} ({change})"),
-            alt=f"backfill chart of {change} {step}",
-        )
+        title = f"backfill {step} of {table} ({change})"  # as the runbook titles it
+        show(backfill_figure(part, title), alt=f"chart of the {title}")
         count += 1
     if not count:
         print("no backfill has committed a batch in this database")

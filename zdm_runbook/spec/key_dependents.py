@@ -43,12 +43,7 @@ SELECT DISTINCT CASE WHEN d.classid = 'pg_rewrite'::regclass  -- a view's rule: 
          ELSE pg_describe_object(d.classid, d.objid, 0) END AS what,
        CASE WHEN d.classid = 'pg_class'::regclass THEN d.objid::regclass::text END AS index,
        CASE WHEN d.classid = 'pg_class'::regclass THEN (SELECT i.indexprs IS NULL AND i.indpred IS NULL
-         FROM pg_index i WHERE i.indexrelid = d.objid) END AS plain,
-       CASE WHEN d.classid = 'pg_class'::regclass THEN ARRAY(
-         SELECT a.attname::text FROM pg_index i
-          CROSS JOIN LATERAL unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY u(n, o)
-           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = u.n
-          WHERE i.indexrelid = d.objid ORDER BY u.o) END AS columns
+         FROM pg_index i WHERE i.indexrelid = d.objid) END AS plain
   FROM pg_depend d, k
  WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = k.rel AND d.refobjsubid = k.attnum
    AND d.deptype IN ('n', 'a')
@@ -69,13 +64,12 @@ SELECT DISTINCT CASE WHEN d.classid = 'pg_rewrite'::regclass  -- a view's rule: 
 
 @dataclass(frozen=True)
 class Dependent:
-    """One object that uses the key column: how PostgreSQL names it, and for an index its name,
-    whether it is a plain list of columns (no expression, no predicate), and its key columns."""
+    """One object that uses the key column: how PostgreSQL names it, and for an index its name and
+    whether it is a plain list of columns (no expression, no predicate: switch twins it itself)."""
 
     what: str
     index: str | None
     plain: bool | None
-    columns: list[str] | None
 
 
 def dependents(conn: psycopg.Connection[Any], table: Table, column: str) -> list[Dependent]:
@@ -83,26 +77,14 @@ def dependents(conn: psycopg.Connection[Any], table: Table, column: str) -> list
     rows = conn.execute(
         _DEPENDENTS.format(table=regclass(table.schema, table.name), column=sql.Literal(column))
     ).fetchall()
-    return [Dependent(str(r[0]), r[1], r[2], list(r[3]) if r[3] is not None else None) for r in rows]
-
-
-def _twin_columns(dep: Dependent, op: ChangeKeyType) -> tuple[str, ...] | None:
-    """A plain index's columns with the new column for the key: its twin's (None: not plain)."""
-    if not dep.plain or dep.columns is None:
-        return None
-    return tuple(op.new_column if c == op.column else c for c in dep.columns)
+    return [Dependent(str(r[0]), r[1], r[2]) for r in rows]
 
 
 def _twinned(dep: Dependent, op: ChangeKeyType, operations: tuple[Operation, ...]) -> bool:
-    """Whether the spec builds the index's twin on the new column: a ``create_index`` on the table
-    with the same columns, the new column for the key (a plain index); for an index with an
-    expression or a predicate, one whose columns, expression or predicate name the new column."""
+    """Whether the spec twins an index with an expression or a predicate on the new column: a
+    ``create_index`` on the table whose columns, expression or predicate name the new column."""
     for other in operations:
         if not isinstance(other, CreateIndex) or other.table != op.table:
-            continue
-        if (wanted := _twin_columns(dep, op)) is not None:
-            if other.columns == wanted:
-                return True
             continue
         named = set(other.columns or ())
         for expr in (other.expression, other.where):
