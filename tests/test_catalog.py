@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 
 from zdm_runbook.plan.planner import build_plan
@@ -9,7 +11,7 @@ from zdm_runbook.spec.catalog import check_change
 from zdm_runbook.spec.change import parse_change
 from zdm_runbook.spec.model import Phase
 
-from .helpers import apply_phase
+from .helpers import apply_phase, scalar, zdm
 
 SCHEMA = """
 CREATE TABLE orders (id int PRIMARY KEY, customer_id int, note text);
@@ -109,3 +111,51 @@ def test_rechecking_after_each_phase_still_passes(db: str) -> None:
         apply_phase(db, plan, phase)
         with psycopg.connect(db) as conn:
             assert check_change(conn, spec) == [], phase
+
+
+def test_a_backfill_on_a_table_with_no_key_to_walk_is_refused_before_expand(db: str, tmp_path: Path) -> None:
+    """Every operation that backfills walks its table in key ranges. A table with no primary key and
+    no unique NOT NULL key is refused by the catalog check, naming each operation's field, before
+    expand adds anything; it used to pass the check, and expand's column and trigger were in place
+    before migrate's backfill found no key. A nullable unique key is no key to walk; one the spec
+    adds first is."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE logs (n int UNIQUE, at date, line text);"
+            " CREATE TABLE refs (id int PRIMARY KEY); ALTER TABLE logs ADD COLUMN ref int REFERENCES refs"
+        )
+        found = problems_for(
+            conn,
+            """
+  - backfill: {table: logs, set: {line: "coalesce(line, '')"}}
+  - rename_column: {table: logs, from: line, to: text, type: text}
+  - change_type: {table: logs, column: n, new_column: n_big, type: bigint, using: 'n::bigint', reverse: 'n_big::int'}
+  - add_not_null_column: {table: logs, column: src, type: text, backfill: "'app'"}
+  - change_key_type: {table: logs, column: ref}
+  - add_column: {table: logs, column: free, type: text}
+""",
+        )
+        why = (
+            "public.logs has no primary key and no unique NOT NULL key: a backfill walks the table in key"
+            " ranges and needs one"
+        )
+        fields = ("backfill", "rename_column", "change_type", "add_not_null_column", "change_key_type")
+        assert [f.split(": ", 1)[0] for f in found] == [
+            f"operations[{i}].{op}.table" for i, op in enumerate(fields)
+        ]
+        assert all(why in f for f in found), found
+        keyed = (
+            "  - add_primary_key: {table: logs, name: logs_pkey, columns: [n]}\n"  # the spec adds one first
+        )
+        assert problems_for(conn, keyed + "  - backfill: {table: logs, set: {line: \"''\"}}\n") == []
+    spec = tmp_path / "logs.yaml"
+    spec.write_text(
+        "change: logs\noperations:\n  - rename_column: {table: logs, from: line, to: text, type: text}\n"
+    )
+    out = zdm("plan", str(spec), "--dsn-env", "T", env={"T": db})
+    assert (
+        out.returncode == 2
+        and "operations[0].rename_column.table: public.logs has no primary key" in out.stderr
+    )
+    columns = "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'logs'::regclass AND attnum > 0"
+    assert scalar(db, columns) == "n,at,line,ref"

@@ -233,15 +233,16 @@ def test_the_preflight_warns_of_a_holder_left_narrower(any_pg_db: str) -> None:
     [
         (
             "CREATE TABLE lines (order_id int, n int, PRIMARY KEY (order_id, n));"
-            " CREATE TABLE notes (order_id int, n int, FOREIGN KEY (order_id, n) REFERENCES lines);",
+            " CREATE TABLE notes (id int PRIMARY KEY, order_id int, n int, FOREIGN KEY (order_id, n) REFERENCES lines);",
             "{table: notes, column: order_id}",
             "is part of a key of several columns",
         ),
-        (
-            "CREATE TABLE users (id int PRIMARY KEY); CREATE TABLE events (user_id int REFERENCES users,"
-            " at date) PARTITION BY RANGE (at);",
-            "{table: events, column: user_id}",
-            "is partitioned: change_key_type swaps a column of a plain table only",
+        (  # a partitioned table's own key (a holder there is widened: test_key_change_partitions.py)
+            "CREATE TABLE shards (id int PRIMARY KEY) PARTITION BY RANGE (id);"
+            " CREATE TABLE shard_notes (id int PRIMARY KEY, shard_id int REFERENCES shards);",
+            "{table: shards, column: id}",
+            "is partitioned: change_key_type widens a column that holds a key there (a foreign key column),"
+            " not a key of its own",
         ),
         (
             "CREATE TABLE plain (id int PRIMARY KEY, n int);",

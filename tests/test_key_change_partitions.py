@@ -11,10 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from zdm_runbook.execute.executor import Executor
 from zdm_runbook.lint.analysis import LOCK_MODES
+from zdm_runbook.plan.index_twins import twin_name
 from zdm_runbook.plan.planner import build_plan
+from zdm_runbook.spec.catalog import check_change
 from zdm_runbook.spec.change import parse_change
 
 from .helpers import apply_phase, scalar
@@ -39,15 +42,16 @@ FKS = (
 )
 
 
-def _held(dsn: str, statement: Any) -> dict[str, str]:
+def _held(dsn: str, statement: Any, tables: tuple[str, ...] = ("employees", "events%")) -> dict[str, str]:
     """Run ``statement`` in a transaction that is rolled back: the strongest lock each of the
-    change's tables got."""
+    change's tables (names LIKE ``tables``) got."""
     strongest: dict[str, str] = {}
     with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction(force_rollback=True):
         conn.execute(statement)
         for rel, mode in conn.execute(
             "SELECT relation::regclass::text, mode FROM pg_locks WHERE pid = pg_backend_pid()"
-            " AND locktype = 'relation' AND relation::regclass::text LIKE ANY (ARRAY['employees', 'events%%'])"
+            " AND locktype = 'relation' AND relation::regclass::text LIKE ANY (%s)",
+            [list(tables)],
         ):
             if LOCK_MODES.index(mode) >= LOCK_MODES.index(strongest.get(rel, mode)):
                 strongest[rel] = mode
@@ -133,3 +137,154 @@ def test_a_key_that_a_partitioned_table_and_its_own_table_reference_becomes_bigi
     assert apply_phase(dsn, plan, "contract") == {"01-change_key_type-drop-old": "applied"}
     _apps_work(dsn, "after contract")
     assert scalar(dsn, FKS) == before
+
+
+HOLDER_SCHEMA = """
+CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL);
+INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 200) g;
+CREATE TABLE visits (id bigint GENERATED ALWAYS AS IDENTITY, at date NOT NULL, kind text NOT NULL,
+    customer_id int NOT NULL REFERENCES customers ON DELETE CASCADE,
+    referrer_id int REFERENCES customers (id) ON DELETE SET NULL, PRIMARY KEY (id, at, kind))
+    PARTITION BY RANGE (at);
+CREATE TABLE visits_2025 PARTITION OF visits FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE visits_2026 PARTITION OF visits FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')
+    PARTITION BY LIST (kind);
+CREATE TABLE visits_2026_web PARTITION OF visits_2026 FOR VALUES IN ('web');
+CREATE TABLE visits_2026_rest PARTITION OF visits_2026 DEFAULT;
+CREATE INDEX visits_customer_at ON visits (customer_id, at DESC) INCLUDE (kind);
+CREATE INDEX visits_referrer_id_idx ON visits (referrer_id);
+INSERT INTO visits (at, kind, customer_id, referrer_id)
+    SELECT DATE '2025-06-01' + g % 400, (ARRAY['web', 'app'])[1 + g % 2], 1 + g % 200,
+        CASE WHEN g % 3 = 0 THEN 1 + g % 7 END FROM generate_series(1, 3000) g;
+"""
+HOLDER_SPEC = """change: visits-bigint
+operations:
+  - change_key_type: {table: customers, column: id}
+  - change_key_type: {table: visits, column: customer_id}
+  - change_key_type: {table: visits, column: referrer_id}
+"""
+TREE = "(SELECT relid FROM pg_partition_tree('visits'))"
+PARTITIONS = "(SELECT relid FROM pg_partition_tree('visits') WHERE level > 0)"
+TREE_FKS = (
+    "SELECT string_agg(conrelid::regclass || ':' || conname || ':' || convalidated || ':'"
+    f" || pg_get_constraintdef(oid), ' | ' ORDER BY conrelid::regclass::text, conname)"
+    f" FROM pg_constraint WHERE contype = 'f' AND conrelid IN {TREE}"
+)
+TREE_INDEXES = (
+    "SELECT string_agg(pg_get_indexdef(indexrelid), ' | ' ORDER BY indexrelid::regclass::text)"
+    f" FROM pg_index WHERE indrelid IN {TREE}"
+)
+TREE_COLUMNS = (
+    "SELECT string_agg(DISTINCT attname || ' ' || format_type(atttypid, NULL)"
+    " || CASE WHEN attnotnull THEN ' not null' ELSE '' END, ', ')"
+    f" FROM pg_attribute WHERE attrelid IN {TREE} AND attname IN ('customer_id', 'referrer_id')"
+)
+
+
+def _visits_work(dsn: str, name: str, old_app: bool = True) -> int:
+    """A customer's visits in two partitions (one a sub-partition), one referred by them; the
+    customer deleted: their visits go, the referral keeps its row with no referrer. The old app
+    also inserts without a column list, in the table's order. Returns the customer's id."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("INSERT INTO customers (name) VALUES (%s) RETURNING id", [name]).fetchone()
+        assert row is not None
+        cid = int(row[0])
+        conn.execute(
+            "INSERT INTO visits (at, kind, customer_id) VALUES ('2025-07-01', 'app', %s), ('2026-02-01', 'web', %s)",
+            [cid, cid],
+        )
+        conn.execute(
+            "INSERT INTO visits (at, kind, customer_id, referrer_id) VALUES ('2026-03-01', 'app', 5, %s)",
+            [cid],
+        )
+        if old_app:
+            conn.execute("INSERT INTO visits VALUES (DEFAULT, '2026-04-01', 'web', %s, NULL)", [cid])
+        seen = conn.execute("SELECT count(*) FROM visits WHERE customer_id = %s", [cid]).fetchone()
+        assert seen == (3 if old_app else 2,), (name, seen)
+        conn.execute("DELETE FROM customers WHERE id = %s", [cid])
+        assert conn.execute("SELECT count(*) FROM visits WHERE customer_id = %s", [cid]).fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM visits WHERE at = '2026-03-01' AND customer_id = 5 AND referrer_id IS NULL"
+        ).fetchone() >= (1,)
+        return cid
+
+
+def test_the_columns_of_a_partitioned_table_that_hold_a_key_become_bigint(any_pg_db: str) -> None:
+    """A partitioned table's foreign key columns (large event tables hold user ids) were refused.
+    Now they are widened like a plain table's: each partition's index and foreign key keeps its
+    name, and before 18 the twins go on the leaves and are attached, as for a key's referencing
+    partitioned table."""
+    dsn = any_pg_db
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(HOLDER_SCHEMA.encode())
+        version = int(conn.execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
+        change = parse_change(HOLDER_SPEC)
+        assert check_change(conn, change) == []
+    fks, indexes = scalar(dsn, TREE_FKS), scalar(dsn, TREE_INDEXES)
+    plan = build_plan(change)
+    for phase in ("expand", "migrate"):
+        assert "failed" not in apply_phase(dsn, plan, phase).values()
+        _visits_work(dsn, f"after {phase}")
+    seen: dict[str, Any] = {}
+
+    def look(step: Any) -> None:
+        if step.key == "02-change_key_type-fk-validate":  # the leaves' twins, before the attach
+            seen["leaves"] = scalar(
+                dsn,
+                f"SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid IN {PARTITIONS}"
+                " AND conname LIKE '%%_zdm_%%'"
+                " AND convalidated AND conparentid = 0",
+            )
+            seen["attach locks"] = _held(dsn, attach.statements[0], ("customers", "visits%"))
+
+    attach = next(st for st in plan.steps if st.key == "02-change_key_type-fk-attach")
+    with psycopg.connect(dsn, autocommit=True) as conn:  # a switch that stopped after its first piece
+        conn.execute(
+            sql.SQL("CREATE INDEX {} ON ONLY visits (customer_id_zdm, at DESC) INCLUDE (kind)").format(
+                sql.Identifier(twin_name("visits_customer_at"))
+            )
+        )
+    with psycopg.connect(dsn, autocommit=True) as worker, psycopg.connect(dsn, autocommit=True) as control:
+        results = Executor(worker, control, plan, after_step=look).run_phase("switch")
+    outcomes = {r.key: r.outcome for r in results}
+    assert "failed" not in outcomes.values()
+    if version < 180000:
+        assert seen["leaves"] == 3, "the twin on each of the three leaves, validated there"
+        # Measured on 15: attaching the holder's own twin drops each leaf's triggers on customers
+        # (ACCESS EXCLUSIVE there), and takes the partitioned table and its partitions SHARE ROW
+        # EXCLUSIVE; the step takes customers first.
+        family = ("visits", "visits_2025", "visits_2026", "visits_2026_rest", "visits_2026_web")
+        assert seen["attach locks"] == {
+            "customers": "AccessExclusiveLock",
+            **dict.fromkeys(family, "ShareRowExclusiveLock"),
+        }
+        assert outcomes["02-change_key_type-fk-attach"] == "applied"
+    else:
+        assert seen["leaves"] == 0, "18 and later: the twin goes on the partitioned table itself"
+        assert seen["attach locks"] == {}, "nothing to attach, no lock taken"
+        assert outcomes["02-change_key_type-fk-attach"] == "skipped"
+    # Each index twinned on the partitioned table the way PostgreSQL allows (ON ONLY, each
+    # partition CONCURRENTLY, ATTACH): for each of the two holders' indexes, ON ONLY on the 2
+    # partitioned tables, a build on each of the 3 leaves, an attach of each of the 4 partitions;
+    # each a step in the ledger.
+    pieces = scalar(
+        dsn,
+        "SELECT count(DISTINCT step_key) FROM zdm.step_attempts"
+        " WHERE step_key ~ '^0[23]-change_key_type-index-twins:' AND outcome = 'applied'",
+    )
+    assert pieces == 2 * (2 + 3 + 4) - 1  # the first run's ON ONLY is there: not counted as done twice
+    _visits_work(dsn, "after switch")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert check_change(conn, change) == []
+    assert "failed" not in apply_phase(dsn, plan, "contract").values()
+    _visits_work(dsn, "after contract", old_app=False)
+    # Every foreign key and index of the tree, partitions' included, as it was and under its name,
+    # on bigint columns of the same nullability.
+    assert scalar(dsn, TREE_FKS) == fks
+    assert scalar(dsn, TREE_INDEXES) == indexes
+    assert scalar(dsn, TREE_COLUMNS) == "customer_id bigint not null, referrer_id bigint"
+    for phase in ("expand", "migrate", "switch", "contract"):  # a re-run (a fleet's) changes nothing
+        assert set(apply_phase(dsn, plan, phase).values()) == {"skipped"}, phase
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT setval('customers_id_seq', 3000000000)")
+    assert _visits_work(dsn, "past the int range", old_app=False) > 2**31

@@ -18,7 +18,8 @@ from psycopg import sql
 from zdm_runbook.execute.partitions import partition_steps
 from zdm_runbook.plan import steps as s
 from zdm_runbook.plan.index_twins import plain_indexes, twin_name
-from zdm_runbook.plan.steps import Step
+from zdm_runbook.plan.steps import IndexSpec, Step
+from zdm_runbook.spec.model import Table
 
 Q = sql.SQL
 Conn = psycopg.Connection[Any]
@@ -46,9 +47,8 @@ SELECT u.ord <= i.indnkeyatts AS is_key, a.attname::text,
 _ORDER = {0: "", 1: "DESC NULLS LAST", 2: "NULLS FIRST", 3: "DESC"}
 
 
-def _create(conn: Conn, oid: int, twin: str, key: str, shadow: str, step: Step) -> sql.Composed:
-    """CREATE INDEX CONCURRENTLY for the twin of index ``oid``: ``shadow`` where it has ``key``."""
-    table = step.tables[0]
+def _shape(conn: Conn, oid: int, twin: str, key: str, shadow: str, table: Table) -> IndexSpec:
+    """The twin of index ``oid``, as data: ``shadow`` where it has ``key``, the rest as it is."""
     keys: list[sql.Composable] = []
     included: list[sql.Composable] = []
     rows = conn.execute(_SHAPE, [oid]).fetchall()
@@ -67,27 +67,26 @@ def _create(conn: Conn, oid: int, twin: str, key: str, shadow: str, step: Step) 
             part.append(Q(_ORDER[opt & 3]))
         keys.append(Q(" ").join(part))
     method, unique, options, space = rows[0][7], rows[0][8], rows[0][9] or [], rows[0][10]
-    stmt = Q("CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {} USING {} ({})").format(
-        Q("UNIQUE ") if unique else Q(""),
-        sql.Identifier(twin),
-        s.qname(table),
-        sql.Identifier(method),
-        Q(", ").join(keys),
-    )
+    tail: list[sql.Composable] = []
     if included:
-        stmt = Q("{} INCLUDE ({})").format(stmt, Q(", ").join(included))
+        tail.append(Q("INCLUDE ({})").format(Q(", ").join(included)))
     if options:
         pairs = (str(o).split("=", 1) for o in options)
-        stmt = Q("{} WITH ({})").format(
-            stmt, Q(", ").join(Q("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in pairs)
+        tail.append(
+            Q("WITH ({})").format(
+                Q(", ").join(Q("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in pairs)
+            )
         )
     if space is not None:  # 0, the database's default: said by no clause
-        stmt = Q("{} TABLESPACE {}").format(stmt, sql.Identifier(space))
-    return stmt
+        tail.append(Q("TABLESPACE {}").format(sql.Identifier(space)))
+    return IndexSpec(
+        table, twin, Q(", ").join(keys), bool(unique), str(method), tail=Q(" ").join(tail) if tail else None
+    )
 
 
 def index_twin_steps(conn: Conn, step: Step) -> list[Step]:
-    """One step per plain index on the key that has no twin yet: its twin, built CONCURRENTLY."""
+    """One step per plain index on the key that has no valid twin yet: its twin, built CONCURRENTLY
+    (on a partitioned table: ON ONLY, each partition CONCURRENTLY, ATTACH, as any index there)."""
     if step.twins is None:
         return []
     table, key, shadow = step.twins
@@ -96,19 +95,19 @@ def index_twin_steps(conn: Conn, step: Step) -> list[Step]:
         if twinned:
             continue
         twin = twin_name(str(name))
-        out.append(
-            replace(
-                step,
-                key=f"{step.key}:{twin}",
-                description=f"index {twin} CONCURRENTLY: {name} on {shadow} instead of {key}",
-                statements=(_create(conn, int(oid), twin, key, shadow, step),),
-                done_when=s.index_valid(table.schema, twin),
-                builds_index=(table.schema, twin),
-                twins=None,
-                superseded_when=None,
-                locks=None,
-            )
+        spec = _shape(conn, int(oid), twin, key, shadow, table)
+        one = replace(
+            step,
+            key=f"{step.key}:{twin}",
+            description=f"index {twin} CONCURRENTLY: {name} on {shadow} instead of {key}",
+            statements=(spec.on(table, twin),),
+            done_when=s.index_valid(table.schema, twin),
+            builds_index=(table.schema, twin),
+            twins=None,
+            superseded_when=None,
+            locks=None,
         )
+        out.extend(partition_steps(conn, replace(one, index=spec)) or [one])
     return out
 
 

@@ -16,6 +16,7 @@ from psycopg import sql
 
 from zdm_runbook.core.errors import Problem, SpecError
 from zdm_runbook.plan.steps import qname
+from zdm_runbook.spec.keys import no_walk_key, walk_key
 from zdm_runbook.spec.model import Table
 
 Conn = psycopg.Connection[Any]
@@ -23,21 +24,6 @@ Key = list[str]  # one key value per key column, as text
 # A side of a key range: a key (sent as literals), or a composed row of placeholders such as
 # :meth:`TableKey.placeholders` (sent as parameters of a statement prepared once).
 Bound = Key | sql.Composable
-
-_KEYS = """
-SELECT c.relname AS index_name, i.indisprimary,
-       array_agg(a.attname::text ORDER BY k.ord) AS columns, bool_and(a.attnotnull) AS not_null
-FROM pg_index i
-JOIN pg_class c ON c.oid = i.indexrelid
-JOIN pg_am am ON am.oid = c.relam AND am.amname = 'btree'
-CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-WHERE i.indrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))
-  AND (i.indisprimary OR i.indisunique) AND i.indisvalid
-  AND i.indpred IS NULL AND i.indexprs IS NULL AND k.ord <= i.indnkeyatts
-GROUP BY c.relname, i.indisprimary
-ORDER BY i.indisprimary DESC, count(*), c.relname
-"""
 
 
 @dataclass(frozen=True)
@@ -113,26 +99,15 @@ class TableKey:
 
 
 def table_key(conn: Conn, table: Table, path: str = "table") -> TableKey:
-    """The primary key, else the narrowest unique NOT NULL btree key; refused if there is none."""
-    with conn.cursor() as cur:
-        cur.execute(_KEYS, [table.schema, table.name])
-        rows = cur.fetchall()
-    for _, primary, columns, not_null in rows:
-        if not_null:
-            return TableKey(table, tuple(columns), "primary key" if primary else "unique key")
+    """The primary key, else the narrowest unique NOT NULL btree key; refused if there is none (the
+    catalog check refuses that before a phase runs: :func:`zdm_runbook.spec.keys.walk_key`)."""
+    found = walk_key(conn, table)
+    if found is not None:
+        return TableKey(table, found[0], found[1])
     exists = conn.execute(
         "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL", [table.schema, table.name]
     )
     row = exists.fetchone()
     if not (row and row[0]):
         raise SpecError([Problem(path, f"table {table} does not exist")])
-    raise SpecError(
-        [
-            Problem(
-                path,
-                f"{table} has no primary key and no unique NOT NULL key: a backfill walks the table in"
-                " key ranges and needs one. Add a primary key first (CREATE UNIQUE INDEX CONCURRENTLY,"
-                " then ALTER TABLE ... ADD PRIMARY KEY USING INDEX)",
-            )
-        ]
-    )
+    raise SpecError([Problem(path, no_walk_key(table))])

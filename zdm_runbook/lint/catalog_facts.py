@@ -196,14 +196,17 @@ def _widen_advice(conn: Conn, f: Finding, table: tuple[str, ...], widened: set[s
     try:
         with conn.transaction():
             row = conn.execute(
-                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE c.oid = to_regclass(%s) AND c.relkind = 'r'",  # change_key_type refuses 'p'
+                "SELECT n.nspname, c.relname, c.relkind = 'p' FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.oid = to_regclass(%s) AND c.relkind IN ('r', 'p')",
                 [regclass_text(table)],
             ).fetchone()
             facts = key_facts(conn, Table(str(row[0]), str(row[1])), column) if row else None
     except psycopg.Error:
         return f
     if row is None or facts is None or facts.type not in WIDENS:
+        return f
+    if row[2] and not facts.holds_only:  # a partitioned table's own key: change_key_type refuses it
         return f
     if facts.is_key:
         why = f"{column} is {facts.describe()}: a new column's contract would drop that with the old one"

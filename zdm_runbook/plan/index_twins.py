@@ -43,7 +43,7 @@ _SAME_ON_NEW = """EXISTS (SELECT 1 FROM pg_index t JOIN pg_class tc ON tc.oid = 
       WHERE t.indrelid = i.indrelid AND t.indkey::int2[] = array_replace(i.indkey::int2[], katt, natt)
         AND t.indexprs IS NULL AND t.indpred IS NULL AND t.indisunique = i.indisunique
         AND t.indnkeyatts = i.indnkeyatts AND t.indoption::int2[] = i.indoption::int2[]
-        AND tc.relam = c.relam)"""
+        AND tc.relam = c.relam AND t.indisvalid)"""
 
 # The plain indexes that use the column (attribute katt of table p) and no constraint owns; each
 # with whether its twin is there.
@@ -78,7 +78,16 @@ _SWAP = """FOR ix IN SELECT o.indexrelid::regclass AS old, oc.relname AS name,
       JOIN pg_index t ON t.indexrelid = tc.oid AND t.indrelid = p AND t.indisvalid
      WHERE o.indrelid = p AND katt = ANY (o.indkey::int2[])
        AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = o.indexrelid) LOOP
+    -- On a partitioned table, each partition's index of the twin takes its original's name too.
+    SELECT array_agg(x.indrelid), array_agg(pc.relname::text) INTO parts, part_names
+      FROM pg_partition_tree(ix.old) pt JOIN pg_index x ON x.indexrelid = pt.relid
+      JOIN pg_class pc ON pc.oid = pt.relid WHERE pt.level > 0;
     EXECUTE format('DROP INDEX %s', ix.old);
     EXECUTE format('ALTER INDEX %s RENAME TO %I', ix.twin, ix.name);
+    FOR part IN SELECT pt.relid::regclass AS twin, o.name FROM pg_partition_tree(ix.twin) pt
+        JOIN pg_index x ON x.indexrelid = pt.relid
+        JOIN unnest(parts, part_names) o(rel, name) ON o.rel = x.indrelid WHERE pt.level > 0 LOOP
+      EXECUTE format('ALTER INDEX %s RENAME TO %I', part.twin, part.name);
+    END LOOP;
   END LOOP;"""
 SWAP_FRAGMENT = Q(_SWAP).format(twin_of=Q(TWIN_OF.format(a="oc.relname")))

@@ -10,7 +10,8 @@ keys that reference the key or go from the column, its primary key or unique con
 sequence or identity, the twins of its plain indexes. So the plan is the same before and after the
 swap, and a key gains or loses a referencing table between phases without a new plan. Each piece
 is a ``DO`` block whose names are composed literals; :mod:`zdm_runbook.plan.recipes` places the
-steps in their phases; the sync trigger after the swap is in :mod:`zdm_runbook.plan.dual_write`.
+steps in their phases; the foreign keys' twins are made in :mod:`zdm_runbook.plan.fk_twins`, and
+the sync trigger after the swap is in :mod:`zdm_runbook.plan.dual_write`.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ _LOCK_FAMILY = """DECLARE
       EXECUTE format('LOCK TABLE %s IN {mode} MODE', parents);
       PERFORM {held};
     END IF;
-    EXECUTE format('LOCK TABLE %s IN {mode} MODE', p);
+    EXECUTE format('LOCK TABLE %s IN {own_mode} MODE', p);
     PERFORM {held};
     IF children IS NOT NULL THEN
       EXECUTE format('LOCK TABLE %s IN {child_mode} MODE', children);
@@ -75,109 +76,20 @@ _LOCK_FAMILY = """DECLARE
 SHARE_ROW_EXCLUSIVE, ACCESS_EXCLUSIVE = Q("SHARE ROW EXCLUSIVE"), Q("ACCESS EXCLUSIVE")
 
 
-def _lock_family(mode: sql.SQL, child_mode: sql.SQL | None = None, parents: bool = True) -> sql.Composed:
+def lock_family(
+    mode: sql.SQL, child_mode: sql.SQL | None = None, parents: bool = True, own_mode: sql.SQL | None = None
+) -> sql.Composed:
     """The lock fragment: ``parents`` in ``mode`` too (dropping or adding a foreign key takes its
-    referenced table's lock: ACCESS EXCLUSIVE and SHARE ROW EXCLUSIVE, measured on 15 and 18)."""
+    referenced table's lock: ACCESS EXCLUSIVE and SHARE ROW EXCLUSIVE, measured on 15 and 18); p in
+    ``own_mode`` (default ``mode``), the referencing tables in ``child_mode`` (default ``mode``)."""
     return Q(_LOCK_FAMILY).format(
         parents=Q("true" if parents else "false"),
         mode=mode,
+        own_mode=own_mode or mode,
         child_mode=child_mode or mode,
         held=HELD_LOCK_TIMEOUT,
     )
 
-
-# f's actions and deferrability, as the ALTER TABLE of its twin says them.
-_ACTIONS = """action[strpos('arcnd', f.confupdtype)], action[strpos('arcnd', f.confdeltype)],
-      CASE WHEN f.condeferrable
-        THEN ' DEFERRABLE' || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END
-        ELSE '' END"""
-
-# The twin's ALTER TABLE: on {target}, the columns of f (by name: a partition's attribute numbers
-# may differ from its parent's), its actions and deferrability, then {valid}.
-_ADD_TWIN = """EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%s) REFERENCES %s (%I)'
-        ' ON UPDATE %s ON DELETE %s%s{valid}',
-      {target}, {twin},
-      (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY u.ord)
-         FROM unnest(f.conkey) WITH ORDINALITY u(attnum, ord)
-         JOIN pg_attribute a ON a.attrelid = f.child AND a.attnum = u.attnum),
-      p, n, {actions});"""
-
-# The twin of f, one of the column's own foreign keys: from the shadow column n of p to what f
-# references, then NOT VALID.
-_ADD_OUT_TWIN = """EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I) REFERENCES %s (%s)'
-        ' ON UPDATE %s ON DELETE %s%s NOT VALID',
-      p, {twin}, n, f.parent,
-      (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY u.ord)
-         FROM unnest(f.confkey) WITH ORDINALITY u(attnum, ord)
-         JOIN pg_attribute a ON a.attrelid = f.parent AND a.attnum = u.attnum),
-      {actions});"""
-
-# Before PostgreSQL 18 a partitioned table takes no NOT VALID foreign key ("not yet supported on
-# partitioned tables"). There each leaf partition gets the twin NOT VALID instead; the validation
-# step validates them one by one, and the attach step then adds the twin, valid, on the
-# partitioned table, which attaches its partitions' validated twins rather than scanning them.
-_SPLIT = (  # parenthesised: it is negated and combined where it is used
-    "(current_setting('server_version_num')::int < 180000"
-    " AND (SELECT relkind FROM pg_class WHERE oid = f.child) = 'p')"
-)
-
-# Whether {target} already has f's twin (a re-run: each step is idempotent).
-_HAS_TWIN = "EXISTS (SELECT 1 FROM pg_constraint r WHERE r.conrelid = {target} AND r.conname = {twin})"
-
-_ADD_TWINS = """
-DECLARE
-  f record;
-  leaf record;
-  action text[] := ARRAY['NO ACTION', 'RESTRICT', 'CASCADE', 'SET NULL', 'SET DEFAULT'];
-BEGIN
-  {lock}
-  FOR f IN {referencing} LOOP
-    CONTINUE WHEN {has_twin};
-    IF {split} THEN
-      FOR leaf IN SELECT relid::regclass AS rel FROM pg_partition_tree(f.child) WHERE isleaf ORDER BY 1 LOOP
-        CONTINUE WHEN {leaf_has_twin};
-        {add_leaf}
-      END LOOP;
-    ELSE
-      {add}
-    END IF;
-  END LOOP;
-  FOR f IN {outgoing} LOOP
-    CONTINUE WHEN {own_has_twin};
-    {add_out}
-  END LOOP;
-END"""
-
-_VALIDATE_TWINS = """
-DECLARE
-  f record;
-BEGIN
-  FOR f IN SELECT r.conname, r.conrelid::regclass AS child FROM pg_constraint r
-      WHERE r.contype = 'f' AND NOT r.convalidated AND r.conparentid = 0
-        AND ((r.confrelid = p AND r.confkey = ARRAY[natt]::int2[])
-          OR (r.conrelid = p AND r.conkey = ARRAY[natt]::int2[]))
-        AND NOT EXISTS (SELECT 1 FROM pg_constraint o WHERE o.contype = 'f' AND o.conrelid = r.conrelid
-          AND NOT o.convalidated AND {twin_of_o} = r.conname)  -- its original was never validated
-      ORDER BY r.conrelid::regclass::text, r.conname LOOP
-    EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', f.child, f.conname);
-  END LOOP;
-END"""
-
-_ATTACH_TWINS = """
-DECLARE
-  f record;
-  locked bool := false;
-  action text[] := ARRAY['NO ACTION', 'RESTRICT', 'CASCADE', 'SET NULL', 'SET DEFAULT'];
-BEGIN
-  FOR f IN {referencing} LOOP
-    CONTINUE WHEN NOT {split} OR {has_twin};
-    IF NOT locked THEN  -- no lock where there is nothing to attach (always, from PostgreSQL 18)
-      {lock}
-      locked := true;
-    END IF;
-    {add}
-  END LOOP;
-END"""
 
 _SWAP = """
 DECLARE
@@ -185,6 +97,9 @@ DECLARE
   clone record;
   kc record;
   ix record;
+  part record;
+  parts oid[];
+  part_names text[];
   seq text := pg_get_serial_sequence(p::text, k);
   ident "char" := (SELECT attidentity FROM pg_attribute WHERE attrelid = p AND attnum = katt);
   dflt text := (SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = p AND adnum = katt);
@@ -201,13 +116,7 @@ BEGIN
     END IF;
     EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', f.child, f.conname);
     EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', f.child, {twin}, f.conname);
-    -- A partitioned table's partitions hold clones of the twin, under its name: theirs too.
-    FOR clone IN SELECT r.conrelid::regclass AS part FROM pg_partition_tree(f.child) t
-        JOIN pg_constraint r ON r.conrelid = t.relid
-        WHERE t.level > 0 AND r.conname = {twin} AND r.conparentid <> 0 LOOP
-      CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = clone.part AND conname = f.conname);
-      EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', clone.part, {twin}, f.conname);
-    END LOOP;
+    {clones_child}
   END LOOP;
   FOR f IN {outgoing} LOOP  -- the column's own foreign keys
     IF NOT EXISTS (SELECT 1 FROM pg_constraint r WHERE r.conrelid = p AND r.conname = {twin}
@@ -218,6 +127,7 @@ BEGIN
     END IF;
     EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', p, f.conname);
     EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', p, {twin}, f.conname);
+    {clones_p}
   END LOOP;
   {index_twins}
   SELECT conname, contype INTO kc FROM pg_constraint  -- a second one is refused by the check
@@ -262,7 +172,17 @@ BEGIN
 END"""
 
 
-def _do(table: Table, key: str, shadow: str, block: sql.Composable) -> sql.Composed:
+# After a twin on a partitioned table is renamed: its partitions hold clones of it under the twin's
+# name, which get the original's name too (the original's clones went with it).
+_CLONES = """FOR clone IN SELECT r.conrelid::regclass AS part FROM pg_partition_tree({rel}) t
+        JOIN pg_constraint r ON r.conrelid = t.relid
+        WHERE t.level > 0 AND r.conname = {twin} AND r.conparentid <> 0 LOOP
+      CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = clone.part AND conname = f.conname);
+      EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', clone.part, {twin}, f.conname);
+    END LOOP;"""
+
+
+def do_block(table: Table, key: str, shadow: str, block: sql.Composable) -> sql.Composed:
     """``DO`` with the table (``p``), the key and shadow columns' names (``k``, ``n``) and their
     attribute numbers (``katt``, ``natt``) declared, around one inner block."""
     return Q(
@@ -282,78 +202,6 @@ def _do(table: Table, key: str, shadow: str, block: sql.Composable) -> sql.Compo
     )
 
 
-def _has_twin(target: str) -> sql.Composed:
-    return Q(_HAS_TWIN).format(target=Q(target), twin=TWIN)
-
-
-def _add_twin(target: str, valid: bool) -> sql.Composed:
-    return Q(_ADD_TWIN).format(
-        target=Q(target), twin=TWIN, valid=Q("" if valid else " NOT VALID"), actions=Q(_ACTIONS)
-    )
-
-
-def add_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
-    """Each foreign key referencing ``key`` gains a twin referencing ``shadow``, NOT VALID: no scan,
-    a brief SHARE ROW EXCLUSIVE on both tables; new rows are checked against both from now on.
-    (Before PostgreSQL 18, on each leaf of a partitioned referencing table: see ``_SPLIT``.)"""
-    block = Q(_ADD_TWINS).format(
-        referencing=REFERENCING,
-        has_twin=_has_twin("f.child"),
-        leaf_has_twin=_has_twin("leaf.rel"),
-        lock=_lock_family(SHARE_ROW_EXCLUSIVE),
-        split=Q(_SPLIT),
-        add=_add_twin("f.child", valid=False),
-        add_leaf=_add_twin("leaf.rel", valid=False),
-        outgoing=OUTGOING,
-        own_has_twin=_has_twin("p"),
-        add_out=Q(_ADD_OUT_TWIN).format(twin=TWIN, actions=Q(_ACTIONS)),
-    )
-    return _do(table, key, shadow, block)
-
-
-def attach_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
-    """Before PostgreSQL 18, each partitioned referencing table's own twin, added valid once its
-    partitions' twins are validated: PostgreSQL attaches those instead of scanning (catalog only).
-    Attaching drops each partition's own triggers on the key's table, so that table is locked
-    ACCESS EXCLUSIVE (measured on 15), first, not upgraded to later; the referencing tables SHARE
-    ROW EXCLUSIVE. Nothing to do, and no lock, elsewhere."""
-    block = Q(_ATTACH_TWINS).format(
-        referencing=REFERENCING,
-        has_twin=_has_twin("f.child"),
-        split=Q(_SPLIT),
-        lock=_lock_family(ACCESS_EXCLUSIVE, SHARE_ROW_EXCLUSIVE, parents=False),
-        add=_add_twin("f.child", valid=True),
-    )
-    return _do(table, key, shadow, block)
-
-
-def validate_replacement_fks(table: Table, key: str, shadow: str) -> sql.Composed:
-    """VALIDATE each twin: scans the child under SHARE UPDATE EXCLUSIVE, writes keep going. Not the
-    twin of a foreign key left NOT VALID by its owner (rows it would refuse may be there on purpose):
-    the twin stays NOT VALID too, and the swap moves it as it is."""
-    return _do(table, key, shadow, Q(_VALIDATE_TWINS).format(twin_of_o=Q(TWIN_OF.format(a="o.conname"))))
-
-
-def replacements_done(table: Table, key: str, validated: bool) -> sql.Composed:
-    """No foreign key references ``key``, or goes from it, without a (validated) twin."""
-    p = regclass(table.schema, table.name)
-    katt = Q("(SELECT attnum FROM pg_attribute WHERE attrelid = {} AND attname = {})").format(
-        p, sql.Literal(key)
-    )
-    return Q(
-        "SELECT NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conparentid = 0"
-        " AND ((f.confrelid = {p} AND f.confkey = ARRAY[{katt}]::int2[])"
-        " OR (f.conrelid = {p} AND f.conkey = ARRAY[{katt}]::int2[]))"
-        " AND NOT EXISTS (SELECT 1 FROM pg_constraint r"
-        " WHERE r.conrelid = f.conrelid AND r.conname = {twin}{validated}))"
-    ).format(
-        p=p,
-        katt=katt,
-        twin=TWIN,
-        validated=Q(" AND (r.convalidated OR NOT f.convalidated)") if validated else Q(""),
-    )
-
-
 def swap(table: Table, key: str, shadow: str, temp: str, index: str) -> sql.Composed:
     """One transaction: lock the tables the column references, the table, then every table
     referencing it (each group sorted by name, so two swaps never deadlock); move the foreign keys
@@ -366,11 +214,13 @@ def swap(table: Table, key: str, shadow: str, temp: str, index: str) -> sql.Comp
         referencing=REFERENCING,
         outgoing=OUTGOING,
         twin=TWIN,
+        clones_child=Q(_CLONES).format(rel=Q("f.child"), twin=TWIN),
+        clones_p=Q(_CLONES).format(rel=Q("p"), twin=TWIN),
         temp=sql.Literal(temp),
         index=sql.Literal(index),
-        lock=_lock_family(ACCESS_EXCLUSIVE),
+        lock=lock_family(ACCESS_EXCLUSIVE),
     )
-    return _do(table, key, shadow, block)
+    return do_block(table, key, shadow, block)
 
 
 def not_a_key(table: Table, column: str) -> sql.Composed:

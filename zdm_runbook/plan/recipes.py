@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from zdm_runbook.plan import dual_write, index_twins, keyswap
+from zdm_runbook.plan import dual_write, fk_twins, index_twins, keyswap
 from zdm_runbook.plan import steps as s
 from zdm_runbook.plan.steps import BackfillSpec, StepBuilder
 from zdm_runbook.spec.change import Change
@@ -275,8 +275,8 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
         Phase.SWITCH,
         f"re-create each foreign key referencing {table}.{key}, or going from it, on {shadow}'s side,"
         " NOT VALID (no scan)",
-        keyswap.add_replacement_fks(table, key, shadow),
-        keyswap.replacements_done(table, key, validated=False),
+        fk_twins.add_replacement_fks(table, key, shadow),
+        fk_twins.replacements_done(table, key, validated=False),
         (table,),
         superseded_when=swapped,
         locks=f"each table {table}.{key} references, {table} and each referencing table"
@@ -286,8 +286,8 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
         "fk-validate",
         Phase.SWITCH,
         "VALIDATE those foreign keys (scans each child under SHARE UPDATE EXCLUSIVE only)",
-        keyswap.validate_replacement_fks(table, key, shadow),
-        keyswap.replacements_done(table, key, validated=True),
+        fk_twins.validate_replacement_fks(table, key, shadow),
+        fk_twins.replacements_done(table, key, validated=True),
         (table,),
         long_running=True,
         superseded_when=swapped,
@@ -298,15 +298,18 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
     b.add(
         "fk-attach",
         Phase.SWITCH,
-        "PostgreSQL before 18: add each partitioned referencing table's twin, valid; it attaches the"
-        " partitions' validated twins, no scan (18 and later: nothing to do)",
-        keyswap.attach_replacement_fks(table, key, shadow),
-        keyswap.replacements_done(table, key, validated=True),
+        "PostgreSQL before 18: add each partitioned table's twin, valid (a referencing table's, or the"
+        " column's own where its table is partitioned); it attaches the partitions' validated twins, no"
+        " scan (18 and later: nothing to do)",
+        fk_twins.attach_replacement_fks(table, key, shadow),
+        fk_twins.replacements_done(table, key, validated=True),
         (table,),
         superseded_when=swapped,
         locks=f"before 18, where a partitioned table references the key: {table} AccessExclusiveLock (the"
         " partitions' own triggers on it are dropped), then each referencing table and its partitions"
-        " ShareRowExclusiveLock (catalog: attaches validated twins, no scan); otherwise none",
+        f" ShareRowExclusiveLock; where {table} is partitioned and {key} holds a key: each table it"
+        f" references AccessExclusiveLock, then {table} and its partitions ShareRowExclusiveLock"
+        " (catalog: attaches validated twins, no scan); otherwise none",
     )
     b.add(
         "swap",

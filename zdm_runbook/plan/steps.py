@@ -107,11 +107,12 @@ class IndexSpec:
     unique: bool = False
     method: str = "btree"
     where: Expr | None = None
+    tail: sql.Composable | None = None  # INCLUDE, WITH and TABLESPACE clauses, after the keys
 
     def on(self, table: Table, name: str) -> sql.Composed:
         """The same index on ``table`` (a partition), built CONCURRENTLY."""
         return create_index_concurrently(
-            table, name, self.keys, unique=self.unique, method=self.method, where=self.where
+            table, name, self.keys, unique=self.unique, method=self.method, where=self.where, tail=self.tail
         )
 
     def on_only(self, table: Table, name: str) -> sql.Composed:
@@ -120,10 +121,10 @@ class IndexSpec:
             Q("UNIQUE ") if self.unique else Q(""),
             sql.Identifier(name),
             qname(table),
-            INDEX_METHODS[self.method],
+            _method(self.method),
             self.keys,
         )
-        return stmt if self.where is None else Q("{} WHERE {}").format(stmt, self.where.sql)
+        return _clauses(stmt, self.tail, self.where)
 
 
 @dataclass(frozen=True)
@@ -356,14 +357,27 @@ def create_index_concurrently(
     unique: bool = False,
     method: str = "btree",
     where: Expr | None = None,
+    tail: sql.Composable | None = None,
 ) -> sql.Composed:
     stmt = Q("CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {} USING {} ({})").format(
         Q("UNIQUE ") if unique else Q(""),
         sql.Identifier(name),
         qname(table),
-        INDEX_METHODS[method],
+        _method(method),
         keys,
     )
+    return _clauses(stmt, tail, where)
+
+
+def _method(name: str) -> sql.Composable:
+    """An index method: one the spec may name, or (for an index read from the catalog) any other."""
+    return INDEX_METHODS.get(name) or sql.Identifier(name)
+
+
+def _clauses(stmt: sql.Composed, tail: sql.Composable | None, where: Expr | None) -> sql.Composed:
+    """A CREATE INDEX with what follows its keys: ``tail`` (INCLUDE, WITH, TABLESPACE), then WHERE."""
+    if tail is not None:
+        stmt = Q("{} {}").format(stmt, tail)
     return stmt if where is None else Q("{} WHERE {}").format(stmt, where.sql)
 
 

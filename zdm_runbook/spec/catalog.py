@@ -138,6 +138,8 @@ def _check(state: CatalogState, op: Operation, path: str, problems: list[Problem
 def _check_on_table(
     state: CatalogState, cols: dict[str, str], op: OnTable, path: str, problems: list[Problem]
 ) -> None:
+    if isinstance(op, AddNotNullColumn | RenameColumn | ChangeType | ChangeKeyType | Backfill):
+        checks.check_walk_key(state, op.table, path, problems)  # each backfills the table
     match op:
         case AddColumn() | AddNotNullColumn():
             checks.check_added_column(state, cols, op, path, problems)

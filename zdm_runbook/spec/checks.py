@@ -6,7 +6,7 @@ from __future__ import annotations
 from zdm_runbook.core.errors import Problem
 from zdm_runbook.spec.catalog_state import CatalogState, check_expr, check_new_column, need_columns
 from zdm_runbook.spec.key_dependents import check_key_dependents
-from zdm_runbook.spec.keys import key_facts, key_type_problem
+from zdm_runbook.spec.keys import key_facts, key_type_problem, no_walk_key, walk_key
 from zdm_runbook.spec.model import Phase, Table
 from zdm_runbook.spec.operations import (
     AddColumn,
@@ -240,12 +240,15 @@ def check_partitioned(
             )
         return
     if isinstance(op, ChangeKeyType):
+        facts = key_facts(state.conn, op.table, op.column)
+        if facts is None or facts.holds_only or facts.type == (state.type_name(op.type) or op.type.text):
+            return  # a column that holds a key, on a partitioned table too; or swapped already
         problems.append(
             Problem(
                 f"{path}.table",
-                f"{op.table} is partitioned: change_key_type swaps a column of a plain table only (a"
-                " partitioned table's key cannot be re-created USING INDEX, and before 18 it takes no"
-                " NOT VALID foreign key). ALTER COLUMN ... TYPE rewrites every partition under ACCESS"
+                f"{op.table} is partitioned: change_key_type widens a column that holds a key there"
+                " (a foreign key column), not a key of its own (a partitioned table's key cannot be"
+                " re-created USING INDEX). ALTER COLUMN ... TYPE rewrites every partition under ACCESS"
                 " EXCLUSIVE: plan it for a maintenance window",
             )
         )
@@ -259,3 +262,15 @@ def check_partitioned(
             " to each partition",
         )
     )
+
+
+def check_walk_key(state: CatalogState, table: Table, path: str, problems: list[Problem]) -> None:
+    """A backfill walks its table in key ranges: a table with no key to walk is refused here, before
+    expand adds anything, not at migrate, where the backfill would meet it. A key the spec itself
+    adds first (``add_primary_key``, ``add_unique``) counts; so does a table the spec creates."""
+    if state.relkind(table.schema, table.name) not in ("r", "p"):
+        return  # created (or renamed to) by the spec: its own columns say what it is
+    if any(isinstance(o, AddPrimaryKey | AddUnique) and o.table == table for o in state.operations):
+        return
+    if walk_key(state.conn, table) is None:
+        problems.append(Problem(f"{path}.table", no_walk_key(table)))

@@ -64,6 +64,12 @@ class KeyFacts:
         """What ``change_type``'s contract would break by dropping the column."""
         return self.key == "p" or bool(self.referenced_by) or self.identity or self.sequence is not None
 
+    @property
+    def holds_only(self) -> bool:
+        """A foreign key column that is no key of its own (``events.customer_id``): what
+        ``change_key_type`` can widen on a partitioned table too, where no key is re-created."""
+        return self.key is None and not self.identity and self.sequence is None and bool(self.references)
+
     def describe(self) -> str:
         parts = []
         if self.key == "p":
@@ -100,3 +106,42 @@ def key_type_problem(facts: KeyFacts, new_type: str) -> str | None:
             " column: the swap needs one of them (a plain column changes type by change_type)"
         )
     return None
+
+
+# The keys a table can be walked by in key ranges (the backfill's and the verification's batches):
+# the primary key, or a unique, non-partial btree key on plain columns; each with whether its
+# columns are all NOT NULL. The primary key first, then the narrowest.
+_WALK_KEYS = """
+SELECT c.relname AS index_name, i.indisprimary,
+       array_agg(a.attname::text ORDER BY k.ord) AS columns, bool_and(a.attnotnull) AS not_null
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_am am ON am.oid = c.relam AND am.amname = 'btree'
+CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))
+  AND (i.indisprimary OR i.indisunique) AND i.indisvalid
+  AND i.indpred IS NULL AND i.indexprs IS NULL AND k.ord <= i.indnkeyatts
+GROUP BY c.relname, i.indisprimary
+ORDER BY i.indisprimary DESC, count(*), c.relname
+"""
+
+
+def walk_key(conn: psycopg.Connection[Any], table: Table) -> tuple[tuple[str, ...], str] | None:
+    """The key a backfill walks ``table`` by, and what it is ("primary key", "unique key"); None
+    when the table has none (or is not there)."""
+    with conn.cursor() as cur:
+        rows = cur.execute(_WALK_KEYS, [table.schema, table.name]).fetchall()
+    for _, primary, columns, not_null in rows:
+        if not_null:
+            return tuple(str(c) for c in columns), "primary key" if primary else "unique key"
+    return None
+
+
+def no_walk_key(table: Table) -> str:
+    """Why a backfill cannot run on ``table``, and what to do."""
+    return (
+        f"{table} has no primary key and no unique NOT NULL key: a backfill walks the table in"
+        " key ranges and needs one. Add a primary key first (CREATE UNIQUE INDEX CONCURRENTLY,"
+        " then ALTER TABLE ... ADD PRIMARY KEY USING INDEX)"
+    )
