@@ -176,3 +176,61 @@ def test_catalog_mode_refreshes_copied_matviews_and_asks_the_planner_about_whole
             " live database): it row-locks them all"
         ]
         assert errors("UPDATE orders SET status = 'x' WHERE id < 10;") == []
+
+
+@pytest.mark.pg(">= 18")  # a VIRTUAL generated column
+def test_set_expression_and_renames_the_catalog_binds_by_oid_as_measured(shop: str) -> None:
+    """Labelled by measuring: SET EXPRESSION rewrites the table for a STORED generated column and
+    not for a VIRTUAL one (18); a renamed enum label, sequence or type breaks the statements that
+    name it, while the columns, defaults and triggers bound to it by oid follow it. The rules say
+    so: an error for the rewrite (which catalog mode measures away for a virtual column), warnings
+    for the renames."""
+    from zdm_runbook.lint.linter import lint_text  # noqa: PLC0415
+
+    with psycopg.connect(shop, autocommit=True) as conn:
+        conn.execute(
+            "ALTER TABLE orders ADD COLUMN stored numeric GENERATED ALWAYS AS (total * 2) STORED,"
+            " ADD COLUMN virt numeric GENERATED ALWAYS AS (total * 2) VIRTUAL;"
+            " CREATE TYPE order_state AS ENUM ('new', 'paid');"
+            " CREATE SEQUENCE order_numbers; ALTER TABLE orders ADD COLUMN number bigint DEFAULT nextval('order_numbers')"
+        )
+    measured = _run(
+        shop,
+        PRELUDE + "ALTER TABLE orders ALTER COLUMN stored SET EXPRESSION AS (total * 3);"
+        " ALTER TABLE orders ALTER COLUMN virt SET EXPRESSION AS (total * 3);",
+    )
+    assert measured[2].rewritten == {"orders"} and not measured[3].rewritten
+    text = PRELUDE + "ALTER TABLE orders ALTER COLUMN stored SET EXPRESSION AS (total * 4);\n"
+    (rewrite,) = [f for f in lint_text(text, "m.sql", 18)[1] if f.severity == "error"]
+    assert rewrite.rule == "set-expression-rewrite"
+    with psycopg.connect(shop, autocommit=True) as conn:
+        virtual = PRELUDE + "ALTER TABLE orders ALTER COLUMN virt SET EXPRESSION AS (total * 4);\n"
+        assert [
+            f.message for f in lint_text(virtual, "m.sql", 18, conn=conn)[1] if f.severity == "error"
+        ] == []
+        conn.execute(
+            "ALTER TYPE order_state RENAME VALUE 'paid' TO 'settled';"
+            " ALTER SEQUENCE order_numbers RENAME TO order_nos; ALTER TYPE order_state RENAME TO order_status"
+        )
+        breaks = {
+            "SELECT 'paid'::order_status": psycopg.errors.InvalidTextRepresentation,
+            "SELECT nextval('order_numbers')": psycopg.errors.UndefinedTable,
+            "SELECT 'new'::order_state": psycopg.errors.UndefinedObject,
+        }
+        for old_statement, error in breaks.items():
+            with pytest.raises(error):
+                conn.execute(old_statement)
+        row = conn.execute(  # the default's nextval follows the sequence by oid
+            "INSERT INTO orders (id) VALUES (100001) RETURNING number"
+        ).fetchone()
+        assert row == (301,)  # after the 300 rows the ADD COLUMN filled from it
+    renames = (
+        "ALTER TYPE order_state RENAME VALUE 'paid' TO 'settled';\nALTER SEQUENCE order_numbers RENAME TO order_nos;\n"
+        "ALTER TYPE order_state RENAME TO order_status;\n"
+    )
+    found = [(f.rule, f.severity) for f in lint_text(PRELUDE + renames, "m.sql", 18)[1]]
+    assert found == [
+        ("rename-enum-value", "warning"),
+        ("rename-object", "warning"),
+        ("rename-object", "warning"),
+    ]

@@ -82,6 +82,15 @@ _APP_VISIBLE = {
     ObjectType.OBJECT_VIEW,
     ObjectType.OBJECT_MATVIEW,
 }
+# Objects an app's statements name, but which the catalog binds by oid: a rename breaks the former.
+_NAMED_BY_APPS = {
+    ObjectType.OBJECT_TYPE: "a cast to it",
+    ObjectType.OBJECT_DOMAIN: "a cast to it",
+    ObjectType.OBJECT_SEQUENCE: "nextval('…')",
+    ObjectType.OBJECT_FUNCTION: "a call",
+    ObjectType.OBJECT_PROCEDURE: "a CALL",
+    ObjectType.OBJECT_SCHEMA: "a qualified name",
+}
 _EXPAND_CONTRACT = (
     "expand and contract: add the new column, dual-write, backfill, switch reads, drop the old one"
 )
@@ -174,6 +183,17 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
                     "changing a column's type rewrites the table and its indexes under AccessExclusiveLock"
                     " (unless binary-coercible) and breaks the old app's reads of the column",
                     _EXPAND_CONTRACT,
+                )
+            elif sub == "AT_SetExpression":
+                add(  # measured on 18: a STORED column's table gets a new relfilenode, a VIRTUAL one's not
+                    "set-expression-rewrite" if version >= 17 else "needs-postgresql-17",
+                    "error",
+                    "SET EXPRESSION recomputes a STORED generated column for every row: a full rewrite under"
+                    " AccessExclusiveLock (a VIRTUAL one, PostgreSQL 18, is catalog only)"
+                    if version >= 17
+                    else f"SET EXPRESSION needs PostgreSQL 17 (this server: {version}): it fails as written",
+                    "a new plain column kept by a trigger and backfilled in batches (expand and contract),"
+                    " then switch reads to it and drop the old one",
                 )
             elif sub == "AT_AddConstraint" and isinstance(cmd.def_, ast.Constraint):
                 kind = ConstrType(int(cmd.def_.contype or 0))
@@ -354,6 +374,24 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
         )
     elif isinstance(node, ast.RenameStmt) and ObjectType(int(node.renameType or 0)) in _APP_VISIBLE:
         add("rename", "error", "renaming breaks the old app that uses the old name", _EXPAND_CONTRACT)
+    elif isinstance(node, ast.RenameStmt) and ObjectType(int(node.renameType or 0)) in _NAMED_BY_APPS:
+        renamed = ObjectType(int(node.renameType or 0))
+        add(  # measured: what the catalog binds by oid follows; a statement that names it does not
+            "rename-object",
+            "warning",
+            f"renaming a {renamed.name[7:].lower()} breaks the old app's statements that name it"
+            f" ({_NAMED_BY_APPS[renamed]}); the columns, defaults and triggers that use it follow it",
+            "search the old app for the name first; keep the old name until it is gone",
+        )
+    elif isinstance(node, ast.AlterEnumStmt) and node.oldVal is not None:
+        add(  # measured: the old label is then "invalid input value for enum", in reads and writes
+            "rename-enum-value",
+            "warning",
+            f"renaming the label '{node.oldVal}' breaks the old app's statements that use it, reads and"
+            " writes alike (invalid input value for enum)",
+            "ADD VALUE the new label and move the rows to it in batches once the new app writes it; keep the"
+            " old one (PostgreSQL cannot drop a label)",
+        )
     elif isinstance(node, ast.LockStmt):
         blocks = bool(main and main.blocks_writes)
         add(  # measured: brief when committed at once; work under it is the file walk's finding
