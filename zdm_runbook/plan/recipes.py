@@ -260,7 +260,8 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
         "index-twins",
         Phase.SWITCH,
         f"twin each plain index on {table}.{key} on {shadow}, CONCURRENTLY, one by one (which: read from"
-        " the catalog when switch runs); the swap gives each twin its original's name",
+        " the catalog when switch runs; on a partitioned table: ON ONLY, each partition CONCURRENTLY,"
+        " ATTACH); the swap gives each twin, and each partition's, its original's name",
         index_twins.plain_indexes(table, key, shadow),
         index_twins.all_twinned(table, key, shadow),
         (table,),
