@@ -152,7 +152,7 @@ CREATE TABLE visits_2026 PARTITION OF visits FOR VALUES FROM ('2026-01-01') TO (
 CREATE TABLE visits_2026_web PARTITION OF visits_2026 FOR VALUES IN ('web');
 CREATE TABLE visits_2026_rest PARTITION OF visits_2026 DEFAULT;
 CREATE INDEX visits_customer_at ON visits (customer_id, at DESC) INCLUDE (kind);
-CREATE INDEX visits_referrer_id_idx ON visits (referrer_id);
+CREATE INDEX visits_referred ON visits (referrer_id, at) WHERE referrer_id IS NOT NULL;
 INSERT INTO visits (at, kind, customer_id, referrer_id)
     SELECT DATE '2025-06-01' + g % 400, (ARRAY['web', 'app'])[1 + g % 2], 1 + g % 200,
         CASE WHEN g % 3 = 0 THEN 1 + g % 7 END FROM generate_series(1, 3000) g;

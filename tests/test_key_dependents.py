@@ -1,5 +1,6 @@
 """change_key_type and the other objects that use the key: refused by the catalog check, by name,
-before any statement runs; an index twinned on the new column by the spec survives the change.
+before any statement runs; every index on it survives the change, twinned by switch itself (an
+expression, a predicate, NULLS NOT DISTINCT included) or by the spec.
 
 Labelled by measuring first: without the check, the swap left an index on ``(name, id)`` and one on
 ``(id % 10)`` on the old int column, and contract's DROP COLUMN took both along silently; a view
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.catalog import check_change
@@ -51,17 +53,15 @@ def test_what_else_uses_the_key_is_refused_by_name_before_anything_runs(
         change = parse_change(f"change: c\noperations:\n{KEY}")
         problems = check_change(conn, change)
     said = {p.message.split(": after the swap")[0] for p in problems}
-    assert said == {  # not customers_name_id, a plain index: switch twins it itself (index-twins)
-        "public.customers.id is used by index customers_bucket",
+    assert said == {  # no index: switch twins each itself (index-twins), expressions and predicates too
         "public.customers.id is used by view recent",
         "public.customers.id is used by constraint customers_id_small on table customers",
         "public.customers.id is used by trigger audit_id on table customers",
         "public.customers.id is used by constraint customers_id_key on table customers",
     }
     assert all(p.path == "operations[0].change_key_type.column" for p in problems)
-    expression = next(p.message for p in problems if "index customers_bucket:" in p.message)
-    assert (
-        "twin it on id_zdm in this spec, after this operation: a create_index whose expression" in expression
+    assert all(
+        p.message.endswith("drop it before the change and create it again after switch") for p in problems
     )
     # The user's path: zdm plan checks the catalog and exits 2, naming them; nothing was created.
     spec_file = tmp_path / "key.yaml"
@@ -93,3 +93,64 @@ def test_indexes_twinned_by_the_spec_survive_the_change_on_the_bigint_key(any_pg
     assert "CREATE INDEX customers_name_id_bigint ON public.customers USING btree (name, id)" in indexes
     assert "customers_name_id " not in indexes and "customers_bucket " not in indexes  # the old ones, gone
     assert set(apply_phase(dsn, plan, "contract").values()) == {"skipped"}
+
+
+OTHER_INDEXES = """
+CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_id int NOT NULL REFERENCES customers, deleted_at timestamptz, note text);
+CREATE INDEX orders_live_customer ON orders (customer_id) WHERE deleted_at IS NULL;
+CREATE UNIQUE INDEX orders_one_open ON orders (customer_id, (note IS NULL)) NULLS NOT DISTINCT
+    WHERE deleted_at IS NULL AND customer_id > 0;
+CREATE INDEX orders_customer_text ON orders ((customer_id::text) text_pattern_ops DESC) INCLUDE (note)
+    WITH (fillfactor = 80);
+INSERT INTO orders (customer_id, deleted_at) SELECT 1 + g % 500, CASE WHEN g > 500 THEN now() END
+    FROM generate_series(1, 1000) g;
+"""
+ORDER_INDEXES = INDEXES.replace("'customers'::regclass", "'orders'::regclass")
+
+
+def test_expression_and_partial_indexes_are_twinned_by_switch_itself(any_pg_db: str) -> None:
+    """Without a spec line, every index on the key and on a column that holds it ends as it was,
+    under its name, on the bigint column: an expression with its operator class and order, a
+    predicate that names the column, NULLS NOT DISTINCT (15+), INCLUDE and storage parameters.
+    Each was refused before switch twinned them (a soft-delete predicate on a foreign key column
+    is common)."""
+    dsn = any_pg_db
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA.encode())
+        conn.execute(OTHER_INDEXES.encode())
+        change = parse_change(
+            f"change: c\noperations:\n{KEY}  - change_key_type: {{table: orders, column: customer_id}}\n"
+        )
+        assert check_change(conn, change) == []
+    before = (scalar(dsn, INDEXES), scalar(dsn, ORDER_INDEXES))
+    plan = build_plan(change)
+    for phase in ("expand", "migrate", "switch", "contract"):
+        outcome = apply_phase(dsn, plan, phase)
+        assert "failed" not in outcome.values(), (phase, outcome)
+    # As they were; an expression reads as PostgreSQL makes it on a bigint column (its constant cast
+    # to bigint, as for the same CREATE INDEX on a table made bigint), which queries on id % 10 use.
+    widened = before[0].replace("((id % 10))", "((id % (10)::bigint))")
+    assert (scalar(dsn, INDEXES), scalar(dsn, ORDER_INDEXES)) == (widened, before[1])
+    types = (
+        "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s"
+    )
+    assert (
+        scalar(dsn, types, ["orders", "customer_id"]) == scalar(dsn, types, ["customers", "id"]) == "bigint"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:  # the partial unique index still says no
+        conn.execute("SELECT setval('customers_id_seq', 3000000000)")
+        (big,) = conn.execute("INSERT INTO customers (name) VALUES ('big') RETURNING id").fetchone() or (0,)
+        conn.execute("INSERT INTO orders (customer_id) VALUES (%s)", [big])
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO orders (customer_id) VALUES (%s)", [big])
+        conn.execute("SET enable_seqscan = off")
+        for query, indexes in (
+            ("SELECT id FROM customers WHERE id % 10 = 3 AND score > 0", ("customers_bucket",)),
+            (  # both partial indexes fit it
+                "SELECT id FROM orders WHERE customer_id = 7 AND deleted_at IS NULL",
+                ("orders_live_customer", "orders_one_open"),
+            ),
+        ):
+            explained = str(conn.execute(f"EXPLAIN {query}").fetchall())
+            assert any(f"using {index} on" in explained for index in indexes), (query, explained)

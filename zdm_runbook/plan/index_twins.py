@@ -1,21 +1,21 @@
-"""The plain indexes on a column that ``change_key_type`` widens: twinned on the new column before
-the swap, and given back their names by it.
+"""The indexes on a column that ``change_key_type`` widens: twinned on the new column before the
+swap, and given back their names by it.
 
 PostgreSQL binds an index to the column's number, not its name: after the swap an index on
 ``orders.customer_id`` would stay on the old int column, serve no query that names
 ``customer_id``, and go with that column at contract (measured: the catalog check refused such a
 change until the spec twinned each index itself). So switch builds, CONCURRENTLY, a twin of each
-plain index that uses the column: the same columns with the new one for it, the same order,
-operator classes, collations, ``INCLUDE`` columns, method, uniqueness, storage parameters and
-tablespace.
-Which indexes is read from the catalog when switch runs (:mod:`zdm_runbook.execute.index_twins`
-turns this step into one build per index). The swap then drops each original, on the old column,
-under the lock it already holds, and renames the twin to the original's name: after the change
-the table has the indexes it had, under their names, on the bigint column.
+index that uses the column, in its columns, an expression or its predicate
+(``WHERE deleted_at IS NULL``): the original's definition with the new column for the old one
+(:mod:`zdm_runbook.execute.index_twins`). Which indexes is read from the catalog when switch runs.
+The swap then drops each original, on the old column, under the lock it already holds, and
+renames the twin to the original's name: after the change the table has the indexes it had,
+under their names, on the bigint column.
 
-An index that the spec twins itself (a ``create_index`` that is the same index on the new column)
-is left to the spec. Expression and partial indexes, and an index behind a constraint, are refused
-by the catalog check (:mod:`zdm_runbook.spec.key_dependents`), which names what to do.
+An index that the spec twins itself is left to the spec: a ``create_index`` that is the same plain
+index on the new column, and, where the spec twins an expression or partial index of the table on
+the new column, every expression and partial index (as before switch twinned them). An index
+behind a constraint is refused by the catalog check (:mod:`zdm_runbook.spec.key_dependents`).
 """
 
 from __future__ import annotations
@@ -45,29 +45,52 @@ _SAME_ON_NEW = """EXISTS (SELECT 1 FROM pg_index t JOIN pg_class tc ON tc.oid = 
         AND t.indnkeyatts = i.indnkeyatts AND t.indoption::int2[] = i.indoption::int2[]
         AND tc.relam = c.relam AND t.indisvalid)"""
 
-# The plain indexes that use the column (attribute katt of table p) and no constraint owns; each
-# with whether its twin is there.
-_PLAIN = """
+# The indexes that use the column (attribute katt of table p: in their columns, an expression or
+# the predicate) and that no constraint owns; each with whether its twin is there (a plain one's
+# by structure, the spec's or ours; any other's by name, ours). {others}: whether to twin those.
+_INDEXES = """
 WITH a AS (SELECT {p}::oid AS p,
     (SELECT attnum FROM pg_attribute WHERE attrelid = {p} AND attname = {k}) AS katt,
     (SELECT attnum FROM pg_attribute WHERE attrelid = {p} AND attname = {n}) AS natt)
-SELECT c.relname::text AS name, i.indexrelid, {same} AS twinned
+SELECT c.relname::text AS name,
+       CASE WHEN i.indexprs IS NULL AND i.indpred IS NULL THEN {same}
+         ELSE EXISTS (SELECT 1 FROM pg_index t JOIN pg_class tc ON tc.oid = t.indexrelid
+           WHERE t.indrelid = a.p AND tc.relname = {twin_of} AND t.indisvalid) END AS twinned,
+       pg_get_indexdef(i.indexrelid) AS definition,  -- which leaves out the tablespace:
+       (SELECT spcname::text FROM pg_tablespace WHERE oid = c.reltablespace) AS space
   FROM a, pg_index i JOIN pg_class c ON c.oid = i.indexrelid
- WHERE i.indrelid = a.p AND a.katt = ANY (i.indkey::int2[]) AND i.indexprs IS NULL AND i.indpred IS NULL
+ WHERE i.indrelid = a.p AND {uses}
+   AND ((i.indexprs IS NULL AND i.indpred IS NULL) OR {others})
    AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = i.indexrelid)
  ORDER BY 1"""
 
+# Whether index i uses column katt of its table: in its columns, or (pg_depend) an expression or
+# its predicate.
+_USES = """(katt = ANY ({i}.indkey::int2[]) OR EXISTS (SELECT 1 FROM pg_depend d
+      WHERE d.classid = 'pg_class'::regclass AND d.objid = {i}.indexrelid
+        AND d.refclassid = 'pg_class'::regclass AND d.refobjid = {i}.indrelid AND d.refobjsubid = katt))"""
 
-def plain_indexes(table: Table, key: str, shadow: str) -> sql.Composed:
-    """The query (name, oid, twinned) of the plain indexes on ``key``; shown as the step's SQL."""
-    return Q(_PLAIN).format(
-        p=regclass(table.schema, table.name), k=sql.Literal(key), n=sql.Literal(shadow), same=Q(_SAME_ON_NEW)
+
+def column_indexes(table: Table, key: str, shadow: str, left_to_spec: bool = False) -> sql.Composed:
+    """The query (name, twinned, definition, tablespace) of the indexes on ``key``; shown as the
+    step's SQL. With
+    ``left_to_spec``, the expression and partial ones are the spec's to twin, and left out."""
+    return Q(_INDEXES).format(
+        p=regclass(table.schema, table.name),
+        k=sql.Literal(key),
+        n=sql.Literal(shadow),
+        same=Q(_SAME_ON_NEW),
+        twin_of=Q(TWIN_OF.format(a="c.relname")),
+        uses=Q(_USES.format(i="i").replace("katt", "a.katt")),
+        others=Q("false" if left_to_spec else "true"),
     )
 
 
-def all_twinned(table: Table, key: str, shadow: str) -> sql.Composed:
-    """True when every plain index on ``key`` has its twin on ``shadow`` (built, valid)."""
-    return Q("SELECT coalesce(bool_and(twinned), true) FROM ({}) q").format(plain_indexes(table, key, shadow))
+def all_twinned(table: Table, key: str, shadow: str, left_to_spec: bool = False) -> sql.Composed:
+    """True when every index on ``key`` has its twin on ``shadow`` (built, valid)."""
+    return Q("SELECT coalesce(bool_and(twinned), true) FROM ({}) q").format(
+        column_indexes(table, key, shadow, left_to_spec)
+    )
 
 
 # In the swap's DO block: each of our twins replaces its original (on the old column now).
@@ -76,7 +99,7 @@ _SWAP = """FOR ix IN SELECT o.indexrelid::regclass AS old, oc.relname AS name,
       FROM pg_index o JOIN pg_class oc ON oc.oid = o.indexrelid
       JOIN pg_class tc ON tc.relnamespace = oc.relnamespace AND tc.relname = {twin_of}
       JOIN pg_index t ON t.indexrelid = tc.oid AND t.indrelid = p AND t.indisvalid
-     WHERE o.indrelid = p AND katt = ANY (o.indkey::int2[])
+     WHERE o.indrelid = p AND {uses}
        AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = o.indexrelid) LOOP
     -- On a partitioned table, each partition's index of the twin takes its original's name too.
     SELECT array_agg(x.indrelid), array_agg(pc.relname::text) INTO parts, part_names
@@ -90,4 +113,4 @@ _SWAP = """FOR ix IN SELECT o.indexrelid::regclass AS old, oc.relname AS name,
       EXECUTE format('ALTER INDEX %s RENAME TO %I', part.twin, part.name);
     END LOOP;
   END LOOP;"""
-SWAP_FRAGMENT = Q(_SWAP).format(twin_of=Q(TWIN_OF.format(a="oc.relname")))
+SWAP_FRAGMENT = Q(_SWAP).format(twin_of=Q(TWIN_OF.format(a="oc.relname")), uses=Q(_USES.format(i="o")))

@@ -7,7 +7,7 @@ swap transaction.
 
 What the swap moves is read from the catalog when it runs, not when the plan is made: the foreign
 keys that reference the key or go from the column, its primary key or unique constraint, its
-sequence or identity, the twins of its plain indexes. So the plan is the same before and after the
+sequence or identity, the twins of its indexes. So the plan is the same before and after the
 swap, and a key gains or loses a referencing table between phases without a new plan. Each piece
 is a ``DO`` block whose names are composed literals; :mod:`zdm_runbook.plan.recipes` places the
 steps in their phases; the foreign keys' twins are made in :mod:`zdm_runbook.plan.fk_twins`, and

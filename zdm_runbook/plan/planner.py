@@ -97,7 +97,7 @@ def plan_operation(change: Change, b: StepBuilder, op: Operation) -> None:
         case ChangeType():
             recipes.change_type(change, b, op)
         case ChangeKeyType():
-            recipes.change_key_type(b, op)
+            recipes.change_key_type(change, b, op)
         case AddNotNullColumn():
             recipes.add_not_null_column(b, op)
         case RenameTable():

@@ -13,6 +13,7 @@ from zdm_runbook.plan import dual_write, fk_twins, index_twins, keyswap
 from zdm_runbook.plan import steps as s
 from zdm_runbook.plan.steps import BackfillSpec, StepBuilder
 from zdm_runbook.spec.change import Change
+from zdm_runbook.spec.key_dependents import spec_twins_others
 from zdm_runbook.spec.model import Phase, Table
 from zdm_runbook.spec.operations import AddNotNullColumn, ChangeKeyType, ChangeType, RenameColumn
 
@@ -195,7 +196,7 @@ def add_not_null_column(b: StepBuilder, op: AddNotNullColumn) -> None:
         )
 
 
-def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
+def change_key_type(change: Change, b: StepBuilder, op: ChangeKeyType) -> None:
     """A key, or a foreign key column that holds one, widened to bigint (GitLab's integer-to-bigint
     conversion, done as one recipe): a shadow column kept in sync and backfilled; in switch, NOT NULL
     proven by a check (where the column is NOT NULL), a unique index built concurrently (a key), each
@@ -205,6 +206,7 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
     Every step before the swap is superseded by it: re-running an earlier phase afterwards (the
     key is bigint now, the shadow holds the old values) changes nothing."""
     table, key, shadow = op.table, op.column, op.new_column
+    left_to_spec = spec_twins_others(op, change.operations)
     swapped = keyswap.swapped(table, key)
     trigger = s.derived_name("zdm", table.name, shadow, suffix="sync")
     index = s.derived_name(table.name, shadow, suffix="zdm_key")
@@ -259,16 +261,17 @@ def change_key_type(b: StepBuilder, op: ChangeKeyType) -> None:
     b.add(
         "index-twins",
         Phase.SWITCH,
-        f"twin each plain index on {table}.{key} on {shadow}, CONCURRENTLY, one by one (which: read from"
-        " the catalog when switch runs; on a partitioned table: ON ONLY, each partition CONCURRENTLY,"
-        " ATTACH); the swap gives each twin, and each partition's, its original's name",
-        index_twins.plain_indexes(table, key, shadow),
-        index_twins.all_twinned(table, key, shadow),
+        f"twin each index on {table}.{key} (in its columns, an expression or its predicate) on {shadow},"
+        " CONCURRENTLY, one by one (which: read from the catalog when switch runs; on a partitioned"
+        " table: ON ONLY, each partition CONCURRENTLY, ATTACH); the swap gives each twin, and each"
+        " partition's, its original's name",
+        index_twins.column_indexes(table, key, shadow, left_to_spec),
+        index_twins.all_twinned(table, key, shadow, left_to_spec),
         (table,),
         transactional=False,
         long_running=True,
         superseded_when=swapped,
-        twins=(table, key, shadow),
+        twins=(table, key, shadow, left_to_spec),
         locks=f"{table} ShareUpdateExclusiveLock per build (CONCURRENTLY: reads and writes go on)",
     )
     b.add(

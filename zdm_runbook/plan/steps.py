@@ -145,8 +145,9 @@ class Step:
     # What the step locks, said by the planner where static analysis cannot see it (a DO block).
     locks: str | None = None
     index: IndexSpec | None = None  # the index it builds, for partitioned tables
-    # (table, key, shadow): the plain indexes on key are twinned on shadow, read when it runs
-    twins: tuple[Table, str, str] | None = None
+    # (table, key, shadow, left to the spec): the indexes on key are twinned on shadow, read when it
+    # runs (with the last True, only the plain ones: the spec twins the others)
+    twins: tuple[Table, str, str, bool] | None = None
     # True once a later phase has moved past this step (contract dropped the column it reads):
     # checked before done_when, which may no longer even parse.
     superseded_when: Statement | None = None
@@ -170,7 +171,7 @@ class StepOptions(TypedDict, total=False):
     superseded_when: Statement | None
     locks: str | None
     index: IndexSpec | None
-    twins: tuple[Table, str, str] | None
+    twins: tuple[Table, str, str, bool] | None
 
 
 class StepBuilder:

@@ -6,11 +6,9 @@ takes the key's name. Everything else that uses the key column follows the colum
 PostgreSQL binds it by attribute number. After the swap it still uses the old int column, which
 reads NULL past the int range, and contract drops that column, which silently takes an index or a
 constraint on it along (measured on 18.6: an index on ``(name, id)`` and one on ``(id % 10)`` were
-gone after contract), or fails on a view. A plain index is twinned by switch itself and given back
-its name by the swap (:mod:`zdm_runbook.plan.index_twins`). For everything else the catalog check
-refuses the change while it exists, naming each, and for an expression or partial index says how to
-twin it with a ``create_index`` on the new column; contract then drops the old index with the old
-column.
+gone after contract), or fails on a view. Every index is twinned by switch itself and given back
+its name by the swap (:mod:`zdm_runbook.plan.index_twins`), or by the spec. For everything else the
+catalog check refuses the change while it exists, naming each.
 """
 
 from __future__ import annotations
@@ -41,9 +39,7 @@ SELECT DISTINCT CASE WHEN d.classid = 'pg_rewrite'::regclass  -- a view's rule: 
          THEN pg_describe_object('pg_class'::regclass,
                                  (SELECT ev_class FROM pg_rewrite WHERE oid = d.objid), 0)
          ELSE pg_describe_object(d.classid, d.objid, 0) END AS what,
-       CASE WHEN d.classid = 'pg_class'::regclass THEN d.objid::regclass::text END AS index,
-       CASE WHEN d.classid = 'pg_class'::regclass THEN (SELECT i.indexprs IS NULL AND i.indpred IS NULL
-         FROM pg_index i WHERE i.indexrelid = d.objid) END AS plain
+       CASE WHEN d.classid = 'pg_class'::regclass THEN d.objid::regclass::text END AS index
   FROM pg_depend d, k
  WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = k.rel AND d.refobjsubid = k.attnum
    AND d.deptype IN ('n', 'a')
@@ -64,12 +60,10 @@ SELECT DISTINCT CASE WHEN d.classid = 'pg_rewrite'::regclass  -- a view's rule: 
 
 @dataclass(frozen=True)
 class Dependent:
-    """One object that uses the key column: how PostgreSQL names it, and for an index its name and
-    whether it is a plain list of columns (no expression, no predicate: switch twins it itself)."""
+    """One object that uses the key column: how PostgreSQL names it, and for an index its name."""
 
     what: str
     index: str | None
-    plain: bool | None
 
 
 def dependents(conn: psycopg.Connection[Any], table: Table, column: str) -> list[Dependent]:
@@ -77,30 +71,19 @@ def dependents(conn: psycopg.Connection[Any], table: Table, column: str) -> list
     rows = conn.execute(
         _DEPENDENTS.format(table=regclass(table.schema, table.name), column=sql.Literal(column))
     ).fetchall()
-    return [Dependent(str(r[0]), r[1], r[2]) for r in rows]
+    return [Dependent(str(r[0]), r[1]) for r in rows]
 
 
-def _twinned(dep: Dependent, op: ChangeKeyType, operations: tuple[Operation, ...]) -> bool:
-    """Whether the spec twins an index with an expression or a predicate on the new column: a
-    ``create_index`` on the table whose columns, expression or predicate name the new column."""
+def spec_twins_others(op: ChangeKeyType, operations: tuple[Operation, ...]) -> bool:
+    """Whether the spec twins an expression or partial index of the table on the new column itself
+    (a ``create_index`` whose expression or predicate names it): then switch leaves every
+    expression and partial index on the key to the spec, as before it twinned them itself."""
     for other in operations:
-        if not isinstance(other, CreateIndex) or other.table != op.table:
-            continue
-        named = set(other.columns or ())
-        for expr in (other.expression, other.where):
-            named |= expr.columns if expr is not None else set()
-        if op.new_column in named:
-            return True
+        if isinstance(other, CreateIndex) and other.table == op.table:
+            for expr in (other.expression, other.where):
+                if expr is not None and op.new_column in expr.columns:
+                    return True
     return False
-
-
-def _advice(dep: Dependent, op: ChangeKeyType) -> str:
-    if dep.index is None:
-        return "drop it before the change and create it again after switch"
-    return (  # a plain index never gets here: switch twins it itself
-        f"twin it on {op.new_column} in this spec, after this operation: a create_index whose"
-        f" expression or where names {op.new_column} where the old one names {op.column}"
-    )
 
 
 def check_key_dependents(
@@ -110,16 +93,18 @@ def check_key_dependents(
     path: str,
     problems: list[Problem],
 ) -> None:
-    """A problem per object that uses the key and that the spec does not take care of."""
+    """A problem per object that uses the key and that neither switch nor the spec takes care of:
+    every index is twinned (by switch, or by the spec), so what is left is a view, a check, a
+    trigger, a generated column or a second key."""
     for dep in dependents(conn, op.table, op.column):
-        if dep.index is not None and (dep.plain or _twinned(dep, op, operations)):
-            continue  # a plain index is twinned by switch itself (plan/index_twins.py)
+        if dep.index is not None:
+            continue  # switch twins it (plan/index_twins.py), or the spec does
         problems.append(
             Problem(
                 f"{path}.column",
                 f"{op.table}.{op.column} is used by {dep.what}: after the swap it would stay on the old"
                 f" column ({op.new_column}), whose values read NULL past its range, and contract drops"
-                f" that column ({'and the index with it' if dep.index else 'or fails on it'});"
-                f" {_advice(dep, op)}",
+                " that column (or fails on it); drop it before the change and create it again after"
+                " switch",
             )
         )
