@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+from psycopg import sql as psql
 
 from tests.conftest import available_servers, server_dsn
 from zdm_runbook.lint.probe import Probe
@@ -233,4 +234,59 @@ def test_set_expression_and_renames_the_catalog_binds_by_oid_as_measured(shop: s
         ("rename-enum-value", "warning"),
         ("rename-object", "warning"),
         ("rename-object", "warning"),
+    ]
+
+
+def test_drops_and_revokes_of_what_an_app_names_as_measured(shop: str) -> None:
+    """Labelled by measuring: DROP … CASCADE of a type, a function or a sequence drops, unnamed, a
+    column with its data, an index and a default that use it (an error); dropping a view or a
+    function breaks a statement that names it, and so does a revoked privilege (warnings: the text
+    cannot say whether the old app names them)."""
+    from zdm_runbook.lint.linter import lint_text  # noqa: PLC0415
+
+    with psycopg.connect(shop, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TYPE tier AS ENUM ('a', 'b'); ALTER TABLE customers ADD COLUMN tier tier DEFAULT 'a';"
+            " CREATE FUNCTION bucket(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1 % 10';"
+            " CREATE INDEX orders_bucket ON orders (bucket(customer_id));"
+            " CREATE SEQUENCE order_numbers; ALTER TABLE orders ADD COLUMN number int;"
+            " ALTER TABLE orders ALTER COLUMN number SET DEFAULT nextval('order_numbers');"
+            " CREATE VIEW open_orders AS SELECT id FROM orders"
+        )
+        role = psql.Identifier(f"app_{conn.info.dbname}")  # roles are the server's: one per test database
+        conn.execute(psql.SQL("CREATE ROLE {role}; GRANT SELECT ON orders TO {role}").format(role=role))
+        conn.execute(
+            "DROP TYPE tier CASCADE; DROP FUNCTION bucket(int) CASCADE; DROP SEQUENCE order_numbers CASCADE"
+        )
+        left = conn.execute(
+            "SELECT (SELECT count(*) FROM pg_attribute WHERE attrelid = 'customers'::regclass AND attname = 'tier'"
+            " AND NOT attisdropped), to_regclass('orders_bucket') IS NULL,"
+            " (SELECT count(*) FROM pg_attrdef WHERE adrelid = 'orders'::regclass)"
+        ).fetchone()
+        assert left == (0, True, 0)  # the column with its data, the index and the default: gone
+        conn.execute("DROP VIEW open_orders")
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            conn.execute("SELECT id FROM open_orders")
+        conn.execute(psql.SQL("REVOKE SELECT ON orders FROM {}").format(role))
+        with conn.transaction(force_rollback=True):
+            conn.execute(psql.SQL("SET LOCAL ROLE {}").format(role))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT id FROM orders")
+        conn.execute(psql.SQL("DROP OWNED BY {role}; DROP ROLE {role}").format(role=role))
+    text = (
+        "DROP TYPE tier CASCADE;\nDROP FUNCTION bucket(int) CASCADE;\nDROP SEQUENCE order_numbers CASCADE;\n"
+        "DROP VIEW open_orders;\nREVOKE SELECT ON orders FROM app;\n"
+    )
+    found = [
+        (f.line - PRELUDE.count("\n"), f.rule, f.severity) for f in lint_text(PRELUDE + text, "m.sql", 18)[1]
+    ]
+    assert found == [
+        (1, "drop-cascade", "error"),
+        (1, "drop-object", "warning"),
+        (2, "drop-cascade", "error"),
+        (2, "drop-object", "warning"),
+        (3, "drop-cascade", "error"),
+        (3, "drop-object", "warning"),
+        (4, "drop-object", "warning"),
+        (5, "revoke", "warning"),
     ]

@@ -13,6 +13,7 @@ from pglast import ast
 from pglast.enums.parsenodes import AlterTableType, ConstrType, ObjectType
 
 from zdm_runbook.lint.analysis import Analysis, Effect
+from zdm_runbook.lint.name_hazards import name_hazards
 
 
 @dataclass(frozen=True)
@@ -81,15 +82,6 @@ _APP_VISIBLE = {
     ObjectType.OBJECT_TABLE,
     ObjectType.OBJECT_VIEW,
     ObjectType.OBJECT_MATVIEW,
-}
-# Objects an app's statements name, but which the catalog binds by oid: a rename breaks the former.
-_NAMED_BY_APPS = {
-    ObjectType.OBJECT_TYPE: "a cast to it",
-    ObjectType.OBJECT_DOMAIN: "a cast to it",
-    ObjectType.OBJECT_SEQUENCE: "nextval('…')",
-    ObjectType.OBJECT_FUNCTION: "a call",
-    ObjectType.OBJECT_PROCEDURE: "a CALL",
-    ObjectType.OBJECT_SCHEMA: "a qualified name",
 }
 _EXPAND_CONTRACT = (
     "expand and contract: add the new column, dual-write, backfill, switch reads, drop the old one"
@@ -374,24 +366,6 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
         )
     elif isinstance(node, ast.RenameStmt) and ObjectType(int(node.renameType or 0)) in _APP_VISIBLE:
         add("rename", "error", "renaming breaks the old app that uses the old name", _EXPAND_CONTRACT)
-    elif isinstance(node, ast.RenameStmt) and ObjectType(int(node.renameType or 0)) in _NAMED_BY_APPS:
-        renamed = ObjectType(int(node.renameType or 0))
-        add(  # measured: what the catalog binds by oid follows; a statement that names it does not
-            "rename-object",
-            "warning",
-            f"renaming a {renamed.name[7:].lower()} breaks the old app's statements that name it"
-            f" ({_NAMED_BY_APPS[renamed]}); the columns, defaults and triggers that use it follow it",
-            "search the old app for the name first; keep the old name until it is gone",
-        )
-    elif isinstance(node, ast.AlterEnumStmt) and node.oldVal is not None:
-        add(  # measured: the old label is then "invalid input value for enum", in reads and writes
-            "rename-enum-value",
-            "warning",
-            f"renaming the label '{node.oldVal}' breaks the old app's statements that use it, reads and"
-            " writes alike (invalid input value for enum)",
-            "ADD VALUE the new label and move the rows to it in batches once the new app writes it; keep the"
-            " old one (PostgreSQL cannot drop a label)",
-        )
     elif isinstance(node, ast.LockStmt):
         blocks = bool(main and main.blocks_writes)
         add(  # measured: brief when committed at once; work under it is the file walk's finding
@@ -407,4 +381,6 @@ def statement_hazards(a: Analysis, node: Any, file: str, version: int) -> list[F
             "an UPDATE or DELETE of the whole table is one long transaction holding every row lock",
             "a batched backfill (zdm migrate)",
         )
+    for rule, severity, message, alt in name_hazards(node):
+        add(rule, severity, message, alt)
     return out
