@@ -448,7 +448,7 @@ def test_two_kernels_started_at_once_in_one_directory_each_answer_on_their_own_s
 
     async def answer(folder: Path) -> tuple[str, str]:
         km = AsyncKernelManager(kernel_name="python3", config=runner.ipc_config(folder))
-        await km.start_kernel(extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+        await km.start_kernel(extra_arguments=runner.KERNEL_ARGUMENTS)
         kc = km.client()
         kc.start_channels()
         try:
@@ -469,3 +469,36 @@ def test_two_kernels_started_at_once_in_one_directory_each_answer_on_their_own_s
     assert ip_a == str(folders[0] / "kernel") and ip_b == str(folders[1] / "kernel")
     assert pid_a != pid_b  # each client talked to its own kernel
     assert not list(tmp_path.glob("kernel-ipc*"))  # nothing in the working directory
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_the_kernels_own_tracebacks_stay_off_the_runners_stderr(tmp_path: Path, ours: bool) -> None:
+    """A tornado callback that fails inside the kernel (as ipykernel's shutdown race does: a
+    "Socket operation on non-socket" traceback, seen once in CI after a refused gate) is logged
+    by the kernel process to the stderr it inherits, the DBA's terminal. With the runner's kernel
+    arguments it is not; without them (the control), it is."""
+    from jupyter_client.manager import KernelManager  # noqa: PLC0415
+
+    folder = tmp_path / "k"
+    folder.mkdir(mode=0o700)
+    err = tmp_path / "stderr"
+    km = KernelManager(kernel_name="python3", config=runner.ipc_config(folder))
+    with err.open("wb") as sink:
+        km.start_kernel(extra_arguments=runner.KERNEL_ARGUMENTS if ours else [], stderr=sink)
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+            code = (
+                "from tornado.ioloop import IOLoop\n"
+                "def fail(): raise RuntimeError('zdm-kernel-callback-failed')\n"
+                "IOLoop.current().add_callback(fail)"
+            )
+            reply = kc.execute_interactive(code, timeout=30)
+            assert reply["content"]["status"] == "ok"
+            kc.execute_interactive("import time; time.sleep(0.5)", timeout=30)  # the callback runs
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+    logged = err.read_text()
+    assert ("zdm-kernel-callback-failed" in logged) is not ours, logged

@@ -140,9 +140,7 @@ def run(
             cwd=os.getcwd(),
             # Unix sockets between runner and kernel, not TCP on localhost (no plain-text traffic).
             config=ipc_config(sockets),
-            # jupyter_client interrupts the kernel before shutting it down; ipykernel would log
-            # that as an ERROR on our stderr. Real failures reach us as the cell's exception.
-            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+            extra_arguments=KERNEL_ARGUMENTS,
         )
     except PapermillExecutionError as exc:
         # The classes a notebook raises are all reachable from the runbook it imports; the kernel's
@@ -165,6 +163,18 @@ def run(
         _scan(result)
         _record(result, notebook, params)
     return result
+
+
+# The kernel's own logging stays off the DBA's terminal (the kernel inherits our stderr). When
+# jupyter_client interrupts the kernel before shutting it down, ipykernel logs that as an ERROR;
+# and a control message handled while the kernel closes its sockets makes tornado log a
+# "Socket operation on non-socket" traceback (seen once in CI, after a refused gate; ipykernel
+# 7.4.0's race, ipython/ipykernel#1518 fixed one like it). Real failures reach us as the cell's
+# exception, in the archived notebook. (50: logging.CRITICAL.)
+KERNEL_ARGUMENTS = [
+    "--IPKernelApp.log_level=CRITICAL",
+    "--IPKernelApp.exec_lines=import logging; logging.getLogger('tornado.application').setLevel(50)",
+]
 
 
 def ipc_config(folder: Path) -> Any:
