@@ -60,7 +60,7 @@ def _elements(elements: Any, key: str, shadow: str) -> str:
     return ", ".join(printed)
 
 
-def twin_spec(definition: str, space: str | None, table: Table, names: tuple[str, str, str]) -> IndexSpec:
+def _twin_spec(definition: str, space: str | None, table: Table, names: tuple[str, str, str]) -> IndexSpec:
     """The twin (``names``: the twin, the key, the shadow) of the index ``definition`` (as
     ``pg_get_indexdef`` prints it; ``space``, its tablespace), as data."""
     twin, key, shadow = names
@@ -99,7 +99,7 @@ def index_twin_steps(conn: Conn, step: Step) -> list[Step]:
         if twinned:
             continue
         twin = twin_name(str(name))
-        spec = twin_spec(str(definition), space, table, (twin, key, shadow))
+        spec = _twin_spec(str(definition), space, table, (twin, key, shadow))
         one = replace(
             step,
             key=f"{step.key}:{twin}",

@@ -93,8 +93,15 @@ def all_twinned(table: Table, key: str, shadow: str, left_to_spec: bool = False)
     )
 
 
-# In the swap's DO block: each of our twins replaces its original (on the old column now).
-_SWAP = """FOR ix IN SELECT o.indexrelid::regclass AS old, oc.relname AS name,
+# In the swap's DO block, a block of its own: each of our twins replaces its original (on the old
+# column now).
+_SWAP = """DECLARE
+    ix record;
+    part record;
+    parts oid[];
+    part_names text[];
+  BEGIN
+  FOR ix IN SELECT o.indexrelid::regclass AS old, oc.relname AS name,
         t.indexrelid::regclass AS twin
       FROM pg_index o JOIN pg_class oc ON oc.oid = o.indexrelid
       JOIN pg_class tc ON tc.relnamespace = oc.relnamespace AND tc.relname = {twin_of}
@@ -112,5 +119,6 @@ _SWAP = """FOR ix IN SELECT o.indexrelid::regclass AS old, oc.relname AS name,
         JOIN unnest(parts, part_names) o(rel, name) ON o.rel = x.indrelid WHERE pt.level > 0 LOOP
       EXECUTE format('ALTER INDEX %s RENAME TO %I', part.twin, part.name);
     END LOOP;
-  END LOOP;"""
+  END LOOP;
+  END;"""
 SWAP_FRAGMENT = Q(_SWAP).format(twin_of=Q(TWIN_OF.format(a="oc.relname")), uses=Q(_USES.format(i="o")))

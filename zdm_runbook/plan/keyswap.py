@@ -96,10 +96,6 @@ DECLARE
   f record;
   clone record;
   kc record;
-  ix record;
-  part record;
-  parts oid[];
-  part_names text[];
   seq text := pg_get_serial_sequence(p::text, k);
   ident "char" := (SELECT attidentity FROM pg_attribute WHERE attrelid = p AND attnum = katt);
   dflt text := (SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = p AND adnum = katt);
