@@ -362,3 +362,65 @@ def test_an_index_in_a_tablespace_of_its_own_keeps_it(any_pg_db: str) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("DROP TABLE IF EXISTS orders, customers CASCADE")
             conn.execute(sql.SQL("DROP TABLESPACE IF EXISTS {}").format(sql.Identifier(space)))
+
+
+def test_column_privileges_move_with_the_column(any_pg_db: str) -> None:
+    """A role with privileges on some columns only: measured, after the swap its very next
+    statement met ``permission denied for table orders`` (the name customer_id then means the new
+    column, which had none). Now the swap carries them, grant option included, and change_type's
+    new column gets the old one's when expand adds it (the new app reads it from switch on)."""
+    dsn = any_pg_db
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE customers (id serial PRIMARY KEY, name text);"
+            " CREATE TABLE orders (id serial PRIMARY KEY, customer_id int REFERENCES customers, total int);"
+            " INSERT INTO customers (name) VALUES ('a'); INSERT INTO orders (customer_id, total) VALUES (1, 5)"
+        )
+        role = sql.Identifier(f"app_{conn.info.dbname}")  # roles are the server's: one per test database
+        conn.execute(
+            sql.SQL(
+                "CREATE ROLE {r}; GRANT SELECT (id, total), UPDATE (total) ON orders TO {r};"
+                " GRANT INSERT (customer_id, total) ON orders TO {r} WITH GRANT OPTION;"
+                " GRANT SELECT (customer_id) ON orders TO {r}; GRANT SELECT (id) ON customers TO {r};"
+                " GRANT USAGE ON SEQUENCE orders_id_seq TO {r}"
+            ).format(r=role)
+        )
+    acl = "SELECT attacl::text FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s"
+    before = {c: scalar(dsn, acl, ["orders", c]) for c in ("customer_id", "total")}
+    spec = (
+        "change: grants\noperations:\n  - change_key_type: {table: customers, column: id}\n"
+        "  - change_key_type: {table: orders, column: customer_id}\n"
+        "  - change_type: {table: orders, column: total, new_column: total_big, type: bigint,"
+        " using: 'total::bigint', reverse: 'total_big::int'}\n"
+    )
+    plan = build_plan(parse_change(spec))
+
+    def app(new_app: bool) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET ROLE {}").format(role))
+            total = "total_big" if new_app else "total"
+            conn.execute(
+                sql.SQL("INSERT INTO orders (customer_id, {t}) VALUES (1, 7)").format(t=sql.Identifier(total))
+            )
+            conn.execute(sql.SQL("UPDATE orders SET {t} = 8 WHERE id = 1").format(t=sql.Identifier(total)))
+            row = conn.execute(
+                sql.SQL("SELECT count(*) FROM orders WHERE customer_id = 1 AND {t} > 0").format(
+                    t=sql.Identifier(total)
+                )
+            ).fetchone()
+            assert row is not None and row[0] >= 2  # the row it placed, and the one it updated
+            conn.execute("SELECT id FROM customers WHERE id = 1")
+
+    for phase in ("expand", "migrate", "switch", "contract"):
+        outcome = apply_phase(dsn, plan, phase)
+        assert "failed" not in outcome.values(), (phase, outcome)
+        if phase != "contract":
+            app(new_app=False)  # the old app, until contract drops total
+        if phase in ("switch", "contract"):
+            app(new_app=True)
+    # customer_id (now the bigint column) and total_big hold what customer_id and total held.
+    assert scalar(dsn, acl, ["orders", "customer_id"]) == before["customer_id"]
+    assert scalar(dsn, acl, ["orders", "total_big"]) == before["total"]
+    assert "*" in before["customer_id"]  # the grant option, carried too
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {r}; DROP ROLE {r}").format(r=role))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from zdm_runbook.plan import dual_write, fk_twins, index_twins, keyswap
+from zdm_runbook.plan import dual_write, fk_twins, grants, index_twins, keyswap
 from zdm_runbook.plan import steps as s
 from zdm_runbook.plan.steps import BackfillSpec, StepBuilder
 from zdm_runbook.spec.change import Change
@@ -90,10 +90,12 @@ def dual_write_steps(
     b.add(
         "add-column",
         Phase.EXPAND,
-        f"add nullable {table}.{new}",
-        s.add_column(table, new, type_),
+        f"add nullable {table}.{new}, with the column privileges {old} has",
+        (s.add_column(table, new, type_), grants.carry_column_grants(table, old, new)),
         s.column_exists(table, new),
         (table,),
+        locks=f"{table} AccessExclusiveLock (catalog only: the new column, then GRANTs on it, which take no"
+        " more; measured on 15 and 18)",
     )
     if change.dual_write == "trigger":
         b.add(
@@ -319,8 +321,8 @@ def change_key_type(change: Change, b: StepBuilder, op: ChangeKeyType) -> None:
         "swap",
         Phase.SWITCH,
         f"swap {key} and {shadow} in one short transaction (locks the tables {key} references, {table},"
-        f" then its referencing tables, by name): foreign keys, key constraint, sequence or identity"
-        f" move to the bigint {key};"
+        f" then its referencing tables, by name): foreign keys, key constraint, sequence or identity,"
+        f" column privileges move to the bigint {key};"
         f" {trigger} now keeps the old column, {shadow}, in sync",
         (
             keyswap.swap(table, key, shadow, s.derived_name(key, suffix="zdm_swap"), index),
