@@ -356,8 +356,8 @@ class BackfillEngine:
                 return waited, self._control
             self._tell()
             time.sleep(CHECK_EVERY)  # held: the next check, then
-            waited, kind = waited + CHECK_EVERY, hold.kind
-            self._share(held={**self.state.held, kind: self.state.held.get(kind, 0.0) + CHECK_EVERY})
+            waited, held = waited + CHECK_EVERY, self.state.held
+            self._share(held={**held, hold.kind: held.get(hold.kind, 0.0) + CHECK_EVERY})
 
     def _batch(
         self, lower: Key | None, upper: Key, size: int, retries: int, throttled: float

@@ -22,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from zdm_runbook.inspect.preflight import Reason
+from zdm_runbook.plan.steps import derived_name
 from zdm_runbook.spec.operations import AddForeignKey, ChangeKeyType, ChangeType, Operation, RenameColumn
 from zdm_runbook.spec.sqltext import regclass
 
@@ -103,7 +104,7 @@ def _foreign_keys_left_behind(
             _OWN.format(table=table, column=sql.Literal(old))
         ):
             rows.append((f"{op.table}.{old}", "", name, f"{ref}.{ref_column}"))
-            twin = f"{(op.table.name + '_' + new)[:58]}_fkey"
+            twin = derived_name(op.table.name, new, suffix="fkey")
             reasons.append(
                 Reason(
                     "warn",

@@ -107,7 +107,9 @@ class IndexSpec:
     unique: bool = False
     method: str = "btree"
     where: Expr | None = None
-    tail: sql.Composable | None = None  # INCLUDE, WITH and TABLESPACE clauses, after the keys
+    # what follows the keys, as the catalog has it (an index twin): INCLUDE, NULLS NOT DISTINCT, WITH,
+    # TABLESPACE, WHERE
+    tail: sql.Composable | None = None
 
     def on(self, table: Table, name: str) -> sql.Composed:
         """The same index on ``table`` (a partition), built CONCURRENTLY."""
@@ -376,7 +378,7 @@ def _method(name: str) -> sql.Composable:
 
 
 def _clauses(stmt: sql.Composed, tail: sql.Composable | None, where: Expr | None) -> sql.Composed:
-    """A CREATE INDEX with what follows its keys: ``tail`` (INCLUDE, WITH, TABLESPACE), then WHERE."""
+    """A CREATE INDEX with what follows its keys: ``tail`` (see :class:`IndexSpec`), or the spec's WHERE."""
     if tail is not None:
         stmt = Q("{} {}").format(stmt, tail)
     return stmt if where is None else Q("{} WHERE {}").format(stmt, where.sql)

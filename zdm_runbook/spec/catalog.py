@@ -149,7 +149,6 @@ def _check_on_table(
             checks.check_change_type(state, cols, op, path, problems)
         case ChangeKeyType():
             checks.check_change_key_type(state, cols, op, path, problems)
-            checks.check_partitioned(state, op, path, problems)
         case Backfill():
             checks.check_backfill(state, cols, op, path, problems)
         case CreateIndex():

@@ -135,13 +135,24 @@ def check_change_key_type(
     why = key_type_problem(facts, wanted) if facts is not None else "could not be read from the catalog"
     if why:
         problems.append(Problem(f"{path}.column", f"{op.table}.{op.column} {why}"))
-        return
-    if facts is not None and facts.type != wanted:  # before the swap: the shadow is the new type
+    elif facts is not None and facts.type != wanted:  # before the swap: the shadow is the new type
         check_new_column(state, cols, op.table, op.new_column, op.type, f"{path}.new_column", problems)
         check_key_dependents(state.conn, op, state.operations, path, problems)
     else:  # swapped: the shadow holds the old key, until contract drops it; a later operation that
         # names it (a twin index, see key_dependents) was for before the swap, and is built by then
         cols.setdefault(op.new_column, "integer")
+    if facts is None or facts.holds_only or facts.type == wanted:
+        return  # a column that holds a key is widened on a partitioned table too; or swapped already
+    if state.relkind(op.table.schema, op.table.name) == "p":
+        problems.append(
+            Problem(
+                f"{path}.table",
+                f"{op.table} is partitioned: change_key_type widens a column that holds a key there"
+                " (a foreign key column), not a key of its own (a partitioned table's key cannot be"
+                " re-created USING INDEX). ALTER COLUMN ... TYPE rewrites every partition under ACCESS"
+                " EXCLUSIVE: plan it for a maintenance window",
+            )
+        )
 
 
 def check_drop_not_null(
@@ -219,13 +230,14 @@ def check_rename_table(state: CatalogState, op: RenameTable, path: str, problems
 
 def check_partitioned(
     state: CatalogState,
-    op: AddUnique | AddPrimaryKey | ChangeKeyType | AddForeignKey,
+    op: AddUnique | AddPrimaryKey | AddForeignKey,
     path: str,
     problems: list[Problem],
 ) -> None:
     """What PostgreSQL cannot do on a partitioned table the zero-downtime way (measured on 15 and
     18): a constraint USING INDEX, and before 18 a NOT VALID foreign key. Refused before anything
-    runs, never half-applied."""
+    runs, never half-applied. (A partitioned table's own key, for change_key_type: see
+    :func:`check_change_key_type`.)"""
     if state.relkind(op.table.schema, op.table.name) != "p":
         return
     if isinstance(op, AddForeignKey):
@@ -238,20 +250,6 @@ def check_partitioned(
                     " each partition instead, or upgrade to 18",
                 )
             )
-        return
-    if isinstance(op, ChangeKeyType):
-        facts = key_facts(state.conn, op.table, op.column)
-        if facts is None or facts.holds_only or facts.type == (state.type_name(op.type) or op.type.text):
-            return  # a column that holds a key, on a partitioned table too; or swapped already
-        problems.append(
-            Problem(
-                f"{path}.table",
-                f"{op.table} is partitioned: change_key_type widens a column that holds a key there"
-                " (a foreign key column), not a key of its own (a partitioned table's key cannot be"
-                " re-created USING INDEX). ALTER COLUMN ... TYPE rewrites every partition under ACCESS"
-                " EXCLUSIVE: plan it for a maintenance window",
-            )
-        )
         return
     problems.append(
         Problem(
