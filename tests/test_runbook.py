@@ -368,7 +368,7 @@ def test_contract_gate_refuses_while_the_old_column_is_still_queried(orders_env:
     assert "customer_id" not in columns(orders_env, "orders")
     assert "pg_stat_statements (watched for 1 s)" in _outputs(done.notebook)  # type: ignore[arg-type]
     # The preflight said, before the drop, what PostgreSQL would drop with the column.
-    said = "[info] dropping public.orders.customer_id also drops what uses it (a view refuses it): index"
+    said = "[info] dropping public.orders.customer_id also drops what uses it: index"
     assert said in _outputs(done.notebook) and "orders_customer_id_idx" in _outputs(done.notebook)  # type: ignore[arg-type]
     assert scalar(orders_env, "SELECT to_regclass('orders_customer_id_idx') IS NULL") is True
     # The evidence: the app's statement whole, as code that MathJax leaves alone; zdm's own counted.

@@ -23,6 +23,7 @@ from zdm_runbook.core.connect import connect
 from zdm_runbook.core.errors import DatabaseError, SpecError
 from zdm_runbook.demo.embedded import DEBIAN_PG15_BIN, LocalServer
 from zdm_runbook.inspect.key_holders import hold_warnings
+from zdm_runbook.inspect.left_behind import left_behind_warnings
 from zdm_runbook.lint.analysis import step_locks
 from zdm_runbook.plan.planner import Plan, build_plan
 from zdm_runbook.spec.catalog import check_change
@@ -56,8 +57,9 @@ def plan_cmd(spec: Path, as_json: bool, phase: str | None, dsn_env: str | None) 
 
     Needs no database. With --dsn-env, the tables, columns, types and expressions of the spec
     are checked against that database first (read only). Exit 2 lists every problem of a bad spec;
-    warnings (a column that holds a key the change widens but stays narrower, a foreign key a new
-    column would leave behind) go to stderr, with exit 0.
+    warnings (a column that holds a key the change widens but stays narrower; a foreign key, index,
+    constraint or view that a replaced column's contract would drop or fail on) go to stderr, with
+    exit 0.
     """
     change = load_change(spec)
     if dsn_env:
@@ -65,7 +67,8 @@ def plan_cmd(spec: Path, as_json: bool, phase: str | None, dsn_env: str | None) 
             problems = check_change(conn, change)
             if problems:
                 raise SpecError(problems, str(spec))
-            for reason in hold_warnings(conn, change.operations)[0]:  # also in each phase's preflight
+            ops = change.operations  # the warnings are in each phase's preflight too
+            for reason in hold_warnings(conn, ops)[0] + left_behind_warnings(conn, ops)[0]:
                 click.echo(str(reason), err=True)
     plan = build_plan(change)
     if as_json:

@@ -14,11 +14,13 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pandas as pd
+from psycopg import sql
 
 from zdm_runbook.core.durations import human_seconds
 from zdm_runbook.core.errors import Refused
 from zdm_runbook.inspect import locks as lk
-from zdm_runbook.lint.catalog_facts import dropped_along
+from zdm_runbook.inspect.column_uses import column_uses
+from zdm_runbook.lint.catalog_facts import dropped_columns, regclass_text
 from zdm_runbook.spec.model import Table
 
 Level = Literal["no-go", "warn", "info"]
@@ -208,22 +210,34 @@ class PreflightRefused(Refused):
 
 
 def drops_report(conn: lk.Conn, statements: Iterable[str]) -> tuple[list[Reason], pd.DataFrame]:
-    """What the phase's column drops take along: PostgreSQL drops an index or a constraint on a
-    dropped column with it, silently, and refuses while a view uses it. Said before the drop
-    (``info``), with the recipe's own dual-write triggers, dropped in the same step, left out."""
+    """What the phase's column drops take along, said before the drop: PostgreSQL drops an index or
+    a constraint on a dropped column with it, silently (``info``), and refuses the drop while a
+    view, a policy, a trigger... uses it (``no-go``: the step would fail; measured in
+    :mod:`.column_uses`). The recipe's own dual-write triggers, dropped in the same step, are left
+    out."""
     reasons, rows = [], []
     for text in statements:
-        for column, used_by in dropped_along(conn, text):
-            others = [u for u in used_by or () if not u.startswith("trigger zdm_")]
-            if used_by is not None and not others:
-                continue
-            what = ", ".join(others) or "unknown"
-            rows.append((column, what))
-            reasons.append(
-                Reason(
-                    "info",
-                    f"dropping {column} also drops what uses it (a view refuses it): {what};"
-                    " re-create on the new shape what the app still needs",
+        for table, column in dropped_columns(text):
+            where = sql.SQL("to_regclass({})").format(sql.Literal(regclass_text(table)))
+            uses = column_uses(conn, where, column)
+            name = f"{'.'.join(table)}.{column}"
+            if refusing := [u.what for u in uses if u.breaks_drop]:
+                rows.append((name, ", ".join(refusing), "refuses the drop"))
+                reasons.append(
+                    Reason(
+                        "no-go",
+                        f"dropping {name} fails while {', '.join(refusing)} uses it: move each to the"
+                        " new column (CREATE OR REPLACE VIEW, or drop and re-create it), or drop it,"
+                        " then run the phase again",
+                    )
                 )
-            )
-    return reasons, pd.DataFrame(rows, columns=["column dropped", "dropped or refused with it"])
+            if taken := [u.what for u in uses if not u.breaks_drop]:
+                rows.append((name, ", ".join(taken), "dropped with it"))
+                reasons.append(
+                    Reason(
+                        "info",
+                        f"dropping {name} also drops what uses it: {', '.join(taken)};"
+                        " re-create on the new shape what the app still needs",
+                    )
+                )
+    return reasons, pd.DataFrame(rows, columns=["column dropped", "used by", "what the drop does"])

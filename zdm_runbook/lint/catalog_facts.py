@@ -145,10 +145,9 @@ def dependents(conn: Conn, table: tuple[str, ...], column: str) -> list[str] | N
     return [str(r[0]) for r in rows if r[0]]
 
 
-def dropped_along(conn: Conn, sql_text: str) -> list[tuple[str, list[str] | None]]:
-    """For each column that a statement of ``sql_text`` drops: ``table.column`` and what PostgreSQL
-    drops with it (an index, a constraint) or fails on (a view) (:func:`dependents`; None: unknown)."""
-    found: list[tuple[str, list[str] | None]] = []
+def dropped_columns(sql_text: str) -> list[tuple[tuple[str, ...], str]]:
+    """Each column a statement of ``sql_text`` drops: its table's name parts, and its name."""
+    found: list[tuple[tuple[str, ...], str]] = []
     for raw in pglast.parse_sql(sql_text):
         node = raw.stmt
         if not isinstance(node, ast.AlterTableStmt) or node.relation is None:
@@ -156,8 +155,17 @@ def dropped_along(conn: Conn, sql_text: str) -> list[tuple[str, list[str] | None
         table = relation_parts(node.relation)
         for cmd in node.cmds or ():
             if AlterTableType(int(cmd.subtype or 0)) == AlterTableType.AT_DropColumn:
-                found.append((f"{'.'.join(table)}.{cmd.name}", dependents(conn, table, str(cmd.name))))
+                found.append((table, str(cmd.name)))
     return found
+
+
+def dropped_along(conn: Conn, sql_text: str) -> list[tuple[str, list[str] | None]]:
+    """For each column that a statement of ``sql_text`` drops: ``table.column`` and what PostgreSQL
+    drops with it (an index, a constraint) or fails on (a view) (:func:`dependents`; None: unknown)."""
+    return [
+        (f"{'.'.join(table)}.{column}", dependents(conn, table, column))
+        for table, column in dropped_columns(sql_text)
+    ]
 
 
 def refine(conn: Conn, a: Analysis, node: Any, found: list[Finding], version: int) -> list[Finding]:

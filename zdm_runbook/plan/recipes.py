@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from zdm_runbook.plan import dual_write, fk_twins, grants, index_twins, keyswap
+from zdm_runbook.plan import column_defaults, dual_write, fk_twins, grants, index_twins, keyswap
 from zdm_runbook.plan import steps as s
 from zdm_runbook.plan.steps import BackfillSpec, StepBuilder
 from zdm_runbook.spec.change import Change
@@ -79,11 +79,13 @@ def dual_write_steps(
     to_old: sql.Composable,
     not_null: bool | None,
     reads: frozenset[str],
+    default: s.Statement,
 ) -> None:
     """The shared shape of rename_column and change_type across all four phases.
 
     ``to_new`` is the old→new expression twice: for NEW.* in the trigger, and bare for the backfill,
-    which reads the columns ``reads``.
+    which reads the columns ``reads``. ``default`` gives the new column its default in contract,
+    before the old column goes (:mod:`.column_defaults`).
     """
     trigger = s.derived_name("zdm", table.name, new, suffix="sync")
     function = trigger
@@ -125,12 +127,23 @@ def dual_write_steps(
         )
     elif not_null:
         not_null_steps(b, Phase.SWITCH, table, new)
-    drops: tuple[s.Statement, ...] = (s.drop_column(table, old),)
-    what = f"drop {table}.{old}"
+    drops: tuple[s.Statement, ...] = (default, s.drop_column(table, old))
+    what = f"give {new} {old}'s default, drop {table}.{old}"
     if change.dual_write == "trigger":
         drops = (*dual_write.drop(table, trigger, function), *drops)
-        what = f"drop the dual-write's triggers and {table}.{old} together, in one short transaction"
-    b.add("drop-old", Phase.CONTRACT, what, drops, s.column_absent(table, old), (table,))
+        what = (
+            f"drop the dual-write's triggers, give {new} {old}'s default and drop {table}.{old},"
+            " in one short transaction"
+        )
+    b.add(
+        "drop-old",
+        Phase.CONTRACT,
+        what,
+        drops,
+        s.column_absent(table, old),
+        (table,),
+        locks=f"{table} AccessExclusiveLock (catalog: the default, a sequence's owner and the drop)",
+    )
 
 
 def rename_column(change: Change, b: StepBuilder, op: RenameColumn) -> None:
@@ -146,6 +159,7 @@ def rename_column(change: Change, b: StepBuilder, op: RenameColumn) -> None:
         Q("NEW.{}").format(sql.Identifier(op.new)),
         op.not_null,
         frozenset({op.old}),
+        column_defaults.carry_default(op.table, op.old, op.new),
     )
 
 
@@ -162,6 +176,9 @@ def change_type(change: Change, b: StepBuilder, op: ChangeType) -> None:
         op.reverse.with_row_prefix("new"),
         op.not_null,
         op.using.columns,
+        s.set_default(op.table, op.new_column, op.default)
+        if op.default is not None
+        else column_defaults.carry_default(op.table, op.column, op.new_column, op.type),
     )
 
 

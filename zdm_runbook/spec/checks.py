@@ -27,6 +27,7 @@ from zdm_runbook.spec.operations import (
     SetDefault,
     SetReplicaIdentity,
 )
+from zdm_runbook.spec.replaced_columns import check_new_default, check_renamed_key
 from zdm_runbook.spec.sqltext import SqlType
 
 
@@ -98,6 +99,8 @@ def check_rename(
             )
         )
     check_new_column(state, cols, table, op.new, op.type, f"{path}.to", problems)
+    if op.old in cols:
+        check_renamed_key(state, op, path, problems)
 
 
 def check_change_type(
@@ -122,6 +125,7 @@ def check_change_type(
         check_expr(state, cols, table, op.using, f"{path}.using", problems, op.type)
         old_type = SqlType(cols[op.column])
         check_expr(state, cols, table, op.reverse, f"{path}.reverse", problems, old_type)
+        check_new_default(state, cols, op, path, problems)
 
 
 def check_change_key_type(

@@ -223,6 +223,9 @@ class ChangeType:
     using: Expr
     reverse: Expr
     not_null: bool | None  # None: as the old column is (NOT NULL or not), decided when switch runs
+    # The new column's default, set by contract (when the old app is gone). None: the old column's,
+    # cast to the new type, which the catalog check allows only when ``using`` is such a cast.
+    default: Expr | None = None
 
 
 @dataclass(frozen=True)

@@ -262,7 +262,11 @@ def _read_change_type(r: Reader) -> ChangeType | None:
         r.sqltype(),
     )
     using, reverse = r.expr("using"), r.expr("reverse")
+    default = r.expr("default", required=False)
     not_null = r.flag("not_null") if r.has("not_null") else None
+    if default is not None and default.columns:
+        r.problem("default", f"names {', '.join(sorted(default.columns))}: a default cannot use columns")
+        return None
     if column and new_column and column == new_column:
         r.problem("new_column", "must differ from column: the type changes through a new column")
         return None
@@ -271,7 +275,7 @@ def _read_change_type(r: Reader) -> ChangeType | None:
     elif reverse and new_column and new_column not in reverse.columns:
         r.problem("reverse", f"must compute the old value from the new column {new_column}")
     elif table and column and new_column and ctype and using and reverse:
-        return ChangeType(table, column, new_column, ctype, using, reverse, not_null)
+        return ChangeType(table, column, new_column, ctype, using, reverse, not_null, default)
     return None
 
 

@@ -104,6 +104,15 @@ class Expr:
     def sql(self) -> Fragment:
         return trusted(self.text)
 
+    def plain_column(self) -> str | None:
+        """The column this expression is, if it is one bare column, maybe cast (``c``, ``c::bigint``):
+        then a value of the column maps to the new type by a cast alone."""
+        node = self.node
+        while isinstance(node, ast.TypeCast):
+            node = node.arg
+        fields = (node.fields or ()) if isinstance(node, ast.ColumnRef) else ()
+        return str(fields[0].sval) if len(fields) == 1 and isinstance(fields[0], ast.String) else None
+
     def with_row_prefix(self, prefix: str) -> Fragment:
         """The expression with each bare column ``c`` written ``prefix.c`` (e.g. NEW.c in a trigger)."""
         node = _Prefixer(prefix)(_copy(self.node))

@@ -1,0 +1,90 @@
+"""What ``rename_column`` and ``change_type`` must carry from the column their contract drops.
+
+Both add a new column, keep it in sync, and drop the old one in contract. What the drop would take
+along is checked here, before anything runs:
+
+- a key (a primary key, a column other tables reference, or one fed by a sequence or an
+  identity): the drop would take the key, or leave the new column unfed. ``change_type`` already
+  sends such a column to ``change_key_type``; a rename is refused the same way;
+- the old column's default: contract gives it to the new column (:mod:`zdm_runbook.plan.column_defaults`),
+  as written for a rename and cast to the new type for ``change_type`` when ``using`` is the old
+  column cast; a ``using`` that computes (``cents / 100.0``) cannot say what the default becomes,
+  so the spec says it (``default:``). Measured: without it the new app's INSERT that leaves the
+  column out met a NOT NULL violation right after contract.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from zdm_runbook.core.errors import Problem
+from zdm_runbook.spec.catalog_state import CatalogState, CheckFailed, check_expr
+from zdm_runbook.spec.keys import key_facts
+from zdm_runbook.spec.model import Table
+from zdm_runbook.spec.operations import ChangeType, RenameColumn
+from zdm_runbook.spec.sqltext import SqlTextError, parse_expression, regclass
+
+Q = sql.SQL
+
+
+def column_default(conn: psycopg.Connection[Any], table: Table, column: str) -> str | None:
+    """The column's default as PostgreSQL writes it (None: it has none, or it is generated)."""
+    row = conn.execute(
+        Q(
+            "SELECT pg_get_expr(ad.adbin, ad.adrelid) FROM pg_attrdef ad"
+            " JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum"
+            " WHERE ad.adrelid = {} AND a.attname = {} AND a.attgenerated = ''"
+        ).format(regclass(table.schema, table.name), sql.Literal(column))
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def check_renamed_key(state: CatalogState, op: RenameColumn, path: str, problems: list[Problem]) -> None:
+    """A key cannot be renamed through a new column: contract would drop it."""
+    facts = key_facts(state.conn, op.table, op.old)
+    if facts is not None and facts.is_key:
+        problems.append(
+            Problem(
+                f"{path}.from",
+                f"{op.table}.{op.old} is {facts.describe()}: rename_column's contract drops the old"
+                " column, and the key or what feeds it with it. Keep the name, or rename it in place"
+                " (ALTER TABLE ... RENAME COLUMN is catalog-only) once no app names the old one",
+            )
+        )
+
+
+def check_new_default(
+    state: CatalogState, cols: dict[str, str], op: ChangeType, path: str, problems: list[Problem]
+) -> None:
+    """The default contract gives ``change_type``'s new column: the spec's, valid in the new type,
+    or the old column's, when a cast is all ``using`` does and the old default casts."""
+    if op.default is not None:
+        check_expr(state, cols, op.table, op.default, f"{path}.default", problems, op.type)
+        return
+    old = column_default(state.conn, op.table, op.column)
+    if old is None:
+        return
+    if op.using.plain_column() != op.column:
+        problems.append(
+            Problem(
+                f"{path}.default",
+                f"{op.table}.{op.column} has DEFAULT {old}, and using ({op.using.text}) computes the"
+                f" new value, so the new default cannot be derived: contract would leave"
+                f" {op.new_column} without one, and the new app's INSERTs that leave it out would"
+                f' write NULL. Give change_type the new column\'s default: default: "..."',
+            )
+        )
+        return
+    try:
+        state.try_expr(op.table, parse_expression(old), op.type)
+    except (CheckFailed, SqlTextError) as exc:
+        problems.append(
+            Problem(
+                f"{path}.default",
+                f"{op.table}.{op.column}'s DEFAULT {old} does not cast to {op.type.text} ({exc}):"
+                ' give change_type the new column\'s default: default: "..."',
+            )
+        )
