@@ -398,6 +398,8 @@ CORPUS: list[tuple[str, bool]] = [
     ("ALTER TABLE orders ADD CONSTRAINT orders_total_nonneg CHECK (total >= 0)", UNSAFE),
     ("ALTER TABLE customers ADD CONSTRAINT customers_email_len CHECK (length(email) < 100) NOT VALID", SAFE),
     ("DROP TYPE order_state CASCADE", UNSAFE),
+    ("ALTER SEQUENCE order_numbers RESTART WITH 1000", SAFE),
+    ("ALTER POLICY orders_own ON orders USING (customer_id > 1)", SAFE),
 ]
 
 # What a case needs beyond the measuring schema (tests/lint_measure.py) to run as written.
@@ -450,6 +452,8 @@ SETUP: dict[str, str] = {
     "ALTER TABLE orders ALTER COLUMN doubled DROP EXPRESSION": "ALTER TABLE orders ADD COLUMN doubled numeric GENERATED ALWAYS AS (total * 2) STORED;",
     "ALTER TABLE orders ALTER COLUMN doubled SET EXPRESSION AS (total * 3)": "ALTER TABLE orders ADD COLUMN doubled numeric GENERATED ALWAYS AS (total * 2) STORED;",
     "ALTER SEQUENCE order_numbers RENAME TO order_nos": "CREATE SEQUENCE order_numbers;",
+    "ALTER SEQUENCE order_numbers RESTART WITH 1000": "CREATE SEQUENCE order_numbers;",
+    "ALTER POLICY orders_own ON orders USING (customer_id > 1)": "CREATE POLICY orders_own ON orders USING (true);",
     "DROP TYPE order_state CASCADE": "CREATE TYPE order_state AS ENUM ('new', 'paid', 'done'); ALTER TABLE orders ALTER COLUMN status TYPE order_state USING status::order_state;",
     "SET TimeZone = 'UTC'; ALTER TABLE orders ALTER COLUMN placed TYPE timestamptz": "ALTER TABLE orders ADD COLUMN placed timestamp DEFAULT '2026-01-01';",
     "-- the column has an index\nSET TimeZone = 'UTC'; ALTER TABLE orders ALTER COLUMN placed TYPE timestamptz": "ALTER TABLE orders ADD COLUMN placed timestamp DEFAULT '2026-01-01'; CREATE INDEX orders_placed_idx ON orders (placed);",

@@ -25,6 +25,8 @@ INSERT INTO t SELECT g, 1, 'x', 'y', 1.5 FROM generate_series(1, 100) g;
 ALTER TABLE t ADD CONSTRAINT t_a_positive CHECK (a > 0) NOT VALID;
 ALTER TABLE t ADD CONSTRAINT t_a_fk FOREIGN KEY (a) REFERENCES r (id) NOT VALID;
 CREATE UNIQUE INDEX t_b_key_idx ON t (id, b);
+CREATE POLICY t_p0 ON t USING (true);
+CREATE SEQUENCE t_numbers;
 """
 
 # (statement, relation to look at)
@@ -82,6 +84,9 @@ CASES = [
     ("ALTER TABLE t REPLICA IDENTITY FULL", "t"),
     ("CREATE VIEW t_view AS SELECT id, b FROM t", "t"),
     ("ALTER TABLE t RENAME TO t_renamed", "t"),
+    ("CREATE POLICY t_p1 ON t USING (a > 0)", "t"),
+    ("ALTER POLICY t_p0 ON t USING (a > 1)", "t"),
+    ("DROP POLICY t_p0 ON t", "t"),
     ("DROP TABLE t CASCADE", "t"),
 ]
 
@@ -143,3 +148,23 @@ def test_not_null_not_valid_fails_as_written_before_18(
 ) -> None:
     with pytest.raises(psycopg.errors.SyntaxError):
         _observe(schema, NOT_NULL_NOT_VALID, "t")
+
+
+def test_alter_sequence_waits_for_a_transaction_that_took_a_number(
+    schema: psycopg.Connection[tuple[object, ...]], any_pg_db: str
+) -> None:
+    """ALTER SEQUENCE takes ShareRowExclusiveLock on the sequence, claimed as such: it waits for an
+    open transaction that called nextval() (an INSERT holds RowExclusiveLock on it to its end), so
+    without a lock_timeout every INSERT's nextval() queues behind it. Its new file is the sequence's
+    one row, not claimed as a rewrite."""
+    (claim,) = analyze("ALTER SEQUENCE t_numbers RESTART WITH 100")
+    assert [(e.relation, e.lock, e.work) for e in claim.effects] == [
+        ("t_numbers", "ShareRowExclusiveLock", "catalog")
+    ]
+    lock, rewritten = _observe(schema, "ALTER SEQUENCE t_numbers RESTART WITH 100", "t_numbers")
+    assert (lock, rewritten) == ("ShareRowExclusiveLock", True)
+    with psycopg.connect(any_pg_db) as app:  # a transaction that took a number, still open
+        app.execute("SELECT nextval('t_numbers')")
+        schema.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            schema.execute("ALTER SEQUENCE t_numbers RESTART WITH 100")

@@ -253,7 +253,7 @@ def _effects(node: Any, version: int) -> tuple[list[Effect], bool]:
             return [Effect(n, mode) for n in names], not node.concurrent
         if kind in (ObjectType.OBJECT_TABLE, ObjectType.OBJECT_VIEW, ObjectType.OBJECT_MATVIEW):
             return [Effect(n, "AccessExclusiveLock") for n in names], True
-        if kind == ObjectType.OBJECT_TRIGGER:  # measured: its table, AccessExclusiveLock
+        if kind in (ObjectType.OBJECT_TRIGGER, ObjectType.OBJECT_POLICY):  # measured: its table, AE
             tables = [
                 ".".join(str(p.sval) for p in obj[:-1])
                 for obj in node.objects or ()
@@ -303,6 +303,14 @@ def _effects(node: Any, version: int) -> tuple[list[Effect], bool]:
         return [Effect(_name(node.relation), mode, "rewrite")], True
     if isinstance(node, ast.CreateTrigStmt):
         return [Effect(_name(node.relation), "ShareRowExclusiveLock")], True
+    if isinstance(node, ast.CreatePolicyStmt | ast.AlterPolicyStmt) and node.table is not None:
+        return [Effect(_name(node.table), "AccessExclusiveLock")], True  # measured on 15 and 18
+    if isinstance(node, ast.AlterSeqStmt) and node.sequence is not None:
+        # Measured on 15 and 18: ShareRowExclusiveLock on the sequence, which waits for every open
+        # transaction that called nextval() (it holds RowExclusiveLock to its end), and every
+        # nextval(), every INSERT that takes one, queues behind it. A new file for a one-row
+        # sequence is no rewrite to speak of.
+        return [Effect(_name(node.sequence), "ShareRowExclusiveLock")], True
     if isinstance(node, ast.LockStmt):
         mode = LOCK_STMT_MODES.get(_int(node.mode), "AccessExclusiveLock")
         return [Effect(_name(r), mode) for r in node.relations or ()], True

@@ -334,7 +334,7 @@ class Probe:
             if old is None:
                 if kind in ("r", "p", "m"):
                     m.created.add(name)
-            elif old[1] != node:
+            elif old[1] != node and kind != "S":  # a sequence's new file is its one row (ALTER SEQUENCE)
                 m.rewritten.add(table)
 
     def _stats(self) -> dict[str, tuple[int, ...]]:
