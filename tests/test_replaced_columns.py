@@ -26,7 +26,9 @@ CREATE TABLE items (
   status text NOT NULL DEFAULT 'new',
   qty int DEFAULT 1,
   price_cents int DEFAULT 250,
-  made_at timestamptz DEFAULT now()
+  made_at timestamptz DEFAULT now(),
+  base int DEFAULT 3,
+  twice int GENERATED ALWAYS AS (base * 2) STORED
 );
 INSERT INTO items (status, qty, price_cents) SELECT 'paid', g, g * 100 FROM generate_series(1, 50) g;
 """
@@ -128,6 +130,17 @@ def test_a_default_set_on_the_new_column_is_kept(db: str) -> None:
             ' using: "extract(epoch from made_at)::int", reverse: "to_timestamp(made_on)"}',
             "operations[0].change_type.default",
             "DEFAULT now()",
+        ),
+        (  # a generated column: the new one would be plain, NULL for the new app's INSERTs
+            "rename_column: {table: items, from: twice, to: doubled, type: int}",
+            "operations[0].rename_column.from",
+            "is generated ((base * 2))",
+        ),
+        (
+            "change_type: {table: items, column: twice, new_column: twice8, type: bigint,"
+            ' using: "twice::bigint", reverse: "twice8::int"}',
+            "operations[0].change_type.column",
+            "is generated",
         ),
         (  # a key: contract would drop it, and the identity that feeds it
             "rename_column: {table: items, from: id, to: item_id, type: bigint}",

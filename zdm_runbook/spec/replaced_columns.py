@@ -3,6 +3,7 @@
 Both add a new column, keep it in sync, and drop the old one in contract. What the drop would take
 along is checked here, before anything runs:
 
+- a generated column: the new column would not have its expression;
 - a key (a primary key, a column other tables reference, or one fed by a sequence or an
   identity): the drop would take the key, or leave the new column unfed. ``change_type`` already
   sends such a column to ``change_key_type``; a rename is refused the same way;
@@ -42,8 +43,32 @@ def column_default(conn: psycopg.Connection[Any], table: Table, column: str) -> 
     return None if row is None else str(row[0])
 
 
+def check_generated(
+    state: CatalogState, table: Table, column: str, path: str, problems: list[Problem]
+) -> None:
+    """A generated column cannot move to a new column: the new one would be a plain column that the
+    new app's INSERTs leave NULL once contract drops the old one and its expression."""
+    expression = state.scalar(
+        Q(
+            "SELECT pg_get_expr(ad.adbin, ad.adrelid) FROM pg_attrdef ad"
+            " JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum"
+            " WHERE ad.adrelid = {} AND a.attname = {} AND a.attgenerated <> ''"
+        ).format(regclass(table.schema, table.name), sql.Literal(column))
+    )
+    if expression is not None:
+        problems.append(
+            Problem(
+                path,
+                f"{table}.{column} is generated ({expression}): its values come from that expression,"
+                " which a new column would not have. Add the new column with add_column and its own"
+                " GENERATED expression instead, and drop this one in a later change",
+            )
+        )
+
+
 def check_renamed_key(state: CatalogState, op: RenameColumn, path: str, problems: list[Problem]) -> None:
     """A key cannot be renamed through a new column: contract would drop it."""
+    check_generated(state, op.table, op.old, f"{path}.from", problems)
     facts = key_facts(state.conn, op.table, op.old)
     if facts is not None and facts.is_key:
         problems.append(
@@ -61,6 +86,7 @@ def check_new_default(
 ) -> None:
     """The default contract gives ``change_type``'s new column: the spec's, valid in the new type,
     or the old column's, when a cast is all ``using`` does and the old default casts."""
+    check_generated(state, op.table, op.column, f"{path}.column", problems)
     if op.default is not None:
         check_expr(state, cols, op.table, op.default, f"{path}.default", problems, op.type)
         return
