@@ -400,6 +400,12 @@ CORPUS: list[tuple[str, bool]] = [
     ("DROP TYPE order_state CASCADE", UNSAFE),
     ("ALTER SEQUENCE order_numbers RESTART WITH 1000", SAFE),
     ("ALTER POLICY orders_own ON orders USING (customer_id > 1)", SAFE),
+    (
+        "CREATE DOMAIN email_addr AS text CHECK (VALUE LIKE '%@%'); ALTER TABLE customers ADD COLUMN contact email_addr",
+        UNSAFE,
+    ),
+    ("CREATE DOMAIN label AS text; ALTER TABLE orders ADD COLUMN tag label", SAFE),
+    ("ALTER TABLE orders ADD COLUMN qty positive_int", UNSAFE),
 ]
 
 # What a case needs beyond the measuring schema (tests/lint_measure.py) to run as written.
@@ -453,6 +459,7 @@ SETUP: dict[str, str] = {
     "ALTER TABLE orders ALTER COLUMN doubled SET EXPRESSION AS (total * 3)": "ALTER TABLE orders ADD COLUMN doubled numeric GENERATED ALWAYS AS (total * 2) STORED;",
     "ALTER SEQUENCE order_numbers RENAME TO order_nos": "CREATE SEQUENCE order_numbers;",
     "ALTER SEQUENCE order_numbers RESTART WITH 1000": "CREATE SEQUENCE order_numbers;",
+    "ALTER TABLE orders ADD COLUMN qty positive_int": "CREATE DOMAIN positive_int AS int CHECK (VALUE > 0);",
     "ALTER POLICY orders_own ON orders USING (customer_id > 1)": "CREATE POLICY orders_own ON orders USING (true);",
     "DROP TYPE order_state CASCADE": "CREATE TYPE order_state AS ENUM ('new', 'paid', 'done'); ALTER TABLE orders ALTER COLUMN status TYPE order_state USING status::order_state;",
     "SET TimeZone = 'UTC'; ALTER TABLE orders ALTER COLUMN placed TYPE timestamptz": "ALTER TABLE orders ADD COLUMN placed timestamp DEFAULT '2026-01-01';",

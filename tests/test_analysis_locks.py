@@ -168,3 +168,27 @@ def test_alter_sequence_waits_for_a_transaction_that_took_a_number(
         schema.execute("SET lock_timeout = '200ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable):
             schema.execute("ALTER SEQUENCE t_numbers RESTART WITH 100")
+
+
+@pytest.mark.parametrize(
+    ("domain", "rewrites"),
+    [
+        ("CREATE DOMAIN d AS int CHECK (VALUE > 0)", True),
+        ("CREATE DOMAIN d AS int NOT NULL DEFAULT 1", True),
+        ("CREATE DOMAIN d AS int", False),
+        ("CREATE TYPE d AS ENUM ('a', 'b')", False),
+    ],
+)
+def test_adding_a_column_of_a_constrained_domain_is_claimed_as_the_rewrite_it_is(
+    schema: psycopg.Connection[tuple[object, ...]], domain: str, rewrites: bool
+) -> None:
+    """Even with no default, PostgreSQL runs a domain's CHECK or NOT NULL on every row's new value:
+    the file's own CREATE DOMAIN tells the text analysis so."""
+    created, added = analyze(f"{domain}; ALTER TABLE t ADD COLUMN x d")
+    assert created.effects == () or created.effects[0].relation != "t"
+    assert (added.effects[0].work == "rewrite") is rewrites
+    assert added.maybe_domains == ()  # the file made d: known
+    schema.execute(domain)  # type: ignore[arg-type]
+    assert _observe(schema, "ALTER TABLE t ADD COLUMN x d", "t") == ("AccessExclusiveLock", rewrites)
+    (unknown,) = analyze("ALTER TABLE t ADD COLUMN x d")  # made elsewhere: only catalog mode knows
+    assert unknown.maybe_domains == ("d",) and unknown.effects[0].work == "catalog"

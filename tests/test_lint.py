@@ -68,6 +68,7 @@ TEXT_MODE_GUESSES = {
     "ALTER TABLE orders ALTER COLUMN status TYPE text": "the column's type now (and its indexes)",
     "BEGIN; UPDATE orders SET note = 'x' WHERE id = 1; ALTER TABLE orders ADD COLUMN y10 int; COMMIT": "that the data change is one row",
     'ALTER TABLE orders ALTER COLUMN note TYPE varchar(20) COLLATE "C"': "the column's type now (and its indexes)",
+    "ALTER TABLE orders ADD COLUMN qty positive_int": "that the type is a domain with a CHECK (it says so, as info)",
 }
 
 

@@ -10,12 +10,13 @@ The claimed modes are checked empirically against ``pg_locks`` on PostgreSQL 18 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pglast import ast, parse_sql
 from pglast.enums.parsenodes import AlterTableType, ConstrType, ObjectType, ReindexObjectType
 
+from zdm_runbook.lint import domains
 from zdm_runbook.spec.sqltext import VOLATILE_FUNCTIONS
 
 if TYPE_CHECKING:
@@ -100,6 +101,7 @@ class Analysis:
     in_transaction_ok: bool = True
     destructive: bool = False  # removes or changes what the old app uses
     phase: str | None = None  # where it belongs in expand/migrate/switch/contract (None: nowhere in place)
+    maybe_domains: tuple[str, ...] = ()  # added columns' types that may be domains with constraints
 
     @property
     def strongest(self) -> str | None:
@@ -332,16 +334,21 @@ def analyze(text: str, version: int = 18, parsed: Sequence[Any] | None = None) -
 
     ``parsed``: pglast's statements of ``text``, when the caller has parsed it already."""
     out = []
+    known: dict[str, bool] = {}  # the types the file made so far: a constrained domain or not
     for i, raw in enumerate(parse_sql(text) if parsed is None else parsed):
         start = raw.stmt_location or 0
         end = start + raw.stmt_len if raw.stmt_len else len(text)
         body = text[start:end].strip()
         line = text.count("\n", 0, start + (len(text[start:end]) - len(text[start:end].lstrip()))) + 1
         effects, tx_ok = _effects(raw.stmt, version)
+        if domains.adds_constrained_domain(raw.stmt, known):  # lint/domains.py: measured
+            effects = [replace(e, work="rewrite") if e is effects[0] else e for e in effects]
         destructive, phase = classify(raw.stmt)
-        out.append(
-            Analysis(i, line, body, type(raw.stmt).__name__, tuple(effects), tx_ok, destructive, phase)
-        )
+        kind = type(raw.stmt).__name__
+        maybe = domains.maybe_domains(raw.stmt, known)
+        out.append(Analysis(i, line, body, kind, tuple(effects), tx_ok, destructive, phase, maybe))
+        if (made := domains.type_made(raw.stmt)) is not None:
+            known[made[0]] = made[1]
     return out
 
 
