@@ -156,6 +156,20 @@ def test_dependents_of_a_dropped_or_renamed_column_are_named(
     assert "is used by" not in _rules(shop, "ALTER TABLE orders DROP COLUMN qty")["drop-column"]
 
 
+def test_a_serial_columns_sequence_is_named_as_one_and_the_measured_finding_names_the_table(
+    shop: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    shop.execute(
+        "CREATE TABLE audit (id serial PRIMARY KEY, what text); INSERT INTO audit (what) VALUES ('a')"
+    )
+    _, findings = lint_text("ALTER TABLE audit ALTER COLUMN id TYPE bigint", "m.sql", conn=shop)
+    (typed,) = [f for f in findings if f.rule == "alter-column-type"]
+    assert "sequence audit_id_seq" in typed.message and "index audit_id_seq" not in typed.message
+    # The statement also takes AccessShareLock on the sequence; the finding is about the table.
+    measured = [(f.relation, f.lock_mode) for f in findings if f.rule == "measured"]
+    assert measured and set(measured) == {("audit", "AccessExclusiveLock")}
+
+
 def test_zdm_lint_with_dsn_env(shop: psycopg.Connection[tuple[object, ...]], tmp_path: object) -> None:
     from pathlib import Path  # noqa: PLC0415
 

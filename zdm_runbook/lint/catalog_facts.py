@@ -44,7 +44,8 @@ SELECT DISTINCT
     WHEN 'pg_rewrite'::regclass THEN 'view ' || r.ev_class::regclass::text
     WHEN 'pg_trigger'::regclass THEN 'trigger ' || tg.tgname
     WHEN 'pg_policy'::regclass THEN 'policy ' || po.polname
-    WHEN 'pg_class'::regclass THEN 'index ' || d.objid::regclass::text
+    WHEN 'pg_class'::regclass THEN CASE (SELECT relkind FROM pg_class WHERE oid = d.objid)
+      WHEN 'S' THEN 'sequence ' ELSE 'index ' END || d.objid::regclass::text
     WHEN 'pg_attrdef'::regclass THEN 'generated column ' || ga.attname
     WHEN 'pg_constraint'::regclass THEN 'constraint ' || co.conname
   END AS what

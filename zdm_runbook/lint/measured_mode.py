@@ -24,7 +24,7 @@ from typing import Any
 from pglast import ast, parse_sql
 from pglast.stream import RawStream
 
-from zdm_runbook.lint.analysis import Analysis
+from zdm_runbook.lint.analysis import LOCK_MODES, Analysis
 from zdm_runbook.lint.hazards import Finding
 from zdm_runbook.lint.probe import AppStatement, Measured, Probe
 from zdm_runbook.lint.shadow import live_rows, matched_share, shadow
@@ -100,7 +100,11 @@ def _whole_table(conn: Conn, a: Analysis, sizes: dict[str, int | None]) -> str |
 
 def _measured(file: str, a: Analysis, m: Measured, reason: str) -> Finding:
     tables = [r for r in m.locks if r not in m.owner]  # the table, rather than one of its indexes
-    relation = next(iter(tables or list(m.locks)), None)
+    named = [r for r in tables if f" on {r} " in f"{reason} "]  # the one the reason is about
+    # else the most strongly locked (a sequence the table's default reads is locked too, weakly)
+    relation = next(iter(named), None) or max(
+        tables or list(m.locks), key=lambda r: LOCK_MODES.index(m.locks[r]), default=None
+    )
     mode = m.locks.get(relation) if relation else None
     return Finding(
         file,
