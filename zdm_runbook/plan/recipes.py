@@ -79,13 +79,13 @@ def dual_write_steps(
     to_old: sql.Composable,
     not_null: bool | None,
     reads: frozenset[str],
-    default: s.Statement,
+    default: tuple[s.Statement, str],
 ) -> None:
     """The shared shape of rename_column and change_type across all four phases.
 
     ``to_new`` is the old→new expression twice: for NEW.* in the trigger, and bare for the backfill,
     which reads the columns ``reads``. ``default`` gives the new column its default in contract,
-    before the old column goes (:mod:`.column_defaults`).
+    before the old column goes (:mod:`.column_defaults`), and says which.
     """
     trigger = s.derived_name("zdm", table.name, new, suffix="sync")
     function = trigger
@@ -127,13 +127,13 @@ def dual_write_steps(
         )
     elif not_null:
         not_null_steps(b, Phase.SWITCH, table, new)
-    drops: tuple[s.Statement, ...] = (default, s.drop_column(table, old))
-    what = f"give {new} {old}'s default, drop {table}.{old}"
+    drops: tuple[s.Statement, ...] = (default[0], s.drop_column(table, old))
+    what = f"give {new} {default[1]}, drop {table}.{old}"
     if change.dual_write == "trigger":
         drops = (*dual_write.drop(table, trigger, function), *drops)
         what = (
-            f"drop the dual-write's triggers, give {new} {old}'s default and drop {table}.{old},"
-            " in one short transaction"
+            f"drop the dual-write's triggers, give {new} {default[1]} and drop {table}.{old}, in one"
+            " short transaction"
         )
     b.add(
         "drop-old",
@@ -142,7 +142,7 @@ def dual_write_steps(
         drops,
         s.column_absent(table, old),
         (table,),
-        locks=f"{table} AccessExclusiveLock (catalog: the default, a sequence's owner and the drop)",
+        locks=f"{table} AccessExclusiveLock (catalog: the triggers, the default and the drop)",
     )
 
 
@@ -159,7 +159,7 @@ def rename_column(change: Change, b: StepBuilder, op: RenameColumn) -> None:
         Q("NEW.{}").format(sql.Identifier(op.new)),
         op.not_null,
         frozenset({op.old}),
-        column_defaults.carry_default(op.table, op.old, op.new),
+        (column_defaults.carry_default(op.table, op.old, op.new), f"the default {op.old} has (if any)"),
     )
 
 
@@ -176,9 +176,12 @@ def change_type(change: Change, b: StepBuilder, op: ChangeType) -> None:
         op.reverse.with_row_prefix("new"),
         op.not_null,
         op.using.columns,
-        s.set_default(op.table, op.new_column, op.default)
+        (s.set_default(op.table, op.new_column, op.default), f"DEFAULT {op.default.text}")
         if op.default is not None
-        else column_defaults.carry_default(op.table, op.column, op.new_column, op.type),
+        else (
+            column_defaults.carry_default(op.table, op.column, op.new_column, op.type),
+            f"the default {op.column} has (if any), as {op.type.text}",
+        ),
     )
 
 
