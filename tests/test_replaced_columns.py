@@ -31,6 +31,9 @@ CREATE TABLE items (
   twice int GENERATED ALWAYS AS (base * 2) STORED
 );
 INSERT INTO items (status, qty, price_cents) SELECT 'paid', g, g * 100 FROM generate_series(1, 50) g;
+COMMENT ON COLUMN items.status IS 'where the item is in its life';
+ALTER TABLE items ALTER COLUMN status SET STATISTICS 700;
+ALTER TABLE items ALTER COLUMN qty SET (n_distinct = -0.25);
 """
 
 SPEC = """
@@ -96,6 +99,27 @@ def test_the_old_columns_default_reaches_the_new_one_in_contract(any_pg_db: str)
         ).fetchone()
     assert row is not None and tuple(map(str, row)) == ("new", "1", "2.50", "True")
     assert set(apply_phase(dsn, plan, Phase.CONTRACT).values()) == {"skipped"}
+
+
+def test_the_old_columns_comment_statistics_target_and_options_reach_the_new_one_in_expand(
+    any_pg_db: str,
+) -> None:
+    """A DBA's statistics target and n_distinct keep the planner's estimates on the column the new
+    app reads; a comment documents it. Contract would drop them with the old column."""
+    with psycopg.connect(any_pg_db, autocommit=True) as conn:
+        conn.execute(TABLE)
+    apply_phase(any_pg_db, build_plan(parse_change(SPEC)), Phase.EXPAND)
+    with psycopg.connect(any_pg_db) as conn:
+        rows = conn.execute(
+            "SELECT attname, col_description(attrelid, attnum), coalesce(attstattarget, -1), attoptions"
+            " FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname IN ('state', 'quantity', 'price')"
+            " ORDER BY attname"
+        ).fetchall()
+    assert rows == [
+        ("price", None, -1, None),
+        ("quantity", None, -1, ["n_distinct=-0.25"]),
+        ("state", "where the item is in its life", 700, None),
+    ]
 
 
 def test_a_default_set_on_the_new_column_is_kept(db: str) -> None:

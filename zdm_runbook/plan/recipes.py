@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from zdm_runbook.plan import column_defaults, dual_write, fk_twins, grants, index_twins, keyswap
+from zdm_runbook.plan import (
+    column_defaults,
+    column_settings,
+    dual_write,
+    fk_twins,
+    grants,
+    index_twins,
+    keyswap,
+)
 from zdm_runbook.plan import steps as s
 from zdm_runbook.plan.steps import BackfillSpec, StepBuilder
 from zdm_runbook.spec.change import Change
@@ -92,12 +100,17 @@ def dual_write_steps(
     b.add(
         "add-column",
         Phase.EXPAND,
-        f"add nullable {table}.{new}, with the column privileges {old} has",
-        (s.add_column(table, new, type_), grants.carry_column_grants(table, old, new)),
+        f"add nullable {table}.{new}, with the column privileges, comment, statistics target and"
+        f" options {old} has",
+        (
+            s.add_column(table, new, type_),
+            grants.carry_column_grants(table, old, new),
+            column_settings.carry_column_settings(table, old, new),
+        ),
         s.column_exists(table, new),
         (table,),
-        locks=f"{table} AccessExclusiveLock (catalog only: the new column, then GRANTs on it, which take no"
-        " more; measured on 15 and 18)",
+        locks=f"{table} AccessExclusiveLock (catalog only: the new column, then GRANTs, a comment and"
+        " settings on it, which take no more; measured on 15 and 18)",
     )
     if change.dual_write == "trigger":
         b.add(
