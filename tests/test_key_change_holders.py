@@ -374,7 +374,9 @@ def test_column_privileges_move_with_the_column(any_pg_db: str) -> None:
         conn.execute(
             "CREATE TABLE customers (id serial PRIMARY KEY, name text);"
             " CREATE TABLE orders (id serial PRIMARY KEY, customer_id int REFERENCES customers, total int);"
-            " INSERT INTO customers (name) VALUES ('a'); INSERT INTO orders (customer_id, total) VALUES (1, 5)"
+            " INSERT INTO customers (name) VALUES ('a'); INSERT INTO orders (customer_id, total) VALUES (1, 5);"
+            " COMMENT ON COLUMN orders.customer_id IS 'who placed it';"
+            " ALTER TABLE orders ALTER COLUMN customer_id SET STATISTICS 500"
         )
         role = sql.Identifier(f"app_{conn.info.dbname}")  # roles are the server's: one per test database
         conn.execute(
@@ -422,5 +424,12 @@ def test_column_privileges_move_with_the_column(any_pg_db: str) -> None:
     assert scalar(dsn, acl, ["orders", "customer_id"]) == before["customer_id"]
     assert scalar(dsn, acl, ["orders", "total_big"]) == before["total"]
     assert "*" in before["customer_id"]  # the grant option, carried too
+    # The swap carries the column's comment and statistics target too (plan/column_settings.py).
+    with psycopg.connect(dsn) as conn:
+        carried = conn.execute(
+            "SELECT col_description(attrelid, attnum), attstattarget::int FROM pg_attribute"
+            " WHERE attrelid = 'orders'::regclass AND attname = 'customer_id'"
+        ).fetchone()
+    assert carried == ("who placed it", 500)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP OWNED BY {r}; DROP ROLE {r}").format(r=role))
