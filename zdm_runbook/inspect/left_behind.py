@@ -62,12 +62,14 @@ def _uses_column(op: Operation, table: Table, column: str) -> bool:
 
 def _taken_care_of(use: Use, table: Table, new: str, operations: tuple[Operation, ...]) -> bool:
     """The spec drops the index or constraint by name, or creates its kind on the new column."""
-    dropped = {(op.schema, op.name) for op in operations if isinstance(op, DropIndex) and use.kind == "index"}
-    dropped |= {
-        (op.table.schema, op.name)
-        for op in operations
-        if isinstance(op, DropConstraint) and use.kind == "constraint" and op.table == table
-    }
+    if use.kind == "index":
+        dropped = {(op.schema, op.name) for op in operations if isinstance(op, DropIndex)}
+    else:
+        dropped = {
+            (op.table.schema, op.name)
+            for op in operations
+            if isinstance(op, DropConstraint) and op.table == table
+        }
     if (table.schema, use.name) in dropped:
         return True
     definition = (use.definition or "").upper()
