@@ -22,8 +22,7 @@ from zdm_runbook.cli.run import demo_cmd, prepare_cmd, run_cmd
 from zdm_runbook.core.connect import connect
 from zdm_runbook.core.errors import DatabaseError, SpecError
 from zdm_runbook.demo.embedded import DEBIAN_PG15_BIN, LocalServer
-from zdm_runbook.inspect.key_holders import hold_warnings
-from zdm_runbook.inspect.left_behind import left_behind_warnings
+from zdm_runbook.inspect.left_behind import change_warnings
 from zdm_runbook.lint.analysis import step_locks
 from zdm_runbook.plan.planner import Plan, build_plan
 from zdm_runbook.spec.catalog import check_change
@@ -67,9 +66,9 @@ def plan_cmd(spec: Path, as_json: bool, phase: str | None, dsn_env: str | None) 
             problems = check_change(conn, change)
             if problems:
                 raise SpecError(problems, str(spec))
-            ops = change.operations  # the warnings are in each phase's preflight too
-            for reason in hold_warnings(conn, ops)[0] + left_behind_warnings(conn, ops)[0]:
-                click.echo(str(reason), err=True)
+            for _, warnings, _ in change_warnings(conn, change.operations):  # and in each preflight
+                for reason in warnings:
+                    click.echo(str(reason), err=True)
     plan = build_plan(change)
     if as_json:
         click.echo(plan.to_json())

@@ -21,8 +21,9 @@ import pandas as pd
 import psycopg
 
 from zdm_runbook.inspect.column_uses import Use, column_uses
+from zdm_runbook.inspect.key_holders import hold_warnings
 from zdm_runbook.inspect.preflight import Reason
-from zdm_runbook.spec.model import Table
+from zdm_runbook.spec.model import Phase, Table
 from zdm_runbook.spec.operations import (
     AddCheck,
     AddForeignKey,
@@ -123,3 +124,18 @@ def _advice(use: Use, shown: str, table: Table, old: str, new: str) -> str:
             f" it goes: drop_constraint: {{table: {table}, name: {use.name}}}"
         )
     return f"{head} Create it again on {new} after switch"
+
+
+def change_warnings(
+    conn: psycopg.Connection[Any], operations: tuple[Operation, ...], phase: Phase | None = None
+) -> list[tuple[str, list[Reason], pd.DataFrame]]:
+    """The change's own warnings, said from the first phase on (``zdm plan --dsn-env`` and every
+    preflight), each with its name and table: a column that holds a key the change widens and stays
+    narrower (:mod:`.key_holders`), and what a replaced column leaves behind. Not in contract,
+    whose report of its drops says the latter, a no-go where the drop would fail."""
+    narrow, holders = hold_warnings(conn, operations)
+    found = [("what holds a key", narrow, holders)]
+    if phase != Phase.CONTRACT:
+        behind, uses = left_behind_warnings(conn, operations)
+        found.append(("what a replaced column leaves behind", behind, uses))
+    return found

@@ -36,8 +36,7 @@ from zdm_runbook.execute.progress import State, frame
 from zdm_runbook.execute.rehearsal import rehearse
 from zdm_runbook.execute.session import PhaseSession
 from zdm_runbook.inspect import usage
-from zdm_runbook.inspect.key_holders import hold_warnings
-from zdm_runbook.inspect.left_behind import left_behind_warnings
+from zdm_runbook.inspect.left_behind import change_warnings
 from zdm_runbook.inspect.preflight import PreflightRefused, Verdict, drops_report, preflight
 from zdm_runbook.ledger.gates import GateRefused, check_gate
 from zdm_runbook.ledger.signoffs import SignOff, phase_state, sign_off
@@ -239,10 +238,10 @@ class Runbook:
         todo = [st.render() for st in self.steps if st.key not in applied]
         drops, dropped = drops_report(self.session.control, todo)
         verdict.add(drops, "what the drops take along", dropped)
-        narrow, holders = hold_warnings(self.session.control, self.plan.change.operations)
-        verdict.add(narrow, "what holds a key", holders)
-        behind, uses = left_behind_warnings(self.session.control, self.plan.change.operations)
-        verdict.add(behind, "what a replaced column leaves behind", uses)
+        for name, warnings, table in change_warnings(
+            self.session.control, self.plan.change.operations, self.phase
+        ):
+            verdict.add(warnings, name, table)
         rehearsed = rehearse(self.session.control, self.steps, self.plan.change.compat, self.phase, applied)
         verdict.add(rehearsed.reasons, "rehearsal on a shadow copy", rehearsed.frame())
         refused = not verdict.go and self.params.values["require_go"]
