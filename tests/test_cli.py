@@ -94,6 +94,22 @@ def test_the_feared_changes_examples_fit_the_schema_they_describe(db: str, tmp_p
     assert taken.returncode == 2 and "operations[0].rename_table.to: " in taken.stderr, taken.stderr
 
 
+def test_a_computed_type_change_example_says_the_new_default(db: str, tmp_path: Path) -> None:
+    """orders-price-numeric: using computes, so the spec gives the new column's default; without
+    it, the catalog check refuses the spec, naming the field, before anything runs."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, price_cents int NOT NULL DEFAULT 0)")
+    example = EXAMPLES / "orders-price-numeric.yaml"
+    ok = zdm("plan", str(example), "--dsn-env", "T", env={"T": db})
+    assert ok.returncode == 0, ok.stderr
+    assert 'ALTER TABLE "public"."orders" ALTER COLUMN "price" SET DEFAULT 0.00' in ok.stdout
+    without = tmp_path / "without.yaml"
+    without.write_text(example.read_text().replace(', default: "0.00"', ""))
+    bad = zdm("plan", str(without), "--dsn-env", "T", env={"T": db})
+    assert bad.returncode == 2
+    assert "operations[0].change_type.default: public.orders.price_cents has DEFAULT 0" in bad.stderr
+
+
 def test_unset_dsn_variable_exits_2() -> None:
     result = zdm("plan", str(EXAMPLES / "orders-customer-ref.yaml"), "--dsn-env", "ZDM_UNSET_FOR_TEST")
     assert result.returncode == 2
