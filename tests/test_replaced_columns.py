@@ -122,16 +122,25 @@ def test_the_old_columns_comment_statistics_target_and_options_reach_the_new_one
     ]
 
 
-def test_a_default_set_on_the_new_column_is_kept(db: str) -> None:
+def test_a_default_set_on_the_new_column_is_kept_and_late_privileges_are_carried(db: str) -> None:
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(TABLE)
     plan = build_plan(parse_change(SPEC))
     for phase in (Phase.EXPAND, Phase.MIGRATE, Phase.SWITCH):
         apply_phase(db, plan, phase)
-    with psycopg.connect(db, autocommit=True) as conn:  # the DBA's own choice, after switch
+    with psycopg.connect(db, autocommit=True) as conn:  # the DBA's own choices, after expand
+        role = psycopg.sql.Identifier(f"reader_{conn.info.dbname}")  # roles are the server's
         conn.execute("ALTER TABLE items ALTER COLUMN state SET DEFAULT 'draft'")
+        conn.execute(
+            psycopg.sql.SQL("CREATE ROLE {r}; GRANT SELECT (id, status) ON items TO {r}").format(r=role)
+        )
     apply_phase(db, plan, Phase.CONTRACT)
     assert _defaults(db)["state"] == "'draft'::text"
+    with psycopg.connect(db, autocommit=True) as conn:  # the grant made on status reached state
+        conn.execute(psycopg.sql.SQL("SET ROLE {r}").format(r=role))
+        assert conn.execute("SELECT count(state) FROM items").fetchone() == (50,)
+        conn.execute("RESET ROLE")
+        conn.execute(psycopg.sql.SQL("DROP OWNED BY {r}; DROP ROLE {r}").format(r=role))
 
 
 @pytest.mark.parametrize(

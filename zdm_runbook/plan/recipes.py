@@ -140,13 +140,15 @@ def dual_write_steps(
         )
     elif not_null:
         not_null_steps(b, Phase.SWITCH, table, new)
-    drops: tuple[s.Statement, ...] = (default[0], s.drop_column(table, old))
-    what = f"give {new} {default[1]}, drop {table}.{old}"
+    # Privileges granted on the old column since expand reach the new one before the old goes.
+    carried = (default[0], grants.carry_column_grants(table, old, new))
+    drops: tuple[s.Statement, ...] = (*carried, s.drop_column(table, old))
+    what = f"give {new} {default[1]} and {old}'s column privileges, drop {table}.{old}"
     if change.dual_write == "trigger":
         drops = (*dual_write.drop(table, trigger, function), *drops)
         what = (
-            f"drop the dual-write's triggers, give {new} {default[1]} and drop {table}.{old}, in one"
-            " short transaction"
+            f"drop the dual-write's triggers, give {new} {default[1]} and {old}'s column privileges,"
+            f" and drop {table}.{old}, in one short transaction"
         )
     b.add(
         "drop-old",
@@ -155,7 +157,7 @@ def dual_write_steps(
         drops,
         s.column_absent(table, old),
         (table,),
-        locks=f"{table} AccessExclusiveLock (catalog: the triggers, the default and the drop)",
+        locks=f"{table} AccessExclusiveLock (catalog: the triggers, the default, the GRANTs and the drop)",
     )
 
 
