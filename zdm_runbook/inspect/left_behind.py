@@ -3,9 +3,10 @@
 Both move a column's values to a new column; contract drops the old one. An index, a constraint
 or a statistics object on the old column goes with it, silently, and nothing takes its place on
 the new one; a view, a policy, a trigger, a rule, a generated column or an SQL-standard function
-that uses it makes the drop fail (:mod:`.column_uses` has the measurements). Said from the first
-phase on (``zdm plan --dsn-env`` and every phase's preflight), as a warning: the spec may re-create
-an index in a later change, and a view can only move to the new column once it exists. An index
+that uses it makes the drop fail (:mod:`zdm_runbook.spec.column_uses` has the measurements).
+Said from the first phase on (``zdm plan --dsn-env`` and every phase's preflight), as a warning:
+the spec may re-create an index in a later change, and a view can only move to the new column once
+it exists. An index
 or a constraint the spec drops by name, or re-creates on the new column (a ``create_index``,
 ``add_check``, ``add_unique`` or ``add_foreign_key`` that uses it), is not warned of. The column's
 own one-column foreign key has its own warning, with the line that keeps it
@@ -20,9 +21,9 @@ from typing import Any
 import pandas as pd
 import psycopg
 
-from zdm_runbook.inspect.column_uses import Use, column_uses
 from zdm_runbook.inspect.key_holders import hold_warnings
 from zdm_runbook.inspect.preflight import Reason
+from zdm_runbook.spec.column_uses import Use, column_uses
 from zdm_runbook.spec.model import Phase, Table
 from zdm_runbook.spec.operations import (
     AddCheck,

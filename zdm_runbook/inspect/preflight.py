@@ -19,8 +19,8 @@ from psycopg import sql
 from zdm_runbook.core.durations import human_seconds
 from zdm_runbook.core.errors import Refused
 from zdm_runbook.inspect import locks as lk
-from zdm_runbook.inspect.column_uses import column_uses
 from zdm_runbook.lint.catalog_facts import dropped_columns, regclass_text
+from zdm_runbook.spec.column_uses import column_uses
 from zdm_runbook.spec.model import Table
 
 Level = Literal["no-go", "warn", "info"]
@@ -213,8 +213,8 @@ def drops_report(conn: lk.Conn, statements: Iterable[str]) -> tuple[list[Reason]
     """What the phase's column drops take along, said before the drop: PostgreSQL drops an index or
     a constraint on a dropped column with it, silently (``info``), and refuses the drop while a
     view, a policy, a trigger... uses it (``no-go``: the step would fail; measured in
-    :mod:`.column_uses`). The recipe's own dual-write triggers, dropped in the same step, are left
-    out."""
+    :mod:`zdm_runbook.spec.column_uses`). The recipe's own dual-write triggers, dropped in the same
+    step, are left out."""
     reasons, rows = [], []
     for text in statements:
         for table, column in dropped_columns(text):

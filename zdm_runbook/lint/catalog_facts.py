@@ -31,38 +31,13 @@ from psycopg import sql
 
 from zdm_runbook.lint.analysis import Analysis
 from zdm_runbook.lint.hazards import Finding
+from zdm_runbook.spec.column_uses import column_uses
 from zdm_runbook.spec.keys import WIDENS, key_facts
 from zdm_runbook.spec.model import Table
 from zdm_runbook.spec.sqltext import trusted
 
 Conn = psycopg.Connection[Any]
 PROBE = "zdm_lint_probe"
-
-_DEPENDENTS = """
-SELECT DISTINCT
-  CASE d.classid
-    WHEN 'pg_rewrite'::regclass THEN 'view ' || r.ev_class::regclass::text
-    WHEN 'pg_trigger'::regclass THEN 'trigger ' || tg.tgname
-    WHEN 'pg_policy'::regclass THEN 'policy ' || po.polname
-    WHEN 'pg_class'::regclass THEN CASE (SELECT relkind FROM pg_class WHERE oid = d.objid)
-      WHEN 'S' THEN 'sequence ' ELSE 'index ' END || d.objid::regclass::text
-    WHEN 'pg_attrdef'::regclass THEN 'generated column ' || ga.attname
-    WHEN 'pg_constraint'::regclass THEN 'constraint ' || co.conname
-  END AS what
-FROM pg_depend d
-JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-LEFT JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
-LEFT JOIN pg_trigger tg ON d.classid = 'pg_trigger'::regclass AND tg.oid = d.objid
-LEFT JOIN pg_policy po ON d.classid = 'pg_policy'::regclass AND po.oid = d.objid
-LEFT JOIN pg_attrdef ad ON d.classid = 'pg_attrdef'::regclass AND ad.oid = d.objid
-LEFT JOIN pg_attribute ga ON ga.attrelid = ad.adrelid AND ga.attnum = ad.adnum
-LEFT JOIN pg_constraint co ON d.classid = 'pg_constraint'::regclass AND co.oid = d.objid
-WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(%s) AND a.attname = %s
-  AND d.deptype IN ('n', 'a') AND NOT (d.classid = 'pg_attrdef'::regclass AND ad.adnum = a.attnum)
-  AND NOT (d.classid = 'pg_rewrite'::regclass AND r.ev_class = d.refobjid)
-  AND NOT (d.classid = 'pg_constraint'::regclass AND co.contype = 'n')  -- 18's NOT NULL: the column's own
-ORDER BY 1
-"""
 
 
 def relation_name(rv: Any) -> str:
@@ -132,7 +107,8 @@ def not_null_proven(conn: Conn, table: tuple[str, ...], column: str) -> bool | N
 
 
 def dependents(conn: Conn, table: tuple[str, ...], column: str) -> list[str] | None:
-    """Views, triggers, policies, indexes, constraints and generated columns that use ``column``.
+    """What uses ``column`` (:mod:`zdm_runbook.spec.column_uses`): views, triggers, policies, indexes,
+    constraints, generated columns, statistics.
 
     None (unknown, never "nothing") when the table is not in the catalog or the query fails."""
     try:
@@ -140,10 +116,10 @@ def dependents(conn: Conn, table: tuple[str, ...], column: str) -> list[str] | N
             found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [regclass_text(table)]).fetchone()
             if not (found and found[0]):
                 return None
-            rows = conn.execute(_DEPENDENTS, [regclass_text(table), column]).fetchall()
+            where = sql.SQL("to_regclass({})").format(sql.Literal(regclass_text(table)))
+            return [use.what for use in column_uses(conn, where, column)]
     except psycopg.Error:
         return None
-    return [str(r[0]) for r in rows if r[0]]
 
 
 def dropped_columns(sql_text: str) -> list[tuple[tuple[str, ...], str]]:
@@ -158,15 +134,6 @@ def dropped_columns(sql_text: str) -> list[tuple[tuple[str, ...], str]]:
             if AlterTableType(int(cmd.subtype or 0)) == AlterTableType.AT_DropColumn:
                 found.append((table, str(cmd.name)))
     return found
-
-
-def dropped_along(conn: Conn, sql_text: str) -> list[tuple[str, list[str] | None]]:
-    """For each column that a statement of ``sql_text`` drops: ``table.column`` and what PostgreSQL
-    drops with it (an index, a constraint) or fails on (a view) (:func:`dependents`; None: unknown)."""
-    return [
-        (f"{'.'.join(table)}.{column}", dependents(conn, table, column))
-        for table, column in dropped_columns(sql_text)
-    ]
 
 
 def refine(conn: Conn, a: Analysis, node: Any, found: list[Finding], version: int) -> list[Finding]:
