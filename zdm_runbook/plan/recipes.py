@@ -143,12 +143,12 @@ def dual_write_steps(
     # Privileges granted on the old column since expand reach the new one before the old goes.
     carried = (default[0], grants.carry_column_grants(table, old, new))
     drops: tuple[s.Statement, ...] = (*carried, s.drop_column(table, old))
-    what = f"give {new} {default[1]} and {old}'s column privileges, drop {table}.{old}"
+    what = f"give {new} {old}'s column privileges and {default[1]}, then drop {table}.{old}"
     if change.dual_write == "trigger":
         drops = (*dual_write.drop(table, trigger, function), *drops)
         what = (
-            f"drop the dual-write's triggers, give {new} {default[1]} and {old}'s column privileges,"
-            f" and drop {table}.{old}, in one short transaction"
+            f"drop the dual-write's triggers, give {new} {old}'s column privileges and {default[1]},"
+            f" then drop {table}.{old}, in one short transaction"
         )
     b.add(
         "drop-old",
