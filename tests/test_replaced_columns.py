@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from zdm_runbook.inspect.left_behind import left_behind_warnings
+from zdm_runbook.inspect.preflight import drops_report
 from zdm_runbook.notebook import runner
 from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.catalog import check_change
@@ -286,3 +287,20 @@ def _text(notebook: Path | None) -> str:
         for cell in nb.cells
         for out in cell.get("outputs", [])
     )
+
+
+def test_a_view_that_an_earlier_step_of_contract_moves_is_no_no_go(db: str) -> None:
+    """The spec may move the view itself, in a contract step before the drop (a raw_sql listed
+    first): then the drop will not fail, and the preflight says so instead of refusing."""
+    move = "CREATE OR REPLACE VIEW active_customers AS SELECT id, email AS mail FROM customers"
+    drop = 'ALTER TABLE "public"."customers" DROP COLUMN IF EXISTS "mail"'
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(CUSTOMERS)
+        conn.execute("ALTER TABLE customers ADD COLUMN email text")
+        moved_first, _ = drops_report(conn, [move, drop])
+        moved_after, _ = drops_report(conn, [drop, move])
+        both_in_one, _ = drops_report(conn, [f"DROP VIEW active_customers; {drop}"])
+    assert [r.level for r in moved_first] == ["info", "info"]
+    assert str(moved_first[0]).startswith("[info] view active_customers uses public.customers.mail: a step")
+    assert [r.level for r in moved_after] == ["no-go", "info"]
+    assert [r.level for r in both_in_one] == ["info", "info"]

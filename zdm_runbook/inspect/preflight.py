@@ -19,7 +19,7 @@ from psycopg import sql
 from zdm_runbook.core.durations import human_seconds
 from zdm_runbook.core.errors import Refused
 from zdm_runbook.inspect import locks as lk
-from zdm_runbook.lint.catalog_facts import dropped_columns, regclass_text
+from zdm_runbook.lint.catalog_facts import dropped_columns, objects_moved, regclass_text
 from zdm_runbook.spec.column_uses import column_uses
 from zdm_runbook.spec.model import Table
 
@@ -216,12 +216,19 @@ def drops_report(conn: lk.Conn, statements: Iterable[str]) -> tuple[list[Reason]
     :mod:`zdm_runbook.spec.column_uses`). The recipe's own dual-write triggers, dropped in the same
     step, are left out."""
     reasons, rows = [], []
+    moved: set[str] = set()  # what the phase's steps (this one too) drop or replace before a drop
     for text in statements:
+        moved |= objects_moved(text)
         for table, column in dropped_columns(text):
             where = sql.SQL("to_regclass({})").format(sql.Literal(regclass_text(table)))
             uses = column_uses(conn, where, column)
             name = f"{'.'.join(table)}.{column}"
-            if refusing := [u.what for u in uses if u.breaks_drop]:
+            if first := [u.what for u in uses if u.breaks_drop and u.name in moved]:
+                rows.append((name, ", ".join(first), "moved off it by an earlier step of this phase"))
+                reasons.append(
+                    Reason("info", f"{', '.join(first)} uses {name}: a step before the drop moves it")
+                )
+            if refusing := [u.what for u in uses if u.breaks_drop and u.name not in moved]:
                 rows.append((name, ", ".join(refusing), "refuses the drop"))
                 reasons.append(
                     Reason(

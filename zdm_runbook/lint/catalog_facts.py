@@ -122,6 +122,29 @@ def dependents(conn: Conn, table: tuple[str, ...], column: str) -> list[str] | N
         return None
 
 
+def objects_moved(sql_text: str) -> set[str]:
+    """The names of the views, policies, triggers, rules and functions a statement of ``sql_text``
+    drops or replaces (``DROP VIEW``, ``CREATE OR REPLACE VIEW``, ``ALTER POLICY``...): a step that
+    runs before a column's drop may move what uses the column off it."""
+    names: set[str] = set()
+    for raw in pglast.parse_sql(sql_text):
+        node = raw.stmt
+        if isinstance(node, ast.DropStmt):
+            for obj in node.objects or ():
+                parts = obj.objname if isinstance(obj, ast.ObjectWithArgs) else obj
+                if isinstance(parts, tuple) and parts and isinstance(parts[-1], ast.String):
+                    names.add(str(parts[-1].sval))
+        elif isinstance(node, ast.ViewStmt) and node.replace and node.view is not None:
+            names.add(str(node.view.relname))
+        elif isinstance(node, ast.AlterPolicyStmt) and node.policy_name:
+            names.add(str(node.policy_name))
+        elif isinstance(node, ast.CreateTrigStmt) and node.replace and node.trigname:
+            names.add(str(node.trigname))
+        elif isinstance(node, ast.CreateFunctionStmt) and node.replace and node.funcname:
+            names.add(str(node.funcname[-1].sval))
+    return names
+
+
 def dropped_columns(sql_text: str) -> list[tuple[tuple[str, ...], str]]:
     """Each column a statement of ``sql_text`` drops: its table's name parts, and its name."""
     found: list[tuple[tuple[str, ...], str]] = []

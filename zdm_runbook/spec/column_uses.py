@@ -31,7 +31,14 @@ SELECT d.breaks_drop,
             WHEN d.classid = 'pg_constraint'::regclass THEN 'constraint'
             ELSE 'other' END AS kind,
        CASE WHEN d.classid = 'pg_class'::regclass THEN (SELECT relname FROM pg_class WHERE oid = d.objid)
-            WHEN d.classid = 'pg_constraint'::regclass THEN co.conname END AS name,
+            WHEN d.classid = 'pg_constraint'::regclass THEN co.conname
+            WHEN d.classid = 'pg_rewrite'::regclass AND rw.ev_class <> d.refobjid
+              THEN (SELECT relname FROM pg_class WHERE oid = rw.ev_class)  -- the view
+            WHEN d.classid = 'pg_rewrite'::regclass THEN rw.rulename
+            WHEN d.classid = 'pg_policy'::regclass THEN (SELECT polname FROM pg_policy WHERE oid = d.objid)
+            WHEN d.classid = 'pg_trigger'::regclass THEN (SELECT tgname FROM pg_trigger WHERE oid = d.objid)
+            WHEN d.classid = 'pg_proc'::regclass THEN (SELECT proname FROM pg_proc WHERE oid = d.objid)
+            END::text AS name,
        CASE WHEN d.classid = 'pg_rewrite'::regclass AND rw.ev_class <> d.refobjid
               THEN pg_describe_object('pg_class'::regclass, rw.ev_class, 0)
             WHEN d.classid = 'pg_attrdef'::regclass THEN format('generated column %I', ga.attname)
@@ -59,8 +66,9 @@ SELECT d.breaks_drop,
 @dataclass(frozen=True)
 class Use:
     """One object that uses the column: ``breaks_drop`` if DROP COLUMN fails while it exists
-    (else the drop takes it along); ``kind`` ``index``, ``constraint`` or ``other``; ``name`` for
-    an index or a constraint; ``what`` as PostgreSQL describes it; ``definition`` for an index or
+    (else the drop takes it along); ``kind`` ``index``, ``constraint`` or ``other``; ``name``, its
+    own name (a view's, a policy's, a trigger's...; None for a generated column or statistics);
+    ``what`` as PostgreSQL describes it; ``definition`` for an index or
     a constraint; ``own_foreign_key``: the column's own one-column foreign key."""
 
     breaks_drop: bool
