@@ -304,3 +304,17 @@ def test_a_view_that_an_earlier_step_of_contract_moves_is_no_no_go(db: str) -> N
     assert str(moved_first[0]).startswith("[info] view active_customers uses public.customers.mail: a step")
     assert [r.level for r in moved_after] == ["no-go", "info"]
     assert [r.level for r in both_in_one] == ["info", "info"]
+
+
+def test_a_view_on_a_column_the_spec_drops_is_warned_of_from_the_first_phase(db: str) -> None:
+    """drop_column: what goes with the column is the spec's intent (its index, its check), but a
+    view on it makes contract's drop fail, so it is said from expand on, as for a replaced column."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(CUSTOMERS)
+        spec = parse_change("change: d\noperations:\n  - drop_column: {table: customers, column: mail}\n")
+        reasons, frame = left_behind_warnings(conn, spec.operations)
+    assert [str(r) for r in reasons] == [
+        "[warn] view active_customers uses public.customers.mail: contract's DROP COLUMN fails while it"
+        " does. Drop it, or move it off the column, before contract"
+    ]
+    assert list(frame["contract"]) == ["fails"]

@@ -1,4 +1,5 @@
-"""What ``rename_column`` and ``change_type`` would leave behind on the column contract drops.
+"""What ``rename_column`` and ``change_type`` would leave behind on the column contract drops, and
+what would make a ``drop_column`` fail.
 
 Both move a column's values to a new column; contract drops the old one. An index, a constraint
 or a statistics object on the old column goes with it, silently, and nothing takes its place on
@@ -31,6 +32,7 @@ from zdm_runbook.spec.operations import (
     AddUnique,
     ChangeType,
     CreateIndex,
+    DropColumn,
     DropConstraint,
     DropIndex,
     Operation,
@@ -91,9 +93,17 @@ def _taken_care_of(use: Use, table: Table, new: str, operations: tuple[Operation
 def left_behind_warnings(
     conn: psycopg.Connection[Any], operations: tuple[Operation, ...]
 ) -> tuple[list[Reason], pd.DataFrame]:
-    """A warning per object on a replaced column that contract would drop with it, or fail on; and
-    the table of them, for display."""
+    """A warning per object on a replaced column that contract would drop with it, or fail on, and
+    per object that makes a ``drop_column``'s drop fail (what goes with a column the spec drops is
+    the spec's intent); and the table of them, for display."""
     reasons, rows = [], []
+    for op in operations:
+        if isinstance(op, DropColumn):
+            column = f"{op.table}.{op.column}"
+            for use in column_uses(conn, regclass(op.table.schema, op.table.name), op.column):
+                if use.breaks_drop:
+                    rows.append((column, use.what, use.definition or "", "fails"))
+                    reasons.append(Reason("warn", _refusing(use.what, column)))
     for table, old, new in replaced_columns(operations):
         for use in column_uses(conn, regclass(table.schema, table.name), old):
             if use.own_foreign_key or (not use.breaks_drop and _taken_care_of(use, table, new, operations)):
@@ -103,6 +113,14 @@ def left_behind_warnings(
             rows.append((f"{table}.{old}", use.what, use.definition or "", outcome))
             reasons.append(Reason("warn", _advice(use, shown, table, old, new)))
     return reasons, pd.DataFrame(rows, columns=["column", "used by", "definition", "contract"])
+
+
+def _refusing(what: str, column: str) -> str:
+    """A drop_column's warning: what makes its drop fail, and what to do before contract."""
+    return (
+        f"{what} uses {column}: contract's DROP COLUMN fails while it does. Drop it, or move it off"
+        " the column, before contract"
+    )
 
 
 def _advice(use: Use, shown: str, table: Table, old: str, new: str) -> str:
