@@ -424,7 +424,7 @@ def test_column_privileges_move_with_the_column(any_pg_db: str) -> None:
     assert scalar(dsn, acl, ["orders", "customer_id"]) == before["customer_id"]
     assert scalar(dsn, acl, ["orders", "total_big"]) == before["total"]
     assert "*" in before["customer_id"]  # the grant option, carried too
-    # The swap carries the column's comment and statistics target too (plan/column_settings.py).
+    # The swap carries the column's comment and statistics target too (plan/column_carry.py).
     with psycopg.connect(dsn) as conn:
         carried = conn.execute(
             "SELECT col_description(attrelid, attnum), attstattarget::int FROM pg_attribute"

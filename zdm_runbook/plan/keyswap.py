@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from zdm_runbook.plan import column_settings
-from zdm_runbook.plan.grants import carry_fragment
+from zdm_runbook.plan.column_carry import carry_fragment
 from zdm_runbook.plan.index_twins import SWAP_FRAGMENT, TWIN_OF
 from zdm_runbook.plan.steps import HELD_LOCK_TIMEOUT
 from zdm_runbook.spec.model import Table
@@ -140,8 +139,7 @@ BEGIN
   ELSIF dflt IS NOT NULL THEN
     EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', p, k);
   END IF;
-  {grants}
-  {settings}
+  {carry}
   EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', p, k, {temp});
   EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', p, n, k);
   EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', p, {temp}, n);
@@ -211,8 +209,7 @@ def swap(table: Table, key: str, shadow: str, temp: str, index: str) -> sql.Comp
     current value kept); re-create the key constraint on the prebuilt unique index."""
     block = Q(_SWAP).format(
         index_twins=SWAP_FRAGMENT,
-        grants=carry_fragment(Q("p"), Q("k"), Q("n")),  # the column's privileges, to the new column
-        settings=column_settings.carry_fragment(Q("p"), Q("k"), Q("n")),  # comment, statistics target
+        carry=carry_fragment(Q("p"), Q("k"), Q("n")),  # privileges, comment, statistics target
         referencing=REFERENCING,
         outgoing=OUTGOING,
         twin=TWIN,

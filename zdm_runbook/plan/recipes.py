@@ -10,11 +10,10 @@ from __future__ import annotations
 from psycopg import sql
 
 from zdm_runbook.plan import (
+    column_carry,
     column_defaults,
-    column_settings,
     dual_write,
     fk_twins,
-    grants,
     index_twins,
     keyswap,
 )
@@ -104,8 +103,7 @@ def dual_write_steps(
         f" options {old} has",
         (
             s.add_column(table, new, type_),
-            grants.carry_column_grants(table, old, new),
-            column_settings.carry_column_settings(table, old, new),
+            column_carry.carry_column(table, old, new),
         ),
         s.column_exists(table, new),
         (table,),
@@ -141,7 +139,7 @@ def dual_write_steps(
     elif not_null:
         not_null_steps(b, Phase.SWITCH, table, new)
     # Privileges granted on the old column since expand reach the new one before the old goes.
-    carried = (default[0], grants.carry_column_grants(table, old, new))
+    carried = (default[0], column_carry.carry_column(table, old, new, settings=False))
     drops: tuple[s.Statement, ...] = (*carried, s.drop_column(table, old))
     what = f"give {new} {old}'s column privileges and {default[1]}, then drop {table}.{old}"
     if change.dual_write == "trigger":

@@ -27,7 +27,7 @@ from zdm_runbook.spec.operations import (
     SetDefault,
     SetReplicaIdentity,
 )
-from zdm_runbook.spec.replaced_columns import check_new_default, check_renamed_key
+from zdm_runbook.spec.replaced_columns import check_new_default, check_renamed_column
 from zdm_runbook.spec.sqltext import SqlType
 
 
@@ -100,7 +100,7 @@ def check_rename(
         )
     check_new_column(state, cols, table, op.new, op.type, f"{path}.to", problems)
     if op.old in cols:
-        check_renamed_key(state, op, path, problems)
+        check_renamed_column(state, op, path, problems)
 
 
 def check_change_type(

@@ -16,9 +16,6 @@ along is checked here, before anything runs:
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
 from psycopg import sql
 
 from zdm_runbook.core.errors import Problem
@@ -31,44 +28,41 @@ from zdm_runbook.spec.sqltext import SqlTextError, parse_expression, regclass
 Q = sql.SQL
 
 
-def column_default(conn: psycopg.Connection[Any], table: Table, column: str) -> str | None:
-    """The column's default as PostgreSQL writes it (None: it has none, or it is generated)."""
-    row = conn.execute(
+def _expression(state: CatalogState, table: Table, column: str) -> tuple[str, bool] | None:
+    """The column's default or generation expression as PostgreSQL writes it, and whether it is
+    generated (None: it has neither)."""
+    row = state.conn.execute(
         Q(
-            "SELECT pg_get_expr(ad.adbin, ad.adrelid) FROM pg_attrdef ad"
+            "SELECT pg_get_expr(ad.adbin, ad.adrelid), a.attgenerated <> '' FROM pg_attrdef ad"
             " JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum"
-            " WHERE ad.adrelid = {} AND a.attname = {} AND a.attgenerated = ''"
+            " WHERE ad.adrelid = {} AND a.attname = {}"
         ).format(regclass(table.schema, table.name), sql.Literal(column))
     ).fetchone()
-    return None if row is None else str(row[0])
+    return None if row is None else (str(row[0]), bool(row[1]))
 
 
-def check_generated(
-    state: CatalogState, table: Table, column: str, path: str, problems: list[Problem]
-) -> None:
+def _generated(
+    found: tuple[str, bool] | None, table: Table, column: str, path: str, problems: list[Problem]
+) -> bool:
     """A generated column cannot move to a new column: the new one would be a plain column that the
     new app's INSERTs leave NULL once contract drops the old one and its expression."""
-    expression = state.scalar(
-        Q(
-            "SELECT pg_get_expr(ad.adbin, ad.adrelid) FROM pg_attrdef ad"
-            " JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum"
-            " WHERE ad.adrelid = {} AND a.attname = {} AND a.attgenerated <> ''"
-        ).format(regclass(table.schema, table.name), sql.Literal(column))
-    )
-    if expression is not None:
-        problems.append(
-            Problem(
-                path,
-                f"{table}.{column} is generated ({expression}): its values come from that expression,"
-                " which a new column would not have. Add the new column with add_column and its own"
-                " GENERATED expression instead, and drop this one in a later change",
-            )
+    if found is None or not found[1]:
+        return False
+    problems.append(
+        Problem(
+            path,
+            f"{table}.{column} is generated ({found[0]}): its values come from that expression,"
+            " which a new column would not have. Add the new column with add_column and its own"
+            " GENERATED expression instead, and drop this one in a later change",
         )
+    )
+    return True
 
 
-def check_renamed_key(state: CatalogState, op: RenameColumn, path: str, problems: list[Problem]) -> None:
-    """A key cannot be renamed through a new column: contract would drop it."""
-    check_generated(state, op.table, op.old, f"{path}.from", problems)
+def check_renamed_column(state: CatalogState, op: RenameColumn, path: str, problems: list[Problem]) -> None:
+    """Neither a generated column nor a key can be renamed through a new column: the new one would
+    lack the expression, and contract would drop the key."""
+    _generated(_expression(state, op.table, op.old), op.table, op.old, f"{path}.from", problems)
     facts = key_facts(state.conn, op.table, op.old)
     if facts is not None and facts.is_key:
         problems.append(
@@ -86,13 +80,15 @@ def check_new_default(
 ) -> None:
     """The default contract gives ``change_type``'s new column: the spec's, valid in the new type,
     or the old column's, when a cast is all ``using`` does and the old default casts."""
-    check_generated(state, op.table, op.column, f"{path}.column", problems)
+    found = _expression(state, op.table, op.column)
+    if _generated(found, op.table, op.column, f"{path}.column", problems):
+        return
     if op.default is not None:
         check_expr(state, cols, op.table, op.default, f"{path}.default", problems, op.type)
         return
-    old = column_default(state.conn, op.table, op.column)
-    if old is None:
+    if found is None:
         return
+    old = found[0]
     if op.using.plain_column() != op.column:
         problems.append(
             Problem(
