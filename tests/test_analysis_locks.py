@@ -88,6 +88,10 @@ CASES = [
     ("ALTER POLICY t_p0 ON t USING (a > 1)", "t"),
     ("DROP POLICY t_p0 ON t", "t"),
     ("DROP TABLE t CASCADE", "t"),
+    ("ALTER TABLE t ADD COLUMN x int REFERENCES r (id)", "r"),
+    ("ALTER TABLE t ADD COLUMN x int DEFAULT 1 REFERENCES r (id)", "t"),
+    ("ALTER TABLE t ADD COLUMN x int DEFAULT 1 REFERENCES r (id)", "r"),
+    ("ALTER TABLE t ADD COLUMN x bigint DEFAULT txid_current()", "t"),
 ]
 
 

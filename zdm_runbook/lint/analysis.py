@@ -146,8 +146,8 @@ def _volatile_default(col: ast.ColumnDef, version: int) -> bool:
         if kind == ConstrType.CONSTR_DEFAULT and c.raw_expr is not None:
             if version < 11:
                 return True
-            names = {".".join(str(n.sval) for n in f.funcname or ()) for f in _funccalls(c.raw_expr)}
-            if names & (VOLATILE_FUNCTIONS | {"clock_timestamp", "timeofday"}):
+            names = {str(f.funcname[-1].sval).lower() for f in _funccalls(c.raw_expr) if f.funcname}
+            if names & VOLATILE_FUNCTIONS:
                 return True
     return False
 
@@ -212,6 +212,14 @@ def _alter_table(stmt: ast.AlterTableStmt, version: int) -> list[Effect]:
                 step_work = "index build"
             elif ConstrType.CONSTR_CHECK in inline:
                 step_work = "scan"
+            elif {ConstrType.CONSTR_FOREIGN, ConstrType.CONSTR_DEFAULT} <= inline:
+                step_work = "scan"  # measured: with any DEFAULT, even NULL, the new key is checked row by row
+        if sub == "AT_AddColumn" and isinstance(cmd.def_, ast.ColumnDef):
+            extra += [
+                Effect(_name(c.pktable), "ShareRowExclusiveLock")
+                for c in cmd.def_.constraints or ()
+                if ConstrType(_int(c.contype)) == ConstrType.CONSTR_FOREIGN and c.pktable is not None
+            ]
         if sub == "AT_AddConstraint" and isinstance(cmd.def_, ast.Constraint):
             kind = ConstrType(_int(cmd.def_.contype))
             validated = not cmd.def_.skip_validation

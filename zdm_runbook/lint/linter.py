@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 from pglast import ast, parse_sql
-from pglast.enums.parsenodes import AlterTableType, ObjectType, TransactionStmtKind
+from pglast.enums.parsenodes import AlterTableType, ObjectType
 from pglast.parser import ParseError
 
 from zdm_runbook.core.errors import Problem, SpecError
-from zdm_runbook.lint.analysis import LOCK_MODES, Analysis, analyze
+from zdm_runbook.lint import do_blocks, psql_meta
+from zdm_runbook.lint.analysis import Analysis, analyze
+from zdm_runbook.lint.file_walk import Walk
 from zdm_runbook.lint.hazards import Finding, finding, statement_hazards
 from zdm_runbook.lint.probe import AppStatement
 
 _IGNORE = re.compile(r"--\s*zdm:\s*ignore\s+([\w, -]+)", re.I)
-APP_BLOCKING = LOCK_MODES.index("ShareUpdateExclusiveLock")  # stronger than this queues the app
 DESTRUCTIVE_PHASES = {"contract"}
 
 
@@ -32,28 +33,6 @@ class SqlFileError(SpecError):
     """A SQL file cannot be linted (it does not parse); names the file and line."""
 
     kind = "the SQL"
-
-
-def _setting(node: Any) -> tuple[str, bool, bool] | None:
-    """``(name, enabled, local)`` for ``SET [LOCAL] lock_timeout|statement_timeout`` or set_config()."""
-    if isinstance(node, ast.VariableSetStmt) and node.name in ("lock_timeout", "statement_timeout"):
-        values = [
-            getattr(getattr(v, "val", None), "sval", None) or getattr(getattr(v, "val", None), "ival", None)
-            for v in node.args or ()
-        ]
-        enabled = bool(values) and str(values[0]).strip() not in ("0", "0s", "0ms", "None")
-        return str(node.name), enabled, bool(node.is_local)
-    if isinstance(node, ast.SelectStmt):
-        for target in node.targetList or ():
-            call = getattr(target, "val", None)
-            if isinstance(call, ast.FuncCall) and [str(n.sval) for n in call.funcname or ()][-1:] == [
-                "set_config"
-            ]:
-                args = [getattr(getattr(a, "val", None), "sval", None) for a in call.args or ()]
-                if len(args) == 3 and args[0] in ("lock_timeout", "statement_timeout"):
-                    local = getattr(getattr(call.args[2], "val", None), "boolval", None)  # type: ignore[index]
-                    return str(args[0]), str(args[1]).strip() not in ("0", "0s", "0ms"), bool(local)
-    return None
 
 
 def _phase_rules(a: Analysis, node: Any, phase: str, file: str) -> list[Finding]:
@@ -87,151 +66,100 @@ def _phase_rules(a: Analysis, node: Any, phase: str, file: str) -> list[Finding]
     return [finding(a, first, file, "phase", "error", message, alt) for message, alt in misplaced]
 
 
-@dataclass
-class _Walk:
-    """What the file has done so far: transaction, timeouts set, a held AccessExclusiveLock, ..."""
+_OUT_OF_DO = "run it as a statement of its own, outside the DO block"
+_IN_DO = "a DO block runs as one transaction: this statement cannot run in it, and fails as written"
 
-    file: str
-    in_tx: bool = False
-    timeouts: dict[str, bool] = field(default_factory=dict)
-    local: dict[str, bool] = field(default_factory=dict)
-    held: tuple[int, str] | None = None
-    tx_ddl: bool = False
-    tx_data: bool = False
-    not_valid: set[str] = field(default_factory=set)
-    created: set[str] = field(default_factory=set)  # tables this file created: nobody else's yet
 
-    def only_new(self, a: Analysis) -> bool:
-        """Every relation the statement locks was created earlier in this file (or by it)."""
-        return bool(a.effects) and all(e.relation in self.created for e in a.effects)
+def _statement(
+    walk: Walk, a: Analysis, node: Any, version: int, phase: str | None, conn: Any, measure: bool
+) -> list[Finding]:
+    """One statement's findings: its hazards, the file-order rules, the phase's and the catalog's."""
+    hazards = [] if walk.only_new(a) else statement_hazards(a, node, walk.file, version)
+    proof = walk.proves_not_null(node, version)
+    if proof:
+        hazards = [_proven(f, proof) if f.rule == "set-not-null-scan" else f for f in hazards]
+    found = hazards + walk.rules(a, node)
+    walk.keeps_old_name(a, node)
+    if phase:
+        found += _phase_rules(a, node, phase, walk.file)
+    if conn is not None:
+        from zdm_runbook.lint.catalog_facts import refine  # noqa: PLC0415
 
-    def control(self, node: Any) -> bool:
-        """Track BEGIN/COMMIT and timeout settings; True when ``node`` was one of those."""
-        if isinstance(node, ast.TransactionStmt):
-            kind = TransactionStmtKind(int(node.kind or 0))
-            if kind in (TransactionStmtKind.TRANS_STMT_BEGIN, TransactionStmtKind.TRANS_STMT_START):
-                self.in_tx, self.held, self.tx_ddl, self.tx_data = True, None, False, False
-                self.not_valid, self.local = set(), {}
-            elif kind in (TransactionStmtKind.TRANS_STMT_COMMIT, TransactionStmtKind.TRANS_STMT_ROLLBACK):
-                self.in_tx, self.held, self.local = False, None, {}
-            return True
-        setting = _setting(node)
-        if setting:
-            name, enabled, is_local = setting
-            if is_local and not self.in_tx:  # measured: no effect outside a transaction block
-                return True
-            (self.local if is_local else self.timeouts)[name] = enabled
-            return True
-        return False
+        found = refine(conn, a, node, found, version)
+        if measure:  # the shadow copy says whether the type is a constrained domain
+            found = [f for f in found if f.rule != "add-column-domain"]
+    return found
 
-    def rules(self, a: Analysis, node: Any) -> list[Finding]:
-        """The file-order rules for one statement, then the state it leaves behind."""
-        out: list[Finding] = []
-        first = a.effects[0] if a.effects else None
-        if isinstance(node, ast.CreateStmt):
-            self.created.add(first.relation if first else "")
-        old = [e for e in a.effects if e.relation not in self.created]
-        strongest = max((e.lock for e in old), key=LOCK_MODES.index) if old else None
-        blocking = strongest is not None and LOCK_MODES.index(strongest) > APP_BLOCKING
-        has = {**self.timeouts, **self.local}
-        nowait = isinstance(node, ast.LockStmt) and bool(node.nowait)
-        if blocking and not has.get("lock_timeout") and not nowait:
-            out.append(
+
+def _meta(file: str, m: psql_meta.MetaCommand) -> Finding:
+    message = f"psql's {m.text.split()[0]} {m.unseen}"
+    alt = "write out as SQL what it runs, and lint that too (catalog mode does not run it either)"
+    return Finding(
+        file, m.line, 1, -1, "psql-meta-command", "info", None, None, False, False, False, message, alt
+    )
+
+
+def _kept(f: Finding) -> Finding:
+    message = f"{f.message}: here a view takes the old name in the same transaction, so it does not"
+    return replace(f, severity="info", message=message)
+
+
+def _proven(f: Finding, check: str) -> Finding:
+    return replace(
+        f, severity="info", message=f"{f.message}, unless proven: here {check}, validated above, proves it"
+    )
+
+
+def _do_block(
+    walk: Walk,
+    a: Analysis,
+    inner: list[do_blocks.Inner],
+    version: int,
+    phase: str | None,
+    conn: Any,
+    measure: bool,
+) -> list[Finding]:
+    """A ``DO`` block's statements, linted as what they are: one transaction (measured on 15 and 18:
+    its locks are held to its end, and CONCURRENTLY fails in it). A session-level SET inside it
+    outlasts it; what it locks counts for the transaction around it, if any."""
+    block = replace(walk, in_tx=True)
+    if not walk.in_tx:
+        block.held, block.tx_ddl, block.tx_data, block.local = None, False, False, {}
+    found: list[Finding] = []
+    for statement in inner:
+        if statement.text is None:
+            found.append(
                 finding(
-                    a,
-                    first,
-                    self.file,
-                    "missing-lock-timeout",
-                    "error",
-                    _NO_LOCK_TIMEOUT % strongest,
-                    _SET_TIMEOUTS,
+                    replace(a, line=statement.line),
+                    None,
+                    walk.file,
+                    "do-dynamic-sql",
+                    "info",
+                    f"EXECUTE {statement.expression}: the statement it runs is not known from the text,"
+                    " and is not linted",
+                    "--dsn-env runs the file on a shadow copy of the schema and measures what it does",
                 )
             )
-        elif blocking and not has.get("statement_timeout"):
-            out.append(
-                finding(
-                    a,
-                    first,
-                    self.file,
-                    "missing-statement-timeout",
-                    "warning",
-                    _NO_STATEMENT_TIMEOUT,
-                    _SET_TIMEOUTS,
-                )
-            )
-        if isinstance(node, ast.LockStmt) and not self.in_tx:
-            out.append(
-                finding(
-                    a,
-                    first,
-                    self.file,
-                    "lock-outside-transaction",
-                    "error",
-                    "LOCK TABLE outside a transaction block: it fails as written",
-                    "BEGIN; LOCK …; the work; COMMIT",
-                )
-            )
-        if self.in_tx and not a.in_transaction_ok:
-            out.append(
-                finding(
-                    a,
-                    first,
-                    self.file,
-                    "concurrently-in-transaction",
-                    "error",
-                    _IN_TX,
-                    "run it alone, outside BEGIN … COMMIT",
-                )
-            )
-        if self.in_tx and self.held and first:
-            severity = "error" if any(e.work != "catalog" for e in a.effects) else "warning"
-            message = (
-                f"runs while the AccessExclusiveLock on {self.held[1]} taken by statement"
-                f" {self.held[0]} is held until commit"
-            )
-            out.append(
-                finding(a, first, self.file, "runs-under-held-lock", severity, message, _COMMIT_SOONER)
-            )
-        is_data = isinstance(node, ast.UpdateStmt | ast.DeleteStmt)
-        if self.in_tx and ((is_data and self.tx_ddl) or (blocking and self.tx_data)):
-            out.append(
-                finding(a, first, self.file, "data-in-ddl-transaction", "error", _DATA_WITH_DDL, _BATCHED)
-            )
-        for cmd in node.cmds or () if isinstance(node, ast.AlterTableStmt) else ():
-            sub = AlterTableType(int(cmd.subtype or 0)).name
-            if (
-                sub == "AT_AddConstraint"
-                and isinstance(cmd.def_, ast.Constraint)
-                and cmd.def_.skip_validation
-            ):
-                self.not_valid.add(str(cmd.def_.conname))
-            if sub == "AT_ValidateConstraint" and self.in_tx and str(cmd.name) in self.not_valid:
-                message = (
-                    f"VALIDATE of {cmd.name} in the transaction that added it NOT VALID scans under that lock"
-                )
-                out.append(
-                    finding(
-                        a, first, self.file, "validate-same-transaction", "error", message, _COMMIT_SOONER
-                    )
-                )
-        if self.in_tx and strongest == "AccessExclusiveLock" and self.held is None and first:
-            self.held = (a.index, first.relation)
-        self.tx_ddl |= self.in_tx and blocking
-        self.tx_data |= self.in_tx and is_data
-        return out
-
-
-_NO_LOCK_TIMEOUT = (
-    "takes %s with no lock_timeout set before it: if it waits, every query on the table queues behind it"
-)
-_NO_STATEMENT_TIMEOUT = (
-    "lock_timeout is set but statement_timeout is not: the statement's own runtime is unbounded"
-)
-_SET_TIMEOUTS = "SET lock_timeout = '1s' and statement_timeout first, and retry on a timeout"
-_IN_TX = "this statement cannot run inside a transaction block: it fails as written"
-_COMMIT_SOONER = "commit right after the statement that takes AccessExclusiveLock"
-_DATA_WITH_DDL = "data changes and DDL in one transaction hold the DDL's locks for the whole update"
-_BATCHED = "backfill in its own batched transactions (zdm migrate)"
+            continue
+        try:
+            parsed = parse_sql(statement.text)
+        except ParseError:
+            continue  # PL/pgSQL may have checked it less than the server will; the shadow copy runs it
+        for ia, node in zip(analyze(statement.text, version, parsed), parsed, strict=True):
+            if block.control(node.stmt):
+                continue
+            here = replace(ia, index=a.index, line=statement.line)
+            found += [
+                replace(f, message=_IN_DO, safe_alternative=_OUT_OF_DO)
+                if f.rule == "concurrently-in-transaction"
+                else f
+                for f in _statement(block, here, node.stmt, version, phase, conn, measure)
+            ]
+    walk.timeouts, walk.created, walk.not_valid = block.timeouts, block.created, block.not_valid
+    if walk.in_tx:
+        walk.held, walk.local = walk.held or block.held, block.local
+        walk.tx_ddl, walk.tx_data = block.tx_ddl, block.tx_data
+    return found
 
 
 def lint_text(
@@ -250,6 +178,9 @@ def lint_text(
     of the schema and the measurements overrule the rules (:mod:`zdm_runbook.lint.measured_mode`).
     ``app``: the old app's statements, checked against the migrated shadow.
     """
+    meta: list[psql_meta.MetaCommand] = []
+    if "\\" in text:  # psql's meta-commands: blanked, lines kept, before PostgreSQL's parser sees them
+        text, meta = psql_meta.strip(text)
     try:
         raws = parse_sql(text)
     except ParseError as exc:
@@ -257,8 +188,8 @@ def lint_text(
         line = text.count("\n", 0, max(0, where - 1)) + 1
         raise SqlFileError([Problem(f"{file}:{line}", f"cannot parse: {exc.args[0]}")]) from None
     analyses = analyze(text, version, raws)
-    walk = _Walk(file)
-    findings: list[Finding] = []
+    walk = Walk(file)
+    findings: list[Finding] = [_meta(file, m) for m in meta if m.unseen]
     ignores: dict[int, set[str]] = {}
     prev_end = 0
     for a, raw in zip(analyses, raws, strict=True):
@@ -268,22 +199,18 @@ def lint_text(
         ignored = {r.strip() for m in _IGNORE.finditer(raw_text) for r in m[1].split(",")}
         if walk.control(raw.stmt):
             continue
-        hazards = [] if walk.only_new(a) else statement_hazards(a, raw.stmt, file, version)
-        found = hazards + walk.rules(a, raw.stmt)
-        if phase:
-            found += _phase_rules(a, raw.stmt, phase, file)
-        if conn is not None:
-            from zdm_runbook.lint.catalog_facts import refine  # noqa: PLC0415
-
-            found = refine(conn, a, raw.stmt, found, version)
-            if measure:  # the shadow copy says whether the type is a constrained domain
-                found = [f for f in found if f.rule != "add-column-domain"]
+        inner = do_blocks.statements(raw.stmt, a.text, a.line)
+        if inner is None:
+            found = _statement(walk, a, raw.stmt, version, phase, conn, measure)
+        else:
+            found = _do_block(walk, a, inner, version, phase, conn, measure)
         ignores[a.index] = ignored
         findings += [f for f in found if f.rule not in ignored]
+    findings = [_kept(f) if f.rule == "rename" and f.statement_index in walk.kept else f for f in findings]
     if conn is not None and measure:
         from zdm_runbook.lint.measured_mode import measure as measured  # noqa: PLC0415
 
-        findings = [
+        findings = [_meta(file, m) for m in meta if m.unseen] + [
             f
             for f in measured(conn, text, file, analyses, findings, app)
             if f.rule not in ignores.get(f.statement_index, set())

@@ -16,33 +16,23 @@ from pglast.parser import ParseError
 from pglast.stream import RawStream
 from psycopg import sql
 
+from zdm_runbook.spec.volatile_builtins import VOLATILE
+
 # Functions whose value differs per row: as a column DEFAULT they force a table rewrite, and on
 # PostgreSQL the "fast default" applies only to non-volatile expressions. The stable now() family
 # is refused too: every existing row would get the time of the ALTER, which a backfill says better.
 TIME_OF_CALL_FUNCTIONS = frozenset(
-    {"now", "transaction_timestamp", "statement_timestamp", "clock_timestamp", "timeofday"}
-)
-VOLATILE_FUNCTIONS = frozenset(
     {
-        "random",
-        "random_normal",
-        "setseed",
-        "gen_random_uuid",
-        "uuidv4",
-        "uuidv7",
-        "uuid_generate_v1",
-        "uuid_generate_v1mc",
-        "uuid_generate_v4",
-        "nextval",
-        "currval",
-        "lastval",
-        "setval",
-        "txid_current",
-        "pg_current_xact_id",
+        "now",
+        "transaction_timestamp",
+        "statement_timestamp",
         "clock_timestamp",
         "timeofday",
+        "txid_current",  # STABLE: one value for the ALTER's transaction, given to every existing row
+        "pg_current_xact_id",
     }
 )
+VOLATILE_FUNCTIONS = VOLATILE  # read from pg_proc on 15 and 18: spec/volatile_builtins.py
 # Functions with side effects outside the row: never acceptable inside a spec's expression.
 FORBIDDEN_FUNCTIONS = frozenset(
     {

@@ -1,0 +1,251 @@
+"""What a SQL file has done so far, statement by statement: its transaction, the timeouts it set,
+an AccessExclusiveLock it holds, the NOT NULL checks it validated, the tables it renamed; and the
+rules that follow from the order (a lock with no ``lock_timeout`` before it, CONCURRENTLY inside a
+transaction block, work under a lock held since an earlier statement).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pglast import ast
+from pglast.enums.parsenodes import AlterTableType, ObjectType, TransactionStmtKind
+from pglast.enums.primnodes import NullTestType
+
+from zdm_runbook.lint.analysis import LOCK_MODES, Analysis
+from zdm_runbook.lint.hazards import Finding, finding
+
+APP_BLOCKING = LOCK_MODES.index("ShareUpdateExclusiveLock")  # stronger than this queues the app
+
+
+def setting(node: Any) -> tuple[str, bool, bool] | None:
+    """``(name, enabled, local)`` for ``SET [LOCAL] lock_timeout|statement_timeout`` or set_config()."""
+    if isinstance(node, ast.VariableSetStmt) and node.name in ("lock_timeout", "statement_timeout"):
+        values = [
+            getattr(getattr(v, "val", None), "sval", None) or getattr(getattr(v, "val", None), "ival", None)
+            for v in node.args or ()
+        ]
+        enabled = bool(values) and str(values[0]).strip() not in ("0", "0s", "0ms", "None")
+        return str(node.name), enabled, bool(node.is_local)
+    if isinstance(node, ast.SelectStmt):
+        for target in node.targetList or ():
+            call = getattr(target, "val", None)
+            if isinstance(call, ast.FuncCall) and [str(n.sval) for n in call.funcname or ()][-1:] == [
+                "set_config"
+            ]:
+                args = [getattr(getattr(a, "val", None), "sval", None) for a in call.args or ()]
+                if len(args) == 3 and args[0] in ("lock_timeout", "statement_timeout"):
+                    local = getattr(getattr(call.args[2], "val", None), "boolval", None)  # type: ignore[index]
+                    return str(args[0]), str(args[1]).strip() not in ("0", "0s", "0ms"), bool(local)
+    return None
+
+
+@dataclass
+class Walk:
+    """What the file has done so far: transaction, timeouts set, a held AccessExclusiveLock, ..."""
+
+    file: str
+    in_tx: bool = False
+    timeouts: dict[str, bool] = field(default_factory=dict)
+    local: dict[str, bool] = field(default_factory=dict)
+    held: tuple[int, str] | None = None
+    tx_ddl: bool = False
+    tx_data: bool = False
+    not_valid: set[str] = field(default_factory=set)
+    created: set[str] = field(default_factory=set)  # tables this file created: nobody else's yet
+    nn_checks: dict[str, tuple[str, str]] = field(default_factory=dict)  # CHECK (col IS NOT NULL)s
+    proven: set[tuple[str, str]] = field(default_factory=set)  # (table, column) a validated check proves
+    renamed: dict[str, int] = field(default_factory=dict)  # tables renamed in this transaction: by whom
+    kept: set[int] = field(default_factory=set)  # renames whose old name a view took in the transaction
+
+    def only_new(self, a: Analysis) -> bool:
+        """Every relation the statement locks was created earlier in this file (or by it)."""
+        return bool(a.effects) and all(e.relation in self.created for e in a.effects)
+
+    def control(self, node: Any) -> bool:
+        """Track BEGIN/COMMIT and timeout settings; True when ``node`` was one of those."""
+        if isinstance(node, ast.TransactionStmt):
+            kind = TransactionStmtKind(int(node.kind or 0))
+            chained = bool(getattr(node, "chain", False))  # COMMIT AND CHAIN: a new transaction at once
+            if (
+                kind in (TransactionStmtKind.TRANS_STMT_BEGIN, TransactionStmtKind.TRANS_STMT_START)
+                or chained
+            ):
+                self.in_tx, self.held, self.tx_ddl, self.tx_data = True, None, False, False
+                self.not_valid, self.local, self.renamed = set(), {}, {}
+            elif kind in (TransactionStmtKind.TRANS_STMT_COMMIT, TransactionStmtKind.TRANS_STMT_ROLLBACK):
+                self.in_tx, self.held, self.local, self.renamed = False, None, {}, {}
+            return True
+        found = setting(node)
+        if found:
+            name, enabled, is_local = found
+            if is_local and not self.in_tx:  # measured: no effect outside a transaction block
+                return True
+            (self.local if is_local else self.timeouts)[name] = enabled
+            return True
+        return False
+
+    def rules(self, a: Analysis, node: Any) -> list[Finding]:
+        """The file-order rules for one statement, then the state it leaves behind."""
+        out: list[Finding] = []
+        first = a.effects[0] if a.effects else None
+        if isinstance(node, ast.CreateStmt):
+            self.created.add(first.relation if first else "")
+        old = [e for e in a.effects if e.relation not in self.created]
+        strongest = max((e.lock for e in old), key=LOCK_MODES.index) if old else None
+        blocking = strongest is not None and LOCK_MODES.index(strongest) > APP_BLOCKING
+        has = {**self.timeouts, **self.local}
+        nowait = isinstance(node, ast.LockStmt) and bool(node.nowait)
+        if blocking and not has.get("lock_timeout") and not nowait:
+            out.append(
+                finding(
+                    a,
+                    first,
+                    self.file,
+                    "missing-lock-timeout",
+                    "error",
+                    _NO_LOCK_TIMEOUT % strongest,
+                    _SET_TIMEOUTS,
+                )
+            )
+        elif blocking and not has.get("statement_timeout"):
+            out.append(
+                finding(
+                    a,
+                    first,
+                    self.file,
+                    "missing-statement-timeout",
+                    "warning",
+                    _NO_STATEMENT_TIMEOUT,
+                    _SET_TIMEOUTS,
+                )
+            )
+        if isinstance(node, ast.LockStmt) and not self.in_tx:
+            out.append(
+                finding(
+                    a,
+                    first,
+                    self.file,
+                    "lock-outside-transaction",
+                    "error",
+                    "LOCK TABLE outside a transaction block: it fails as written",
+                    "BEGIN; LOCK …; the work; COMMIT",
+                )
+            )
+        if self.in_tx and not a.in_transaction_ok:
+            out.append(
+                finding(
+                    a,
+                    first,
+                    self.file,
+                    "concurrently-in-transaction",
+                    "error",
+                    _IN_TX,
+                    "run it alone, outside BEGIN … COMMIT",
+                )
+            )
+        if self.in_tx and self.held and first:
+            severity = "error" if any(e.work != "catalog" for e in a.effects) else "warning"
+            message = (
+                f"runs while the AccessExclusiveLock on {self.held[1]} taken by statement"
+                f" {self.held[0]} is held until commit"
+            )
+            out.append(
+                finding(a, first, self.file, "runs-under-held-lock", severity, message, _COMMIT_SOONER)
+            )
+        is_data = isinstance(node, ast.UpdateStmt | ast.DeleteStmt)
+        if self.in_tx and ((is_data and self.tx_ddl) or (blocking and self.tx_data)):
+            out.append(
+                finding(a, first, self.file, "data-in-ddl-transaction", "error", _DATA_WITH_DDL, _BATCHED)
+            )
+        for cmd in node.cmds or () if isinstance(node, ast.AlterTableStmt) else ():
+            sub = AlterTableType(int(cmd.subtype or 0)).name
+            checked = _not_null_check(cmd)
+            if checked is not None:
+                self.nn_checks[str(cmd.def_.conname)] = (str(node.relation.relname), checked)
+                if not cmd.def_.skip_validation:
+                    self.proven.add((node.relation.relname, checked))
+            if sub == "AT_ValidateConstraint" and str(cmd.name) in self.nn_checks:
+                self.proven.add(self.nn_checks[str(cmd.name)])
+            if (
+                sub == "AT_AddConstraint"
+                and isinstance(cmd.def_, ast.Constraint)
+                and cmd.def_.skip_validation
+            ):
+                self.not_valid.add(str(cmd.def_.conname))
+            if sub == "AT_ValidateConstraint" and self.in_tx and str(cmd.name) in self.not_valid:
+                message = (
+                    f"VALIDATE of {cmd.name} in the transaction that added it NOT VALID scans under that lock"
+                )
+                out.append(
+                    finding(
+                        a, first, self.file, "validate-same-transaction", "error", message, _COMMIT_SOONER
+                    )
+                )
+        if self.in_tx and strongest == "AccessExclusiveLock" and self.held is None and first:
+            self.held = (a.index, first.relation)
+        self.tx_ddl |= self.in_tx and blocking
+        self.tx_data |= self.in_tx and is_data
+        return out
+
+    def proves_not_null(self, node: Any, version: int) -> str | None:
+        """The check that proves every column an ALTER TABLE sets NOT NULL: PostgreSQL 12+ then
+        skips the scan (measured in the corpus). None when a column is not proven so."""
+        if version < 12 or not isinstance(node, ast.AlterTableStmt) or node.relation is None:
+            return None
+        columns = [
+            str(c.name)
+            for c in node.cmds or ()
+            if AlterTableType(int(c.subtype or 0)).name == "AT_SetNotNull"
+        ]
+        table = str(node.relation.relname)
+        if not columns or any((table, c) not in self.proven for c in columns):
+            return None
+        return ", ".join(n for n, (t, c) in self.nn_checks.items() if t == table and c in columns)
+
+    def keeps_old_name(self, a: Analysis, node: Any) -> None:
+        """A table renamed in a transaction whose old name a view takes before it commits: the old app
+        reads and writes through the view (measured: the corpus' rename with a view). The rename's
+        finding is then advice (``kept``)."""
+        relation = getattr(node, "relation", None)
+        if (
+            isinstance(node, ast.RenameStmt)
+            and self.in_tx
+            and relation is not None
+            and ObjectType(int(node.renameType or 0)) == ObjectType.OBJECT_TABLE
+        ):
+            self.renamed[str(relation.relname)] = a.index
+        view = node.view if isinstance(node, ast.ViewStmt) and node.view is not None else None
+        if view is not None and str(view.relname) in self.renamed:
+            self.kept.add(self.renamed.pop(str(view.relname)))
+
+
+def _not_null_check(cmd: Any) -> str | None:
+    """The column of an ``ADD CONSTRAINT … CHECK (col IS NOT NULL)``, else None."""
+    if AlterTableType(int(cmd.subtype or 0)).name != "AT_AddConstraint" or not isinstance(
+        cmd.def_, ast.Constraint
+    ):
+        return None
+    expr = cmd.def_.raw_expr
+    if (
+        isinstance(expr, ast.NullTest)
+        and expr.nulltesttype == NullTestType.IS_NOT_NULL
+        and isinstance(expr.arg, ast.ColumnRef)
+        and len(expr.arg.fields or ()) == 1
+    ):
+        return str(expr.arg.fields[0].sval)  # type: ignore[index]
+    return None
+
+
+_NO_LOCK_TIMEOUT = (
+    "takes %s with no lock_timeout set before it: if it waits, every query on the table queues behind it"
+)
+_NO_STATEMENT_TIMEOUT = (
+    "lock_timeout is set but statement_timeout is not: the statement's own runtime is unbounded"
+)
+_SET_TIMEOUTS = "SET lock_timeout = '1s' and statement_timeout first, and retry on a timeout"
+_IN_TX = "this statement cannot run inside a transaction block: it fails as written"
+_COMMIT_SOONER = "commit right after the statement that takes AccessExclusiveLock"
+_DATA_WITH_DDL = "data changes and DDL in one transaction hold the DDL's locks for the whole update"
+_BATCHED = "backfill in its own batched transactions (zdm migrate)"
