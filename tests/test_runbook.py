@@ -265,6 +265,11 @@ def test_bad_parameters_exit_2_before_anything_runs(orders_env: str, tmp_path: P
         (["-p", "lock_timeout", "2min"], "lock_timeout: must be shorter than statement_timeout"),
         (["-p", "batch_size", "10"], "batch_size: unknown parameter of the expand notebook"),
         (["-p", "dsn_env", "NO_SUCH_VAR_ZDM"], "environment variable NO_SUCH_VAR_ZDM is not set"),
+        (["--dsn-env", "NO_SUCH_VAR_ZDM"], "environment variable NO_SUCH_VAR_ZDM is not set"),
+        (
+            ["--dsn-env", "ZDM_DSN", "-p", "dsn_env", "OTHER"],
+            "--dsn-env ZDM_DSN and -p dsn_env OTHER disagree",
+        ),
         (["-p", "dsn_env", "postgresql://u:pw@h/db"], "dsn_env"),
         (["-p", "signoff_notes", "password=hunter2"], "signoff_notes: looks like it carries a password"),
         (["-p", "headless", "false"], "headless: is set by zdm run itself"),
@@ -294,7 +299,7 @@ def test_password_in_the_dsn_never_reaches_the_archive_or_the_logs(
         monkeypatch.setenv("APP_DSN", psycopg.conninfo.make_conninfo(**params))
         monkeypatch.chdir(tmp_path)
         spec, archive = _spec(tmp_path, REF), tmp_path / "archive"
-        where = ("--archive", str(archive), "-p", "dsn_env", "APP_DSN")
+        where = ("--archive", str(archive), "--dsn-env", "APP_DSN")
         ok = zdm("run", "expand", str(spec), *where)
         assert ok.returncode == 0, ok.stderr
         # Failing runs too: a step that fails, and a server that cannot be reached.
@@ -382,13 +387,16 @@ def test_contract_gate_refuses_while_the_old_column_is_still_queried(orders_env:
 def test_prepare_writes_a_notebook_with_the_parameters_filled_in(orders_env: str, tmp_path: Path) -> None:
     spec = _spec(tmp_path, REF)
     out = tmp_path / "mine.ipynb"
-    done = zdm("prepare", "migrate", str(spec), "-p", "batch_size", "250", "-o", str(out))
+    done = zdm(
+        "prepare", "migrate", str(spec), "-p", "batch_size", "250", "--dsn-env", "ZDM_DSN", "-o", str(out)
+    )
     assert done.returncode == 0, done.stderr
     nb = nbformat.read(out, as_version=4)
     (cell,) = [c for c in nb.cells if c.cell_type == "code" and "batch_size =" in c.source]  # one cell
     assert cell.metadata["tags"] == ["parameters"]
     assert "batch_size = 250  # rows per backfill batch" in cell.source and "headless = False" in cell.source
     assert f'spec = "{spec.resolve()}"' in cell.source and 'run_id = ""' in cell.source
+    assert 'dsn_env = "ZDM_DSN"' in cell.source
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
     assert json.loads(out.read_text())["metadata"]["kernelspec"]["name"] == "python3"
 

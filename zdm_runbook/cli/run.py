@@ -26,6 +26,13 @@ _PARAM = click.option(
 )
 
 
+_DSN_ENV = click.option(
+    "--dsn-env",
+    metavar="VAR",
+    help="Environment variable holding the DSN (default ZDM_DSN): the same as -p dsn_env VAR, as"
+    " in zdm plan and zdm lint.",
+)
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -50,12 +57,19 @@ def _parameter_help() -> str:
     return "\n".join(lines + list(seen.values()))
 
 
-def _as_dict(parameters: tuple[tuple[str, str], ...]) -> dict[str, str]:
+def _as_dict(parameters: tuple[tuple[str, str], ...], dsn_env: str | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in parameters:
         if name in out:
             raise click.BadParameter(f"{name} is given twice", param_hint="-p")
         out[name] = value
+    if dsn_env is not None:
+        if out.get("dsn_env", dsn_env) != dsn_env:
+            raise click.BadParameter(
+                f"--dsn-env {dsn_env} and -p dsn_env {out['dsn_env']} disagree: give one",
+                param_hint="--dsn-env",
+            )
+        out["dsn_env"] = dsn_env
     return out
 
 
@@ -63,24 +77,31 @@ def _as_dict(parameters: tuple[tuple[str, str], ...]) -> dict[str, str]:
 @_PHASE
 @_SPEC
 @_PARAM
+@_DSN_ENV
 @_archive(Path("archive"))
 @click.option("--quiet", is_flag=True, help="Do not stream the notebook's output while it runs.")
 @handles_errors
 def run_cmd(
-    phase: str, spec: Path, parameters: tuple[tuple[str, str], ...], archive: Path, quiet: bool
+    phase: str,
+    spec: Path,
+    parameters: tuple[tuple[str, str], ...],
+    dsn_env: str | None,
+    archive: Path,
+    quiet: bool,
 ) -> None:
     """Run PHASE of the change in SPEC: its notebook, headless, through papermill.
 
     Every parameter is checked before anything runs. The executed notebook and its HTML twin are
     archived also when the phase fails, scanned for passwords, and recorded in the ledger with
-    their SHA-256. The DSN comes from the variable named by -p dsn_env (default ZDM_DSN).
+    their SHA-256. The DSN comes from the variable named by --dsn-env (default ZDM_DSN).
 
     Exit status: 0 the phase succeeded; 1 it failed (the notebook names the step and SQLSTATE);
     2 bad input (spec, parameter, unset DSN variable); 3 a gate or the preflight refused.
     """
     from zdm_runbook.notebook.runner import run  # noqa: PLC0415 - papermill loads slowly
 
-    result = run(phase, spec, _as_dict(parameters), archive, stream=None if quiet else sys.stdout)
+    values = _as_dict(parameters, dsn_env)
+    result = run(phase, spec, values, archive, stream=None if quiet else sys.stdout)
     click.echo(str(result), err=result.exit_code != 0)
     sys.exit(result.exit_code)
 
@@ -89,6 +110,7 @@ def run_cmd(
 @_PHASE
 @_SPEC
 @_PARAM
+@_DSN_ENV
 @click.option(
     "-o",
     "--output",
@@ -96,7 +118,9 @@ def run_cmd(
     help="Where to write the notebook (default: <change>-<phase>.ipynb here).",
 )
 @handles_errors
-def prepare_cmd(phase: str, spec: Path, parameters: tuple[tuple[str, str], ...], output: Path | None) -> None:
+def prepare_cmd(
+    phase: str, spec: Path, parameters: tuple[tuple[str, str], ...], dsn_env: str | None, output: Path | None
+) -> None:
     """Write PHASE's notebook for SPEC with the parameters filled in, to open in JupyterLab.
 
     Run it cell by cell: it shows the gate, the lock report and the plan before anything runs,
@@ -104,7 +128,7 @@ def prepare_cmd(phase: str, spec: Path, parameters: tuple[tuple[str, str], ...],
     """
     from zdm_runbook.notebook.runner import prepare  # noqa: PLC0415
 
-    path = prepare(phase, spec, _as_dict(parameters), output)
+    path = prepare(phase, spec, _as_dict(parameters, dsn_env), output)
     click.echo(f"{path}\nopen it with: jupyter lab {path}")
 
 
