@@ -148,6 +148,68 @@ def test_blocker_during_expand_bounded_waits_named_in_the_archive(orders_env: st
     assert os.path.getsize(notebook.with_suffix(".html")) > 10_000
 
 
+def test_the_preflight_sees_locks_on_a_mixed_case_schema_qualified_table(db: str, tmp_path: Path) -> None:
+    """``Billing.Invoice`` is the table "Billing"."Invoice": the preflight looked up billing.invoice
+    (case-folded), found nothing and said GO while the table had a lock queue. A lowercase table of
+    the same name, quiet, must not be the one looked at."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            'CREATE SCHEMA "Billing"; CREATE TABLE "Billing"."Invoice" (id int PRIMARY KEY);'
+            " CREATE SCHEMA billing; CREATE TABLE billing.invoice (id int PRIMARY KEY);"
+        )
+    spec, archive = tmp_path / "change.yaml", tmp_path / "archive"
+    spec.write_text(
+        "change: invoice-note\noperations:\n  - add_column: {table: Billing.Invoice, column: note, type: text}\n"
+    )
+    env = {**os.environ, "BILL": db}
+    with Blocker(db, 'SELECT count(*) FROM "Billing"."Invoice"', app="nightly-report"):
+        queued = Background(
+            db, 'BEGIN; LOCK TABLE "Billing"."Invoice" IN ACCESS EXCLUSIVE MODE; COMMIT', app="maintenance"
+        )
+        assert wait_for(
+            lambda: (
+                _sessions(db, "maintenance") == 1
+                and bool(
+                    scalar(
+                        db,
+                        'SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = \'"Billing"."Invoice"\'::regclass',
+                    )
+                )
+            )
+        )
+        runner = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "zdm_runbook",
+                "run",
+                "expand",
+                str(spec),
+                "--dsn-env",
+                "BILL",
+                "--archive",
+                str(archive),
+                "--quiet",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        out, _ = runner.communicate(timeout=180)
+    queued.join()
+    assert runner.returncode == 3, out[-3000:]
+    assert 'a lock queue already exists on "Billing"."Invoice"' in out and "(maintenance)" in out
+    assert "does not exist" not in out
+    assert (
+        scalar(
+            db,
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = '\"Billing\".\"Invoice\"'::regclass AND attname = 'note'",
+        )
+        == 0
+    )
+
+
 def test_preflight_no_go_stops_before_any_ddl_with_exit_3(orders_env: str, tmp_path: Path) -> None:
     """A lock queue already on the table: the preflight says no-go and nothing runs."""
     dsn = orders_env

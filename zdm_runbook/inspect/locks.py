@@ -226,12 +226,19 @@ def long_running(conn: Conn, threshold_s: float = 60.0) -> pd.DataFrame:
 
 
 def resolve_tables(conn: Conn, tables: Iterable[Table | str]) -> dict[str, int | None]:
-    """``{name: oid or None}`` per table, given as ``schema.name`` or a name on the search path."""
+    """``{name: oid or None}`` per table. A :class:`Table` (a spec's) is its schema and name exactly
+    as written, ``Billing.Invoice`` included; a string is read as SQL reads a name (``orders``, a
+    name on the search path, ``"Billing"."Invoice"``), as a DBA types it into ``zdm locks``."""
     out: dict[str, int | None] = {}
     for t in tables:
         name = str(t)
+        exact = (
+            '"{}"."{}"'.format(*(part.replace('"', '""') for part in (t.schema, t.name)))
+            if isinstance(t, Table)
+            else name
+        )
         row = conn.execute(
-            "SELECT to_regclass(%s)::oid::int8, to_regclass(%s)::text", [name, name]
+            "SELECT to_regclass(%s)::oid::int8, to_regclass(%s)::text", [exact, exact]
         ).fetchone()
         out[row[1] if row and row[1] else name] = row[0] if row else None
     return out

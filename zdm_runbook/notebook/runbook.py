@@ -232,7 +232,7 @@ class Runbook:
     def preflight(self) -> None:
         """The live lock report on the phase's tables, and the phase rehearsed on a shadow copy with
         the spec's compat statements (:mod:`.rehearsal`); no-go stops here when ``require_go``."""
-        tables = sorted({str(t) for st in self.steps for t in st.tables})
+        tables = sorted({t for st in self.steps for t in st.tables}, key=str)  # Tables: names as written
         verdict = self.verdict = preflight(self.session.control, tables)
         applied = frozenset(ledger.applied_steps(self.session.control, self.change_id))
         todo = [st.render() for st in self.steps if st.key not in applied]
