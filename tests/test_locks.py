@@ -10,6 +10,7 @@ import pytest
 
 from zdm_runbook.inspect import locks
 from zdm_runbook.inspect.preflight import preflight
+from zdm_runbook.spec.model import Table
 
 from .sessions import Background, Blocker, is_waiting, wait_for
 from .test_cli import zdm
@@ -139,3 +140,21 @@ def test_zdm_locks_without_tables_exits_0(db: str) -> None:
     assert done.returncode == 0, done.stderr
     assert "nobody waits for a lock" in done.stdout
     assert "GO" not in done.stdout.split("== replicas")[1]
+
+
+def test_a_table_name_is_found_as_sql_reads_it_and_as_the_spec_writes_it(db: str) -> None:
+    """``zdm locks Billing.Invoice``: SQL would read billing.invoice; the spec's way of writing the
+    table ("Billing"."Invoice") is tried when SQL's reading names nothing. Where both exist, SQL's wins."""
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute(
+            'CREATE SCHEMA "Billing"; CREATE TABLE "Billing"."Invoice" (id int); CREATE TABLE "Orders" (id int)'
+        )
+        exact = locks.resolve_tables(
+            c, ["Billing.Invoice", '"Billing"."Invoice"', Table("Billing", "Invoice")]
+        )
+        assert set(exact) == {'"Billing"."Invoice"'} and None not in exact.values()
+        assert list(locks.resolve_tables(c, ["Orders"])) == ['"Orders"']
+        c.execute("CREATE TABLE orders (id int)")
+        assert list(locks.resolve_tables(c, ["Orders"])) == ["orders"]
+        assert list(locks.resolve_tables(c, [Table("public", "Orders")])) == ['"Orders"']
+        assert locks.resolve_tables(c, ["billing.nothing"]) == {"billing.nothing": None}

@@ -44,6 +44,9 @@ def locks_cmd(tables: tuple[str, ...], as_json: bool, dsn_env: str | None, long_
     transactions, the locks held and queued on each TABLE, vacuums running on them, and replica
     lag. With TABLEs the preflight verdict follows: exit 0 for go, 3 for no-go, each reason
     naming the pid, application, state and age to act on. Read only: nothing is changed.
+
+    A TABLE is read as SQL reads a name (orders, "Billing"."Invoice"), and when that names
+    nothing, as a spec writes it: Billing.Invoice finds "Billing"."Invoice".
     """
     from zdm_runbook.inspect.preflight import snapshot  # noqa: PLC0415 - pandas loads only for commands that need it
 

@@ -227,21 +227,29 @@ def long_running(conn: Conn, threshold_s: float = 60.0) -> pd.DataFrame:
 
 def resolve_tables(conn: Conn, tables: Iterable[Table | str]) -> dict[str, int | None]:
     """``{name: oid or None}`` per table. A :class:`Table` (a spec's) is its schema and name exactly
-    as written, ``Billing.Invoice`` included; a string is read as SQL reads a name (``orders``, a
-    name on the search path, ``"Billing"."Invoice"``), as a DBA types it into ``zdm locks``."""
+    as written, ``Billing.Invoice`` included. A string, as a DBA types it into ``zdm locks``, is read
+    as SQL reads a name (``orders``, one on the search path, ``"Billing"."Invoice"``), and, when that
+    names nothing, as the spec would read it: ``Billing.Invoice`` is found either way."""
     out: dict[str, int | None] = {}
     for t in tables:
         name = str(t)
-        exact = (
-            '"{}"."{}"'.format(*(part.replace('"', '""') for part in (t.schema, t.name)))
-            if isinstance(t, Table)
-            else name
-        )
+        exact = _quoted(t.schema, t.name) if isinstance(t, Table) else _exact(name)
+        first = name if not isinstance(t, Table) else exact
         row = conn.execute(
-            "SELECT to_regclass(%s)::oid::int8, to_regclass(%s)::text", [exact, exact]
+            "SELECT r::oid::int8, r::text FROM coalesce(to_regclass(%s), to_regclass(%s)) r", [first, exact]
         ).fetchone()
         out[row[1] if row and row[1] else name] = row[0] if row else None
     return out
+
+
+def _quoted(*parts: str) -> str:
+    return ".".join('"{}"'.format(p.replace('"', '""')) for p in parts)
+
+
+def _exact(name: str) -> str:
+    """``name`` as the spec reads it: schema and name exactly as written (no quotes, at most one dot)."""
+    parts = name.split(".")
+    return name if '"' in name or len(parts) > 2 else _quoted(*parts)
 
 
 TABLE_LOCK_COLUMNS = (
