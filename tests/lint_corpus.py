@@ -448,6 +448,20 @@ CORPUS: list[tuple[str, bool]] = [
     ("ALTER TABLE orders ALTER COLUMN status TYPE varchar", SAFE),
     ("CREATE INDEX CONCURRENTLY events_at_idx ON events (at)", UNSAFE),
     ("UPDATE orders SET note = NULL WHERE note IS NOT NULL", UNSAFE),
+    # --- added 2026-12-04: what migration tools write
+    (
+        'ALTER TABLE "orders" ADD COLUMN "state" varchar(20) DEFAULT \'new\' NOT NULL;'
+        ' ALTER TABLE "orders" ALTER COLUMN "state" DROP DEFAULT',
+        UNSAFE,
+    ),
+    (
+        "ALTER TABLE orders ADD COLUMN state2 varchar(20) DEFAULT 'new'; ALTER TABLE orders ALTER COLUMN state2 DROP DEFAULT",
+        SAFE,
+    ),
+    ("DROP INDEX CONCURRENTLY IF EXISTS orders_status_idx, orders_old_idx", UNSAFE),
+    ('ALTER TABLE "orders" ALTER COLUMN "note" TYPE varchar(40) USING "note"::varchar(40)', SAFE),
+    ("SET lock_timeout TO DEFAULT; ALTER TABLE orders ALTER COLUMN status SET DEFAULT 'y'", UNSAFE),
+    ("SET lock_timeout = 5000; ALTER TABLE orders ALTER COLUMN status SET DEFAULT 'y'", SAFE),
 ]
 
 # What a case needs beyond the measuring schema (tests/lint_measure.py) to run as written.

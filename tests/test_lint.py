@@ -67,6 +67,7 @@ TEXT_MODE_GUESSES = {
     "ALTER TABLE orders ALTER COLUMN status TYPE varchar": "the column's type now (and its indexes)",
     "CREATE INDEX CONCURRENTLY events_at_idx ON events (at)": "that the table is partitioned (it fails as written)",
     "UPDATE orders SET note = NULL WHERE note IS NOT NULL": "how many rows the WHERE matches",
+    'ALTER TABLE "orders" ALTER COLUMN "note" TYPE varchar(40) USING "note"::varchar(40)': "the column's type now (and its indexes)",
 }
 
 

@@ -217,3 +217,25 @@ def test_catalog_mode_measures_a_psql_file_and_keeps_what_it_did_not_run(db: str
         (7, "measured"),
     ]
     assert (5, "psql-meta-command") in [(f.line, f.rule) for f in findings]
+
+
+def test_a_default_dropped_from_a_column_the_file_made_not_null_breaks_the_old_apps_inserts() -> None:
+    django = (
+        'ALTER TABLE "orders" ADD COLUMN "state" varchar(20) DEFAULT \'new\' NOT NULL;\n'
+        'ALTER TABLE "orders" ALTER COLUMN "state" DROP DEFAULT;\n'
+    )
+    (found,) = lint_text(PRELUDE + django)[1]
+    assert (found.line, found.rule, found.severity) == (4, "drop-default-not-null", "error")
+    assert "state is NOT NULL (this file made it so)" in found.message
+    nullable = (
+        "ALTER TABLE orders ADD COLUMN s text DEFAULT 'x';\nALTER TABLE orders ALTER COLUMN s DROP DEFAULT;\n"
+    )
+    assert lint_text(PRELUDE + nullable)[1] == []
+    made = "ALTER TABLE orders ALTER COLUMN note SET NOT NULL;\nALTER TABLE orders ALTER COLUMN note DROP DEFAULT;\n"
+    assert [f.rule for f in lint_text(PRELUDE + made)[1]] == ["set-not-null-scan", "drop-default-not-null"]
+
+
+def test_drop_index_concurrently_of_several_fails_as_written() -> None:
+    (found,) = lint_text(PRELUDE + "DROP INDEX CONCURRENTLY IF EXISTS a_idx, b_idx;")[1]
+    assert (found.rule, found.severity) == ("drop-index-concurrently-many", "error")
+    assert lint_text(PRELUDE + "DROP INDEX CONCURRENTLY IF EXISTS a_idx;")[1] == []

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pglast import ast
-from pglast.enums.parsenodes import AlterTableType, ObjectType, TransactionStmtKind
+from pglast.enums.parsenodes import AlterTableType, ConstrType, ObjectType, TransactionStmtKind
 from pglast.enums.primnodes import NullTestType
 
 from zdm_runbook.lint.analysis import LOCK_MODES, Analysis
@@ -56,6 +56,7 @@ class Walk:
     created: set[str] = field(default_factory=set)  # tables this file created: nobody else's yet
     nn_checks: dict[str, tuple[str, str]] = field(default_factory=dict)  # CHECK (col IS NOT NULL)s
     proven: set[tuple[str, str]] = field(default_factory=set)  # (table, column) a validated check proves
+    not_null: set[tuple[str, str]] = field(default_factory=set)  # (table, column) this file made NOT NULL
     renamed: dict[str, int] = field(default_factory=dict)  # tables renamed in this transaction: by whom
     kept: set[int] = field(default_factory=set)  # renames whose old name a view took in the transaction
 
@@ -161,6 +162,15 @@ class Walk:
             )
         for cmd in node.cmds or () if isinstance(node, ast.AlterTableStmt) else ():
             sub = AlterTableType(int(cmd.subtype or 0)).name
+            column = (str(node.relation.relname), str(cmd.name or getattr(cmd.def_, "colname", "")))
+            if sub == "AT_ColumnDefault" and cmd.def_ is None and column in self.not_null:
+                out.append(
+                    finding(
+                        a, first, self.file, "drop-default-not-null", "error", _NO_DEFAULT % column[1], _KEEP
+                    )
+                )
+            if _makes_not_null(cmd):
+                self.not_null.add(column)
             checked = _not_null_check(cmd)
             if checked is not None:
                 self.nn_checks[str(cmd.def_.conname)] = (str(node.relation.relname), checked)
@@ -219,6 +229,24 @@ class Walk:
         view = node.view if isinstance(node, ast.ViewStmt) and node.view is not None else None
         if view is not None and str(view.relname) in self.renamed:
             self.kept.add(self.renamed.pop(str(view.relname)))
+
+
+_NO_DEFAULT = (
+    "%s is NOT NULL (this file made it so) and loses its default: the old app's INSERTs, which leave it"
+    " out, fail from here on (measured: null value violates not-null constraint)"
+)
+_KEEP = "keep the default until no deployed app version inserts without the column; drop it in contract"
+
+
+def _makes_not_null(cmd: Any) -> bool:
+    """``ADD COLUMN … NOT NULL`` (or PRIMARY KEY), or ``ALTER COLUMN … SET NOT NULL``."""
+    sub = AlterTableType(int(cmd.subtype or 0)).name
+    if sub == "AT_SetNotNull":
+        return True
+    if sub != "AT_AddColumn" or not isinstance(cmd.def_, ast.ColumnDef):
+        return False
+    kinds = {ConstrType(int(c.contype or 0)) for c in cmd.def_.constraints or ()}
+    return bool(kinds & {ConstrType.CONSTR_NOTNULL, ConstrType.CONSTR_PRIMARY}) or bool(cmd.def_.is_not_null)
 
 
 def _not_null_check(cmd: Any) -> str | None:

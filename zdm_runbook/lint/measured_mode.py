@@ -38,7 +38,14 @@ STATE_RULES = frozenset({"concurrent-index-if-not-exists"})
 WHOLE_TABLE = 0.9  # an UPDATE or DELETE expected to match this share of the rows writes "all" of them
 # About the old app: measured only when its statements are known.
 APP_RULES = frozenset(
-    {"drop-column", "drop-table", "rename", "identity-rejects-values", "new-constraint-checks-writes"}
+    {
+        "drop-column",
+        "drop-table",
+        "rename",
+        "identity-rejects-values",
+        "new-constraint-checks-writes",
+        "drop-default-not-null",
+    }
 )
 
 
