@@ -239,3 +239,20 @@ def test_drop_index_concurrently_of_several_fails_as_written() -> None:
     (found,) = lint_text(PRELUDE + "DROP INDEX CONCURRENTLY IF EXISTS a_idx, b_idx;")[1]
     assert (found.rule, found.severity) == ("drop-index-concurrently-many", "error")
     assert lint_text(PRELUDE + "DROP INDEX CONCURRENTLY IF EXISTS a_idx;")[1] == []
+
+
+def test_an_enum_value_added_in_the_transaction_that_uses_it_fails_as_written() -> None:
+    add = "BEGIN;\nALTER TYPE mood ADD VALUE 'meh';\n"
+    for use in (
+        "ALTER TABLE orders ADD COLUMN m mood DEFAULT 'meh';\n",
+        "UPDATE orders SET m = 'meh'::public.mood WHERE id = 1;\n",
+    ):
+        (found,) = [f for f in lint_text(PRELUDE + add + use + "COMMIT;\n")[1] if f.severity == "error"]
+        assert (found.line, found.rule) == (5, "new-enum-value-in-transaction")
+        assert 'uses "meh" of mood' in found.message
+    for fine in (
+        "ALTER TABLE orders ADD COLUMN m mood DEFAULT 'ok';\nCOMMIT;\n",  # another value
+        "SELECT 'meh'::text;\nCOMMIT;\n",  # not the enum
+        "COMMIT;\nALTER TABLE orders ADD COLUMN m mood DEFAULT 'meh';\n",  # committed first
+    ):
+        assert [f for f in lint_text(PRELUDE + add + fine)[1] if f.severity == "error"] == []

@@ -13,7 +13,7 @@ from pglast import ast
 from pglast.enums.parsenodes import AlterTableType, ConstrType, ObjectType, TransactionStmtKind
 from pglast.enums.primnodes import NullTestType
 
-from zdm_runbook.lint.analysis import LOCK_MODES, Analysis
+from zdm_runbook.lint.analysis import LOCK_MODES, Analysis, Effect
 from zdm_runbook.lint.hazards import Finding, finding
 
 APP_BLOCKING = LOCK_MODES.index("ShareUpdateExclusiveLock")  # stronger than this queues the app
@@ -56,6 +56,7 @@ class Walk:
     created: set[str] = field(default_factory=set)  # tables this file created: nobody else's yet
     nn_checks: dict[str, tuple[str, str]] = field(default_factory=dict)  # CHECK (col IS NOT NULL)s
     proven: set[tuple[str, str]] = field(default_factory=set)  # (table, column) a validated check proves
+    new_labels: dict[str, set[str]] = field(default_factory=dict)  # enum labels added in this transaction
     not_null: set[tuple[str, str]] = field(default_factory=set)  # (table, column) this file made NOT NULL
     renamed: dict[str, int] = field(default_factory=dict)  # tables renamed in this transaction: by whom
     kept: set[int] = field(default_factory=set)  # renames whose old name a view took in the transaction
@@ -74,9 +75,9 @@ class Walk:
                 or chained
             ):
                 self.in_tx, self.held, self.tx_ddl, self.tx_data = True, None, False, False
-                self.not_valid, self.local, self.renamed = set(), {}, {}
+                self.not_valid, self.local, self.renamed, self.new_labels = set(), {}, {}, {}
             elif kind in (TransactionStmtKind.TRANS_STMT_COMMIT, TransactionStmtKind.TRANS_STMT_ROLLBACK):
-                self.in_tx, self.held, self.local, self.renamed = False, None, {}, {}
+                self.in_tx, self.held, self.local, self.renamed, self.new_labels = False, None, {}, {}, {}
             return True
         found = setting(node)
         if found:
@@ -160,6 +161,25 @@ class Walk:
             out.append(
                 finding(a, first, self.file, "data-in-ddl-transaction", "error", _DATA_WITH_DDL, _BATCHED)
             )
+        out += self._what_the_file_did(a, node, first)
+        if self.in_tx and strongest == "AccessExclusiveLock" and self.held is None and first:
+            self.held = (a.index, first.relation)
+        self.tx_ddl |= self.in_tx and blocking
+        self.tx_data |= self.in_tx and is_data
+        return out
+
+    def _what_the_file_did(self, a: Analysis, node: Any, first: Effect | None) -> list[Finding]:
+        """The rules that need what earlier statements did (an enum value added in this transaction,
+        a column made NOT NULL, a check added NOT VALID), then what this one does for later ones."""
+        out: list[Finding] = []
+        if self.in_tx and (used := _new_label_used(node, self.new_labels)):
+            out.append(
+                finding(
+                    a, first, self.file, "new-enum-value-in-transaction", "error", _NEW_LABEL % used, _LABEL
+                )
+            )
+        if self.in_tx and isinstance(node, ast.AlterEnumStmt) and node.newVal and node.typeName:
+            self.new_labels.setdefault(str(node.typeName[-1].sval), set()).add(str(node.newVal))
         for cmd in node.cmds or () if isinstance(node, ast.AlterTableStmt) else ():
             sub = AlterTableType(int(cmd.subtype or 0)).name
             column = (str(node.relation.relname), str(cmd.name or getattr(cmd.def_, "colname", "")))
@@ -193,10 +213,6 @@ class Walk:
                         a, first, self.file, "validate-same-transaction", "error", message, _COMMIT_SOONER
                     )
                 )
-        if self.in_tx and strongest == "AccessExclusiveLock" and self.held is None and first:
-            self.held = (a.index, first.relation)
-        self.tx_ddl |= self.in_tx and blocking
-        self.tx_data |= self.in_tx and is_data
         return out
 
     def proves_not_null(self, node: Any, version: int) -> str | None:
@@ -236,6 +252,41 @@ _NO_DEFAULT = (
     " out, fail from here on (measured: null value violates not-null constraint)"
 )
 _KEEP = "keep the default until no deployed app version inserts without the column; drop it in contract"
+
+
+_NEW_LABEL = (
+    "uses %s, which ALTER TYPE … ADD VALUE added in this transaction: PostgreSQL refuses a new enum"
+    " value before its transaction commits, so this fails as written (measured: SQLSTATE 55P04)"
+)
+_LABEL = "COMMIT after ADD VALUE, then use the value in a transaction of its own"
+
+
+def _new_label_used(node: Any, labels: dict[str, set[str]]) -> str | None:
+    """``'value'::enum`` or a column of the enum with ``DEFAULT 'value'``, for a value added in this
+    transaction: ``"meh" of mood``, else None."""
+    if not labels:
+        return None
+    from pglast.visitors import Visitor  # noqa: PLC0415
+
+    found: list[str] = []
+
+    def check(type_name: Any, value: Any) -> None:
+        names = [str(n.sval) for n in getattr(type_name, "names", None) or ()]
+        text = getattr(getattr(value, "val", None), "sval", None)
+        if names and isinstance(value, ast.A_Const) and str(text) in labels.get(names[-1], set()):
+            found.append(f'"{text}" of {names[-1]}')
+
+    class _Uses(Visitor):
+        def visit_TypeCast(self, ancestors: Any, cast: ast.TypeCast) -> None:
+            check(cast.typeName, cast.arg)
+
+        def visit_ColumnDef(self, ancestors: Any, col: ast.ColumnDef) -> None:
+            for c in col.constraints or ():
+                if ConstrType(int(c.contype or 0)) == ConstrType.CONSTR_DEFAULT:
+                    check(col.typeName, c.raw_expr)
+
+    _Uses()(node)
+    return found[0] if found else None
 
 
 def _makes_not_null(cmd: Any) -> bool:
