@@ -66,7 +66,10 @@ def plan_cmd(spec: Path, as_json: bool, phase: str | None, dsn_env: str | None) 
             problems = check_change(conn, change)
             if problems:
                 raise SpecError(problems, str(spec))
-            for _, warnings, _ in change_warnings(conn, change.operations):  # and in each preflight
+            backfills = [st.backfill for st in build_plan(change).steps if st.backfill is not None]
+            for _, warnings, _ in change_warnings(
+                conn, change.operations, backfills=backfills
+            ):  # and each preflight
                 for reason in warnings:
                     click.echo(str(reason), err=True)
     plan = build_plan(change)

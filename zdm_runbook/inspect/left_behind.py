@@ -17,13 +17,16 @@ own one-column foreign key has its own warning, with the line that keeps it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 import psycopg
 
+from zdm_runbook.inspect.backfill_triggers import trigger_warnings
 from zdm_runbook.inspect.key_holders import hold_warnings
 from zdm_runbook.inspect.preflight import Reason
+from zdm_runbook.plan.steps import BackfillSpec
 from zdm_runbook.spec.column_uses import Use, column_uses
 from zdm_runbook.spec.model import Phase, Table
 from zdm_runbook.spec.operations import (
@@ -146,14 +149,21 @@ def _advice(use: Use, shown: str, table: Table, old: str, new: str) -> str:
 
 
 def change_warnings(
-    conn: psycopg.Connection[Any], operations: tuple[Operation, ...], phase: Phase | None = None
+    conn: psycopg.Connection[Any],
+    operations: tuple[Operation, ...],
+    phase: Phase | None = None,
+    backfills: Sequence[BackfillSpec] = (),
 ) -> list[tuple[str, list[Reason], pd.DataFrame]]:
     """The change's own warnings, said from the first phase on (``zdm plan --dsn-env`` and every
     preflight), each with its name and table: a column that holds a key the change widens and stays
-    narrower (:mod:`.key_holders`), and what a replaced column leaves behind. Not in contract,
+    narrower (:mod:`.key_holders`), the app's triggers that the backfills still to run will fire on
+    every row (:mod:`.backfill_triggers`), and what a replaced column leaves behind. Not in contract,
     whose report of its drops says the latter, a no-go where the drop would fail."""
     narrow, holders = hold_warnings(conn, operations)
     found = [("what holds a key", narrow, holders)]
+    if backfills:
+        fired, triggers = trigger_warnings(conn, backfills)
+        found.append(("the app's triggers the backfill fires", fired, triggers))
     if phase != Phase.CONTRACT:
         behind, uses = left_behind_warnings(conn, operations)
         found.append(("what a replaced column leaves behind", behind, uses))

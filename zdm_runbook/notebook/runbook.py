@@ -238,9 +238,9 @@ class Runbook:
         todo = [st.render() for st in self.steps if st.key not in applied]
         drops, dropped = drops_report(self.session.control, todo)
         verdict.add(drops, "what the drops take along", dropped)
-        for name, warnings, table in change_warnings(
-            self.session.control, self.plan.change.operations, self.phase
-        ):
+        pending = [s.backfill for s in self.plan.steps if s.backfill and s.key not in applied]
+        ops = self.plan.change.operations
+        for name, warnings, table in change_warnings(self.session.control, ops, self.phase, pending):
             verdict.add(warnings, name, table)
         rehearsed = rehearse(self.session.control, self.steps, self.plan.change.compat, self.phase, applied)
         verdict.add(rehearsed.reasons, "rehearsal on a shadow copy", rehearsed.frame())
