@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 import psycopg
 
-from zdm_runbook.inspect.backfill_triggers import trigger_warnings
+from zdm_runbook.inspect.backfill_fanout import fanout_warnings
 from zdm_runbook.inspect.key_holders import hold_warnings
 from zdm_runbook.inspect.preflight import Reason
 from zdm_runbook.plan.steps import BackfillSpec
@@ -156,14 +156,15 @@ def change_warnings(
 ) -> list[tuple[str, list[Reason], pd.DataFrame]]:
     """The change's own warnings, said from the first phase on (``zdm plan --dsn-env`` and every
     preflight), each with its name and table: a column that holds a key the change widens and stays
-    narrower (:mod:`.key_holders`), the app's triggers that the backfills still to run will fire on
-    every row (:mod:`.backfill_triggers`), and what a replaced column leaves behind. Not in contract,
+    narrower (:mod:`.key_holders`), the app's triggers and the publications that each row the
+    backfills still to run will update sets off (:mod:`.backfill_fanout`), and what a replaced
+    column leaves behind. Not in contract,
     whose report of its drops says the latter, a no-go where the drop would fail."""
     narrow, holders = hold_warnings(conn, operations)
     found = [("what holds a key", narrow, holders)]
     if backfills:
-        fired, triggers = trigger_warnings(conn, backfills)
-        found.append(("the app's triggers the backfill fires", fired, triggers))
+        fired, fanout = fanout_warnings(conn, backfills)
+        found.append(("what the backfill's row updates set off", fired, fanout))
     if phase != Phase.CONTRACT:
         behind, uses = left_behind_warnings(conn, operations)
         found.append(("what a replaced column leaves behind", behind, uses))

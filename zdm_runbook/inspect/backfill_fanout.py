@@ -1,4 +1,5 @@
-"""The app's own triggers that fire on every row a backfill updates, said before the backfill runs.
+"""What each row a backfill updates sets off, said before the backfill runs: the app's own UPDATE
+triggers, and the publications that send every updated row to their subscribers.
 
 A backfill is an UPDATE of every row, in batches, so each row-level UPDATE trigger on the table fires
 once per row: measured on 18, a ``BEFORE UPDATE`` trigger that sets ``updated_at = now()`` set it on
@@ -12,6 +13,12 @@ see it can say so, measured to work both ways: ``WHEN (current_setting('applicat
 'zdm_runbook%')`` on the trigger, or ``IF current_setting('application_name') LIKE 'zdm_runbook%'
 THEN RETURN NEW; END IF;`` first in its function. Whether it should is the DBA's call: an audit trail
 may want the backfill's row versions; an ``updated_at`` that feeds an export usually does not.
+
+A publication that publishes UPDATEs of the table (by name, by its schema, or FOR ALL TABLES) sends
+every backfilled row to its subscribers as an update they apply, and a logical slot keeps the WAL
+until they have (measured with a ``test_decoding`` slot on 15: one UPDATE per backfilled row).
+Nothing in zdm can leave the backfill out of a publication; the warning lets the DBA tell the
+subscribers' owners (a CDC pipeline, a search index) before, or choose the hour.
 """
 
 from __future__ import annotations
@@ -46,27 +53,51 @@ SELECT t.tgname::text AS name,
            AND a.attname = ANY (%(columns)s::text[])))
  ORDER BY 1
 """
-COLUMNS = ("table", "trigger", "fires", "function", "has WHEN")
+_PUBLICATIONS = """
+SELECT p.pubname::text, (SELECT count(*) FROM pg_replication_slots s
+                          WHERE s.slot_type = 'logical' AND s.database = current_database())
+  FROM pg_publication p JOIN pg_publication_tables t ON t.pubname = p.pubname
+ WHERE p.pubupdate AND t.schemaname = %(schema)s::text AND t.tablename = %(name)s::text
+ ORDER BY 1
+"""
+COLUMNS = ("table", "what", "fires", "how")
 
 
-def trigger_warnings(
+def fanout_warnings(
     conn: psycopg.Connection[Any], backfills: Iterable[BackfillSpec]
 ) -> tuple[list[Reason], pd.DataFrame]:
-    """A warning per table whose row-level UPDATE triggers fire on the backfill's updates, naming
-    each, and the rows to show them in."""
+    """A warning per table whose row-level UPDATE triggers fire on the backfill's updates, and one
+    per table a publication sends the updates of, naming each; and the rows to show them in."""
     writes: dict[Table, set[str]] = {}
     for b in backfills:
         writes.setdefault(b.table, set()).update(b.writes)
     reasons: list[Reason] = []
-    rows: list[tuple[str, str, str, str, bool]] = []
+    rows: list[tuple[str, str, str, str]] = []
     for table, columns in sorted(writes.items(), key=lambda item: str(item[0])):
+        published = conn.execute(_PUBLICATIONS, {"schema": table.schema, "name": table.name}).fetchall()
+        if published:
+            slots = int(published[0][1])
+            names = ", ".join(name for name, _ in published)
+            rows += [
+                (str(table), f"publication {name}", "each updated row", "sent to its subscribers")
+                for name, _ in published
+            ]
+            reasons.append(
+                Reason(
+                    "warn",
+                    f"{table} is published for UPDATE ({names}; {slots} logical slot(s) on this database):"
+                    " every row the backfill updates goes to the subscribers as an update they apply, and"
+                    " a slot keeps the WAL until they have. Tell their owners (CDC, a search index), or"
+                    " choose the hour",
+                )
+            )
         found = conn.execute(
             _TRIGGERS, {"schema": table.schema, "name": table.name, "columns": sorted(columns)}
         ).fetchall()
         if not found:
             continue
         rows += [
-            (str(table), name, f"{timing} UPDATE", function, has_when)
+            (str(table), f"trigger {name}", f"{timing} UPDATE" + (" (WHEN …)" if has_when else ""), function)
             for name, timing, function, has_when in found
         ]
         named = ", ".join(f"{name} ({timing} UPDATE, {function})" for name, timing, function, _ in found)

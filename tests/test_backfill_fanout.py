@@ -1,5 +1,7 @@
-"""The app's UPDATE triggers fire on every row a backfill updates: said before the backfill, measured
-to be true, and the two ways the warning names to keep a trigger out of the backfill measured to work."""
+"""What each row a backfill updates sets off. The app's UPDATE triggers: said before the backfill,
+measured to be true, and the two ways the warning names to keep a trigger out measured to work. A
+publication of the table's updates: said (that each backfilled row reaches a logical slot as an
+UPDATE was measured with test_decoding on 15, which needs wal_level = logical: inspect/backfill_fanout.py)."""
 
 from __future__ import annotations
 
@@ -93,3 +95,21 @@ def test_the_triggers_a_backfill_fires_are_named_before_it_and_a_trigger_can_sta
     with psycopg.connect(db, autocommit=True) as conn:  # the app's own updates still fire both
         conn.execute("UPDATE orders SET customer_id = 7 WHERE id = 1")
     assert _touched(db) == (1, 2)  # orders_audit and orders_by_customer
+
+
+def test_a_publication_of_the_tables_updates_is_said_and_no_other(db: str, tmp_path: Path) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE orders (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY);"
+            " CREATE PUBLICATION inserts_only FOR TABLE orders WITH (publish = 'insert');"
+            " CREATE PUBLICATION elsewhere FOR TABLE other;"
+        )
+        spec = tmp_path / "change.yaml"
+        spec.write_text(SPEC.format(id="orders-currency", column="currency"))
+        quiet = zdm("plan", str(spec), "--dsn-env", "SHOP", env={"SHOP": db})
+        assert quiet.returncode == 0 and "published" not in quiet.stderr, quiet.stderr
+        conn.execute("CREATE PUBLICATION cdc FOR TABLE orders")
+        said = zdm("plan", str(spec), "--dsn-env", "SHOP", env={"SHOP": db})
+    (warning,) = [line for line in said.stderr.splitlines() if "published" in line]
+    assert warning.startswith("[warn] public.orders is published for UPDATE (cdc; 0 logical slot(s)")
+    assert "every row the backfill updates goes to the subscribers" in warning
