@@ -470,6 +470,17 @@ CORPUS: list[tuple[str, bool]] = [
         "BEGIN; ALTER TYPE mood ADD VALUE 'meh'; COMMIT; ALTER TABLE orders ADD COLUMN m mood DEFAULT 'meh'",
         SAFE,
     ),
+    # --- added 2026-12-04: what a file does around its statements
+    ("BEGIN; ALTER TABLE orders ADD COLUMN a int; SELECT id FROM orders WHERE id = 1; COMMIT", UNSAFE),
+    ("BEGIN; ALTER TABLE orders ADD COLUMN a int; SELECT count(*) FROM customers; COMMIT", SAFE),
+    ("RESET ALL; ALTER TABLE orders ADD COLUMN a int", UNSAFE),
+    ("DISCARD ALL; ALTER TABLE orders ADD COLUMN a int", UNSAFE),
+    ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE; ALTER TABLE orders ADD COLUMN a int; END", SAFE),
+    (
+        "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT count(*) FROM customers; ALTER TABLE orders ADD COLUMN a int;"
+        " COMMIT",
+        SAFE,
+    ),
 ]
 
 # What a case needs beyond the measuring schema (tests/lint_measure.py) to run as written.

@@ -256,3 +256,15 @@ def test_an_enum_value_added_in_the_transaction_that_uses_it_fails_as_written() 
         "COMMIT;\nALTER TABLE orders ADD COLUMN m mood DEFAULT 'meh';\n",  # committed first
     ):
         assert [f for f in lint_text(PRELUDE + add + fine)[1] if f.severity == "error"] == []
+
+
+def test_a_read_of_the_table_under_the_transactions_lock_and_a_reset_of_the_timeouts() -> None:
+    held = "BEGIN;\nALTER TABLE orders ADD COLUMN a int;\nSELECT id FROM orders WHERE id = 1;\nCOMMIT;\n"
+    (found,) = [f for f in lint_text(PRELUDE + held)[1] if f.severity == "error"]
+    assert (found.line, found.rule) == (5, "runs-under-held-lock")
+    assert "reads orders while the AccessExclusiveLock taken by statement 3" in found.message
+    other = "BEGIN;\nALTER TABLE orders ADD COLUMN a int;\nSELECT count(*) FROM customers;\nCOMMIT;\n"
+    assert [f for f in lint_text(PRELUDE + other)[1] if f.severity == "error"] == []
+    for reset in ("RESET ALL;\n", "DISCARD ALL;\n"):
+        rules = [f.rule for f in lint_text(PRELUDE + reset + "ALTER TABLE orders ADD COLUMN a int;\n")[1]]
+        assert rules == ["missing-lock-timeout"]

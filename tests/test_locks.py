@@ -158,3 +158,22 @@ def test_a_table_name_is_found_as_sql_reads_it_and_as_the_spec_writes_it(db: str
         assert list(locks.resolve_tables(c, ["Orders"])) == ["orders"]
         assert list(locks.resolve_tables(c, [Table("public", "Orders")])) == ['"Orders"']
         assert locks.resolve_tables(c, ["billing.nothing"]) == {"billing.nothing": None}
+
+
+def test_a_serializable_readers_predicate_locks_are_no_holder(db: str) -> None:
+    """SIReadLock (SERIALIZABLE's predicate locks) conflicts with nothing: the reader's
+    AccessShareLock is what a DDL waits for, and the only lock named."""
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute("CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders VALUES (1)")
+    serializable = "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"
+    with (
+        Blocker(db, serializable, "SELECT count(*) FROM orders", app="report") as reader,
+        psycopg.connect(db, autocommit=True) as c,
+    ):
+        modes = {r[0] for r in c.execute("SELECT mode FROM pg_locks WHERE pid = %s", [reader.pid])}
+        assert "SIReadLock" in modes  # there, in pg_locks
+        verdict = preflight(c, ["orders"], long_after_s=0.0)
+        held = locks.table_locks(c, ["orders"])
+    assert set(held["mode"]) == {"AccessShareLock"}
+    assert "SIReadLock" not in str(verdict)
+    assert "holds AccessShareLock on orders" in str(verdict)

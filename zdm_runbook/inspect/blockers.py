@@ -32,7 +32,7 @@ SELECT w.wait_s, w.waitstart, w.relation::regclass::text AS relation, w.mode AS 
        round(extract(epoch FROM now() - b.xact_start)::numeric, 3)::float8 AS xact_age_s,
        left(b.query, 500) AS query, b.wait_event_type = 'Lock' AS waiting,
        (SELECT array_agg(DISTINCT l.mode) FROM pg_locks l
-         WHERE l.pid = b.pid AND l.granted AND l.relation = w.relation) AS holds
+         WHERE l.pid = b.pid AND l.granted AND l.relation = w.relation AND l.mode <> 'SIReadLock') AS holds
 FROM w
 LEFT JOIN LATERAL unnest(pg_blocking_pids(%(pid)s)) AS bp(pid) ON true
 LEFT JOIN pg_stat_activity b ON b.pid = bp.pid

@@ -43,6 +43,7 @@ SELECT l.pid, l.locktype, l.mode, l.granted,
        extract(epoch FROM now() - l.waitstart)::float8 AS wait_s
 FROM pg_locks l
 WHERE l.pid <> pg_backend_pid()
+  AND l.mode <> 'SIReadLock'  -- SERIALIZABLE's predicate locks: they block no one (a DDL neither)
   AND (l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
        OR l.locktype IN ('transactionid', 'virtualxid'))
 """

@@ -65,7 +65,7 @@ FROM pg_stat_xact_user_tables
 """
 _LOCKS = (
     "SELECT relation, mode FROM pg_locks WHERE pid = %s AND locktype = 'relation' AND granted"
-    " AND relation IS NOT NULL"
+    " AND relation IS NOT NULL AND mode <> 'SIReadLock'"  # SERIALIZABLE's predicate locks block nothing
 )
 
 
