@@ -481,6 +481,35 @@ CORPUS: list[tuple[str, bool]] = [
         " COMMIT",
         SAFE,
     ),
+    # --- added 2026-12-04: PL/pgSQL functions and procedures the file defines and calls
+    (
+        "CREATE FUNCTION mig() RETURNS void LANGUAGE plpgsql AS $$ BEGIN"
+        " ALTER TABLE orders ALTER COLUMN customer_id TYPE bigint; END $$; SELECT mig()",
+        UNSAFE,
+    ),
+    (
+        "CREATE PROCEDURE mig() LANGUAGE plpgsql AS $$ BEGIN ALTER TABLE orders ADD COLUMN a int;"
+        " UPDATE orders SET a = 1 WHERE id < 10; END $$; CALL mig()",
+        UNSAFE,
+    ),
+    (
+        "CREATE PROCEDURE mig() LANGUAGE plpgsql AS $$ BEGIN ALTER TABLE orders ADD COLUMN a int; COMMIT;"
+        " UPDATE orders SET a = 1 WHERE id < 10; END $$; CALL mig()",
+        SAFE,
+    ),
+    (
+        "CREATE PROCEDURE mig() LANGUAGE plpgsql AS $$ BEGIN ALTER TABLE orders ADD COLUMN a int; COMMIT; END $$;"
+        " BEGIN; CALL mig(); COMMIT",
+        UNSAFE,
+    ),
+    (
+        "DO $$ BEGIN ALTER TABLE orders ADD COLUMN b int; COMMIT; UPDATE orders SET b = 1 WHERE id < 10; END $$",
+        SAFE,
+    ),
+    (
+        "CREATE OR REPLACE FUNCTION mig() RETURNS void LANGUAGE plpgsql AS $$ BEGIN CREATE INDEX i ON orders (note); END $$",
+        SAFE,
+    ),
 ]
 
 # What a case needs beyond the measuring schema (tests/lint_measure.py) to run as written.

@@ -268,3 +268,27 @@ def test_a_read_of_the_table_under_the_transactions_lock_and_a_reset_of_the_time
     for reset in ("RESET ALL;\n", "DISCARD ALL;\n"):
         rules = [f.rule for f in lint_text(PRELUDE + reset + "ALTER TABLE orders ADD COLUMN a int;\n")[1]]
         assert rules == ["missing-lock-timeout"]
+
+
+def test_a_function_or_procedure_the_file_defines_is_linted_where_it_is_called() -> None:
+    function = (
+        "CREATE FUNCTION mig() RETURNS void LANGUAGE plpgsql AS $$\n"
+        "BEGIN\n"
+        "  ALTER TABLE orders ALTER COLUMN customer_id TYPE bigint;\n"
+        "END $$;\n"
+    )
+    assert lint_text(PRELUDE + function)[1] == []  # defining it runs nothing
+    (found,) = lint_text(PRELUDE + function + "SELECT mig();\n")[1]
+    assert (found.line, found.rule) == (5, "alter-column-type")  # the line of the ALTER, in the body
+    assert found.message.endswith("(in mig(), run by the call on line 7)")
+    batches = (
+        "CREATE PROCEDURE mig() LANGUAGE plpgsql AS $$ BEGIN ALTER TABLE orders ADD COLUMN a int; {commit}"
+        " UPDATE orders SET a = 1 WHERE id < 10; END $$;\nCALL mig();\n"
+    )
+    held = [f.rule for f in lint_text(PRELUDE + batches.format(commit=""))[1] if f.severity == "error"]
+    assert held == ["runs-under-held-lock", "data-in-ddl-transaction"]
+    assert lint_text(PRELUDE + batches.format(commit="COMMIT;"))[1] == []  # the COMMIT let go first
+    in_block = PRELUDE + "BEGIN;\n" + batches.format(commit="COMMIT;") + "COMMIT;\n"
+    assert "commit-in-block" in [f.rule for f in lint_text(in_block)[1]]
+    atomic = "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$;\nSELECT f();\n"
+    assert [f.rule for f in lint_text(PRELUDE + atomic)[1]] == ["commit-in-block"]

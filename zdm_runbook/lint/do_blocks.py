@@ -34,7 +34,14 @@ class Inner:
 
 
 def body(node: Any) -> str | None:
-    """A PL/pgSQL ``DO`` block's body (None: another language, or not a ``DO``)."""
+    """A PL/pgSQL ``DO`` block's body, or a PL/pgSQL function's or procedure's (None: another
+    language, or neither)."""
+    if isinstance(node, ast.CreateFunctionStmt):
+        options = {str(o.defname): o.arg for o in node.options or ()}
+        language, code = options.get("language"), options.get("as")
+        if str(getattr(language, "sval", "")).lower() != "plpgsql" or not code:
+            return None
+        return str(code[0].sval) if isinstance(code, tuple) else None
     if not isinstance(node, ast.DoStmt):
         return None
     args = {str(a.defname): a for a in node.args or ()}
@@ -47,9 +54,33 @@ def body(node: Any) -> str | None:
     return str(code.arg.sval)
 
 
+def defined(node: Any) -> str | None:
+    """The name a ``CREATE [OR REPLACE] FUNCTION | PROCEDURE`` in PL/pgSQL defines (its last part)."""
+    if isinstance(node, ast.CreateFunctionStmt) and body(node) is not None and node.funcname:
+        return str(node.funcname[-1].sval)
+    return None
+
+
+def called(node: Any) -> str | None:
+    """The function a ``CALL f(…)`` or a ``SELECT f(…)`` (with no FROM) runs, else None."""
+    call = node.funccall if isinstance(node, ast.CallStmt) else None
+    if isinstance(node, ast.SelectStmt) and not node.fromClause and len(node.targetList or ()) == 1:
+        call = node.targetList[0].val  # type: ignore[index]
+    if isinstance(call, ast.FuncCall) and call.funcname:
+        return str(call.funcname[-1].sval)
+    return None
+
+
 def statements(node: Any, text: str, line: int) -> list[Inner] | None:
-    """The statements of the ``DO`` block ``node`` (its text ``text``, starting on ``line``), in the
-    order written; None when it is not a PL/pgSQL block or its body does not parse."""
+    """The statements of the ``DO`` block (or PL/pgSQL function) ``node``, its text ``text``
+    starting on ``line``, in the order written; None when it is neither or its body does not parse."""
+    if isinstance(node, ast.CreateFunctionStmt):
+        return None  # defining runs nothing; the call does (linter.py)
+    return run_by(node, text, line)
+
+
+def run_by(node: Any, text: str, line: int) -> list[Inner] | None:
+    """What running ``node`` (a DO block, or a PL/pgSQL function's definition) runs."""
     code = body(node)
     if code is None:
         return None
@@ -80,6 +111,8 @@ def _walk(node: Any, lineno: int) -> Iterator[tuple[str | None, int, bool, str]]
         static = _query(value.get("sqlstmt") or value.get("expr")) if key in _STATIC else None
         if static is not None:  # a statement, or PERFORM set_config(…), pg_advisory_lock(…)
             yield static, at, False, ""
+        elif key in _ENDS:
+            yield _ENDS[key], at, False, ""
         elif key == "PLpgSQL_stmt_dynexecute":
             expression = _query(value.get("query")) or ""
             yield resolve(expression), at, True, expression
@@ -88,6 +121,9 @@ def _walk(node: Any, lineno: int) -> Iterator[tuple[str | None, int, bool, str]]
 
 
 _STATIC = frozenset({"PLpgSQL_stmt_execsql", "PLpgSQL_stmt_perform"})
+# COMMIT and ROLLBACK in a procedure (or a DO block outside a transaction) end the transaction and
+# start the next one at once, as COMMIT AND CHAIN does.
+_ENDS = {"PLpgSQL_stmt_commit": "COMMIT AND CHAIN", "PLpgSQL_stmt_rollback": "ROLLBACK AND CHAIN"}
 
 
 def _query(expr: Any) -> str | None:

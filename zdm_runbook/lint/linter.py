@@ -66,6 +66,11 @@ def _phase_rules(a: Analysis, node: Any, phase: str, file: str) -> list[Finding]
     return [finding(a, first, file, "phase", "error", message, alt) for message, alt in misplaced]
 
 
+_NO_COMMIT = (
+    "COMMIT or ROLLBACK here ends a transaction the function or the caller's block owns: it fails"
+    " as written (measured: invalid transaction termination, SQLSTATE 2D000)"
+)
+_CALL = "a procedure, CALLed outside BEGIN … COMMIT, may commit between its batches; a function may not"
 _OUT_OF_DO = "run it as a statement of its own, outside the DO block"
 _IN_DO = "a DO block runs as one transaction: this statement cannot run in it, and fails as written"
 
@@ -118,10 +123,14 @@ def _do_block(
     phase: str | None,
     conn: Any,
     measure: bool,
+    atomic: bool = False,
 ) -> list[Finding]:
-    """A ``DO`` block's statements, linted as what they are: one transaction (measured on 15 and 18:
-    its locks are held to its end, and CONCURRENTLY fails in it). A session-level SET inside it
+    """A ``DO`` block's statements (or a PL/pgSQL function's, at its call), linted as what they are:
+    one transaction (measured on 15 and 18: its locks are held to its end, and CONCURRENTLY fails in
+    it), which a COMMIT inside ends and starts again, where it may: not in a function (``atomic``)
+    nor inside a transaction block (measured: SQLSTATE 2D000). A session-level SET inside it
     outlasts it; what it locks counts for the transaction around it, if any."""
+    atomic = atomic or walk.in_tx
     block = replace(walk, in_tx=True)
     if not walk.in_tx:
         block.held, block.tx_ddl, block.tx_data, block.local = None, False, False, {}
@@ -146,6 +155,9 @@ def _do_block(
         except ParseError:
             continue  # PL/pgSQL may have checked it less than the server will; the shadow copy runs it
         for ia, node in zip(analyze(statement.text, version, parsed), parsed, strict=True):
+            if atomic and isinstance(node.stmt, ast.TransactionStmt):
+                here = replace(ia, index=a.index, line=statement.line)
+                found.append(finding(here, None, walk.file, "commit-in-block", "error", _NO_COMMIT, _CALL))
             if block.control(node.stmt):
                 continue
             here = replace(ia, index=a.index, line=statement.line)
@@ -189,6 +201,8 @@ def lint_text(
         raise SqlFileError([Problem(f"{file}:{line}", f"cannot parse: {exc.args[0]}")]) from None
     analyses = analyze(text, version, raws)
     walk = Walk(file)
+    functions: dict[str, tuple[Any, str, int]] = {}  # PL/pgSQL functions and procedures the file defines
+    via = ""
     findings: list[Finding] = [_meta(file, m) for m in meta if m.unseen]
     ignores: dict[int, set[str]] = {}
     prev_end = 0
@@ -200,10 +214,17 @@ def lint_text(
         if walk.control(raw.stmt):
             continue
         inner = do_blocks.statements(raw.stmt, a.text, a.line)
+        if (name := do_blocks.defined(raw.stmt)) is not None:
+            functions[name] = (raw.stmt, a.text, a.line)  # what a later CALL or SELECT of it runs
+        if (callee := do_blocks.called(raw.stmt)) in functions:
+            inner = do_blocks.run_by(*functions[callee])
+            via = f" (in {callee}(), run by the call on line {a.line})"
         if inner is None:
             found = _statement(walk, a, raw.stmt, version, phase, conn, measure)
         else:
-            found = _do_block(walk, a, inner, version, phase, conn, measure)
+            atomic = isinstance(raw.stmt, ast.SelectStmt)  # a function: it may not commit
+            found = _do_block(walk, a, inner, version, phase, conn, measure, atomic)
+            found = [replace(f, message=f.message + via) for f in found] if callee in functions else found
         ignores[a.index] = ignored
         findings += [f for f in found if f.rule not in ignored]
     findings = [_kept(f) if f.rule == "rename" and f.statement_index in walk.kept else f for f in findings]

@@ -9,7 +9,8 @@ each statement it records what PostgreSQL did:
   ``pg_locks`` by a second session while the transaction is still open. A statement outside the
   file's own transaction block runs in a transaction of its own (what autocommit means), so its
   locks can be read before it commits. A statement that may not run in a block (``CONCURRENTLY``,
-  SQLSTATE 25001) runs alone, its locks sampled by the second session while it runs;
+  SQLSTATE 25001), or a CALL or DO that commits (2D000), runs alone, its locks sampled by the
+  second session while it runs;
 - **rewrites**: relations whose ``relfilenode`` changed (a table or index file rebuilt);
 - **scans**: sequential and index scans and the rows they read, from the transaction's own
   ``pg_stat_xact_user_tables`` (counted also on an empty table);
@@ -36,6 +37,8 @@ from zdm_runbook.lint.placeholders import NUMBERED, PLACEHOLDER, numbered
 
 Conn = psycopg.Connection[Any]
 NOT_IN_BLOCK = "25001"  # active_sql_transaction: "cannot run inside a transaction block"
+# invalid_transaction_termination: a CALL or DO that commits, as it may at the top level only
+ENDS_ITS_OWN = "2D000"
 # An old-app statement failing with these says more about the rows present (a shadow copy has none)
 # than about the migration: a foreign key's missing parent, a duplicate key.
 ROW_DEPENDENT = frozenset({"23503", "23505"})
@@ -191,7 +194,7 @@ class Probe:
         self._count(m, before_cat)  # before the statistics are read: counting scans too
         before_stats = self._stats()
         ok = self._execute(m, sql_text)
-        if not ok and wrap and m.sqlstate == NOT_IN_BLOCK:
+        if not ok and wrap and m.sqlstate in (NOT_IN_BLOCK, ENDS_ITS_OWN):
             self.conn.execute("ROLLBACK")
             return self._alone(m, sql_text)
         if ok:
