@@ -155,12 +155,11 @@ def _do_block(
         except ParseError:
             continue  # PL/pgSQL may have checked it less than the server will; the shadow copy runs it
         for ia, node in zip(analyze(statement.text, version, parsed), parsed, strict=True):
+            here = replace(ia, index=a.index, line=statement.line)  # the block's statement, this line
             if atomic and isinstance(node.stmt, ast.TransactionStmt):
-                here = replace(ia, index=a.index, line=statement.line)
                 found.append(finding(here, None, walk.file, "commit-in-block", "error", _NO_COMMIT, _CALL))
             if block.control(node.stmt):
                 continue
-            here = replace(ia, index=a.index, line=statement.line)
             found += [
                 replace(f, message=_IN_DO, safe_alternative=_OUT_OF_DO)
                 if f.rule == "concurrently-in-transaction"
