@@ -481,6 +481,21 @@ CORPUS: list[tuple[str, bool]] = [
         " COMMIT",
         SAFE,
     ),
+    # --- added 2026-12-04: tables the file itself creates (partitioned, partitions, CREATE TABLE AS)
+    (
+        "CREATE TABLE ev2 (id int, at date) PARTITION BY RANGE (at); CREATE INDEX CONCURRENTLY ev2_at ON ev2 (at)",
+        UNSAFE,
+    ),
+    (
+        "CREATE TABLE ev2 (id int, at date) PARTITION BY RANGE (at); ALTER TABLE ev2 SET (fillfactor = 70)",
+        UNSAFE,
+    ),
+    (
+        "CREATE TABLE ev2 (id int, at date) PARTITION BY RANGE (at); CREATE TABLE ev2_a PARTITION OF ev2"
+        " FOR VALUES FROM ('2020-01-01') TO ('2021-01-01'); ALTER TABLE ev2_a ADD COLUMN x int",
+        UNSAFE,
+    ),
+    ("CREATE TABLE t6 AS SELECT * FROM orders; ALTER TABLE t6 ADD PRIMARY KEY (id)", SAFE),
     # --- added 2026-12-04: PL/pgSQL functions and procedures the file defines and calls
     (
         "CREATE FUNCTION mig() RETURNS void LANGUAGE plpgsql AS $$ BEGIN"

@@ -292,3 +292,19 @@ def test_a_function_or_procedure_the_file_defines_is_linted_where_it_is_called()
     assert "commit-in-block" in [f.rule for f in lint_text(in_block)[1]]
     atomic = "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$;\nSELECT f();\n"
     assert [f.rule for f in lint_text(PRELUDE + atomic)[1]] == ["commit-in-block"]
+
+
+def test_what_postgresql_refuses_on_a_partitioned_table_the_file_created() -> None:
+    made = "CREATE TABLE ev (id int, at date) PARTITION BY RANGE (at);\n"
+    part = "CREATE TABLE ev_a PARTITION OF ev FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');\n"
+    for then, line in (
+        ("CREATE INDEX CONCURRENTLY ev_at ON ev (at);\n", 4),
+        ("ALTER TABLE ev SET (fillfactor = 70);\n", 4),
+        (part + "ALTER TABLE ev_a ADD COLUMN x int;\n", 5),
+    ):
+        (found,) = [f for f in lint_text(PRELUDE + made + then)[1] if f.severity == "error"]
+        assert (found.line, found.rule) == (line, "fails-on-partitions")
+    fine = part + "CREATE INDEX ev_at ON ONLY ev (at);\nCREATE INDEX CONCURRENTLY ev_a_at ON ev_a (at);\n"
+    assert [f for f in lint_text(PRELUDE + made + fine)[1] if f.severity == "error"] == []
+    copied = "CREATE TABLE t6 AS SELECT * FROM orders;\nALTER TABLE t6 ADD PRIMARY KEY (id);\n"
+    assert lint_text(PRELUDE + copied)[1] == []  # a table the file made is nobody else's yet
