@@ -1,7 +1,11 @@
-"""What a SQL file has done so far, statement by statement: its transaction, the timeouts it set,
-an AccessExclusiveLock it holds, the NOT NULL checks it validated, the tables it renamed; and the
-rules that follow from the order (a lock with no ``lock_timeout`` before it, CONCURRENTLY inside a
-transaction block, work under a lock held since an earlier statement).
+"""What a SQL file has done so far, statement by statement: its transaction, the timeouts it set
+(and RESET ALL), an AccessExclusiveLock it holds, the tables it created (partitioned, partitions),
+the columns it made NOT NULL, the NOT NULL checks it validated, the enum values it added, the tables
+it renamed; and the rules that follow from the order (a lock with no ``lock_timeout`` before it,
+CONCURRENTLY inside a transaction block, work or a read under a lock held since an earlier
+statement, a default dropped from a column the file made NOT NULL, a new enum value used before
+its COMMIT, what PostgreSQL refuses on a partitioned table). Each rule's label is measured in the
+lint corpus on 15 and 18.
 """
 
 from __future__ import annotations
