@@ -201,7 +201,6 @@ def lint_text(
     analyses = analyze(text, version, raws)
     walk = Walk(file)
     functions: dict[str, tuple[Any, str, int]] = {}  # PL/pgSQL functions and procedures the file defines
-    via = ""
     findings: list[Finding] = [_meta(file, m) for m in meta if m.unseen]
     ignores: dict[int, set[str]] = {}
     prev_end = 0
@@ -212,7 +211,7 @@ def lint_text(
         ignored = {r.strip() for m in _IGNORE.finditer(raw_text) for r in m[1].split(",")}
         if walk.control(raw.stmt):
             continue
-        inner = do_blocks.statements(raw.stmt, a.text, a.line)
+        inner, via = do_blocks.statements(raw.stmt, a.text, a.line), ""
         if (name := do_blocks.defined(raw.stmt)) is not None:
             functions[name] = (raw.stmt, a.text, a.line)  # what a later CALL or SELECT of it runs
         if (callee := do_blocks.called(raw.stmt)) in functions:
@@ -223,7 +222,7 @@ def lint_text(
         else:
             atomic = isinstance(raw.stmt, ast.SelectStmt)  # a function: it may not commit
             found = _do_block(walk, a, inner, version, phase, conn, measure, atomic)
-            found = [replace(f, message=f.message + via) for f in found] if callee in functions else found
+            found = [replace(f, message=f.message + via) for f in found] if via else found
         ignores[a.index] = ignored
         findings += [f for f in found if f.rule not in ignored]
     findings = [_kept(f) if f.rule == "rename" and f.statement_index in walk.kept else f for f in findings]
