@@ -26,13 +26,30 @@ operations:
 """
 
 
-def _zdm_run(*args: str) -> subprocess.Popen[str]:
+def _zdm_run(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "zdm_runbook", "run", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, **(env or {})},
     )
+
+
+def _expand_into_a_lock_queue(dsn: str, table: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """``zdm run expand ARGS`` while nightly-report reads ``table`` (SQL) in an open transaction and
+    maintenance's LOCK TABLE queues behind it; the run's output."""
+    with Blocker(dsn, f"SELECT count(*) FROM {table}", app="nightly-report"):
+        queued = Background(
+            dsn, f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; COMMIT", app="maintenance"
+        )
+        waiting = f"SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = '{table}'::regclass"
+        assert wait_for(lambda: _sessions(dsn, "maintenance") == 1 and bool(scalar(dsn, waiting)))
+        runner = _zdm_run("expand", *args, "--quiet", env=env)
+        out, _ = runner.communicate(timeout=180)
+    queued.join()
+    assert runner.returncode == 3, out[-3000:]
+    return out
 
 
 def _sessions(dsn: str, app: str) -> int:
@@ -161,44 +178,8 @@ def test_the_preflight_sees_locks_on_a_mixed_case_schema_qualified_table(db: str
     spec.write_text(
         "change: invoice-note\noperations:\n  - add_column: {table: Billing.Invoice, column: note, type: text}\n"
     )
-    env = {**os.environ, "BILL": db}
-    with Blocker(db, 'SELECT count(*) FROM "Billing"."Invoice"', app="nightly-report"):
-        queued = Background(
-            db, 'BEGIN; LOCK TABLE "Billing"."Invoice" IN ACCESS EXCLUSIVE MODE; COMMIT', app="maintenance"
-        )
-        assert wait_for(
-            lambda: (
-                _sessions(db, "maintenance") == 1
-                and bool(
-                    scalar(
-                        db,
-                        'SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = \'"Billing"."Invoice"\'::regclass',
-                    )
-                )
-            )
-        )
-        runner = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "zdm_runbook",
-                "run",
-                "expand",
-                str(spec),
-                "--dsn-env",
-                "BILL",
-                "--archive",
-                str(archive),
-                "--quiet",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        out, _ = runner.communicate(timeout=180)
-    queued.join()
-    assert runner.returncode == 3, out[-3000:]
+    where = ("--dsn-env", "BILL", "--archive", str(archive))
+    out = _expand_into_a_lock_queue(db, '"Billing"."Invoice"', str(spec), *where, env={"BILL": db})
     assert 'a lock queue already exists on "Billing"."Invoice"' in out and "(maintenance)" in out
     assert "does not exist" not in out
     assert (
@@ -216,25 +197,7 @@ def test_preflight_no_go_stops_before_any_ddl_with_exit_3(orders_env: str, tmp_p
     spec, archive = tmp_path / "change.yaml", tmp_path / "archive"
     spec.write_text(REF)
     before = fingerprint(dsn)
-    with Blocker(dsn, "SELECT count(*) FROM orders", app="nightly-report"):
-        queued = Background(
-            dsn, "BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE; COMMIT", app="maintenance"
-        )
-        assert wait_for(
-            lambda: (
-                _sessions(dsn, "maintenance") == 1
-                and bool(
-                    scalar(
-                        dsn,
-                        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'orders'::regclass",
-                    )
-                )
-            )
-        )
-        runner = _zdm_run("expand", str(spec), "--archive", str(archive), "--quiet")
-        out, _ = runner.communicate(timeout=180)
-    queued.join()
-    assert runner.returncode == 3, out[-3000:]
+    out = _expand_into_a_lock_queue(dsn, "orders", str(spec), "--archive", str(archive))
     assert "PreflightRefused" in out and "a lock queue already exists on orders" in out
     assert "(maintenance)" in out
     with psycopg.connect(dsn) as conn:

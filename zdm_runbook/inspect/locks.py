@@ -16,6 +16,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from zdm_runbook.core.durations import human_seconds
+from zdm_runbook.lint.catalog_facts import regclass_text
 from zdm_runbook.spec.model import Table
 
 Conn = psycopg.Connection[Any]
@@ -234,7 +235,7 @@ def resolve_tables(conn: Conn, tables: Iterable[Table | str]) -> dict[str, int |
     out: dict[str, int | None] = {}
     for t in tables:
         name = str(t)
-        exact = _quoted(t.schema, t.name) if isinstance(t, Table) else _exact(name)
+        exact = regclass_text((t.schema, t.name)) if isinstance(t, Table) else _exact(name)
         first = name if not isinstance(t, Table) else exact
         row = conn.execute(
             "SELECT r::oid::int8, r::text FROM coalesce(to_regclass(%s), to_regclass(%s)) r", [first, exact]
@@ -243,14 +244,10 @@ def resolve_tables(conn: Conn, tables: Iterable[Table | str]) -> dict[str, int |
     return out
 
 
-def _quoted(*parts: str) -> str:
-    return ".".join('"{}"'.format(p.replace('"', '""')) for p in parts)
-
-
 def _exact(name: str) -> str:
     """``name`` as the spec reads it: schema and name exactly as written (no quotes, at most one dot)."""
     parts = name.split(".")
-    return name if '"' in name or len(parts) > 2 else _quoted(*parts)
+    return name if '"' in name or len(parts) > 2 else regclass_text(tuple(parts))
 
 
 TABLE_LOCK_COLUMNS = (
