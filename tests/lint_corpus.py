@@ -525,6 +525,51 @@ CORPUS: list[tuple[str, bool]] = [
         "CREATE OR REPLACE FUNCTION mig() RETURNS void LANGUAGE plpgsql AS $$ BEGIN CREATE INDEX i ON orders (note); END $$",
         SAFE,
     ),
+    # --- a table the file creates, then gives a foreign key (what ORMs write for a new model) ---
+    (
+        "BEGIN; CREATE TABLE shipments (id bigint PRIMARY KEY, order_id int NOT NULL);"
+        " ALTER TABLE shipments ADD CONSTRAINT shipments_order_fk FOREIGN KEY (order_id) REFERENCES orders (id)"
+        " DEFERRABLE INITIALLY DEFERRED; CREATE INDEX shipments_order_idx ON shipments (order_id); COMMIT",
+        SAFE,
+    ),
+    (
+        'CREATE TABLE "_OrderToTag" ("A" INTEGER NOT NULL, "B" INTEGER NOT NULL);'
+        ' CREATE UNIQUE INDEX "_OrderToTag_AB_unique" ON "_OrderToTag"("A", "B");'
+        ' ALTER TABLE "_OrderToTag" ADD CONSTRAINT "_OrderToTag_A_fkey" FOREIGN KEY ("A") REFERENCES orders(id)'
+        " ON DELETE CASCADE ON UPDATE CASCADE",
+        SAFE,
+    ),
+    ("CREATE TABLE pt (a int); ALTER TABLE pt ADD COLUMN c int DEFAULT 1 REFERENCES customers(id)", SAFE),
+    (
+        "CREATE TABLE pt AS SELECT id AS a FROM customers WITH NO DATA;"
+        " ALTER TABLE pt ADD CONSTRAINT pt_a_fk FOREIGN KEY (a) REFERENCES customers(id)",
+        SAFE,
+    ),
+    (
+        "CREATE TABLE pt (a int NOT NULL); INSERT INTO pt SELECT id FROM customers;"
+        " ALTER TABLE pt ADD CONSTRAINT pt_a_fk FOREIGN KEY (a) REFERENCES customers(id)",
+        UNSAFE,
+    ),
+    (
+        "CREATE TABLE pt AS SELECT id AS a FROM customers;"
+        " ALTER TABLE pt ADD CONSTRAINT pt_a_fk FOREIGN KEY (a) REFERENCES customers(id)",
+        UNSAFE,
+    ),
+    (
+        "SELECT id AS a INTO pt FROM customers; ALTER TABLE pt ADD CONSTRAINT pt_a_fk FOREIGN KEY (a) REFERENCES customers(id)",
+        UNSAFE,
+    ),
+    (
+        "CREATE TABLE pt (a int); INSERT INTO pt VALUES (1);"
+        " ALTER TABLE pt ADD CONSTRAINT pt_a_fk FOREIGN KEY (a) REFERENCES customers(id)",
+        UNSAFE,
+    ),
+    (
+        "CREATE TABLE pt (a int); INSERT INTO pt SELECT id FROM customers;"
+        " ALTER TABLE pt ADD CONSTRAINT pt_a_fk FOREIGN KEY (a) REFERENCES customers(id) NOT VALID;"
+        " ALTER TABLE pt VALIDATE CONSTRAINT pt_a_fk",
+        SAFE,
+    ),
 ]
 
 # What a case needs beyond the measuring schema (tests/lint_measure.py) to run as written.

@@ -308,3 +308,26 @@ def test_what_postgresql_refuses_on_a_partitioned_table_the_file_created() -> No
     assert [f for f in lint_text(PRELUDE + made + fine)[1] if f.severity == "error"] == []
     copied = "CREATE TABLE t6 AS SELECT * FROM orders;\nALTER TABLE t6 ADD PRIMARY KEY (id);\n"
     assert lint_text(PRELUDE + copied)[1] == []  # a table the file made is nobody else's yet
+
+
+@pytest.mark.pg
+def test_a_foreign_key_on_a_table_the_file_created_asks_whether_the_file_filled_it(db: str) -> None:
+    django = (
+        "CREATE TABLE shipments (id bigint PRIMARY KEY, order_id int NOT NULL);\n"
+        "ALTER TABLE shipments ADD CONSTRAINT shipments_order_fk FOREIGN KEY (order_id)"
+        " REFERENCES orders (id) DEFERRABLE INITIALLY DEFERRED;\n"
+    )
+    (empty,) = [f for f in lint_text(PRELUDE + django)[1] if f.line == 4]
+    assert (empty.rule, empty.severity) == ("add-foreign-key-validated", "info")
+    assert "shipments was created above and has no rows yet" in empty.message
+    copied = PRELUDE + django.replace(";\n", ";\nINSERT INTO shipments SELECT id, id FROM orders;\n", 1)
+    (filled,) = [f for f in lint_text(copied)[1] if f.line == 5]
+    assert (filled.rule, filled.severity) == ("add-foreign-key-filled-table", "error")
+    assert "blocking that table's writes" in filled.message
+    # The shadow copy's orders is empty, and so would its copy be: catalog mode keeps the rule.
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders SELECT generate_series(1, 50)"
+        )
+        found = lint_text(copied, conn=conn)[1]
+    assert ("add-foreign-key-filled-table", "error") in [(f.rule, f.severity) for f in found]

@@ -1,5 +1,5 @@
 """What a SQL file has done so far, statement by statement: its transaction, the timeouts it set
-(and RESET ALL), an AccessExclusiveLock it holds, the tables it created (partitioned, partitions),
+(and RESET ALL), an AccessExclusiveLock it holds, the tables it created (:mod:`.new_tables`),
 the columns it made NOT NULL, the NOT NULL checks it validated, the enum values it added, the tables
 it renamed; and the rules that follow from the order (a lock with no ``lock_timeout`` before it,
 CONCURRENTLY inside a transaction block, work or a read under a lock held since an earlier
@@ -26,6 +26,7 @@ from pglast.enums.primnodes import NullTestType
 
 from zdm_runbook.lint.analysis import LOCK_MODES, Analysis, Effect
 from zdm_runbook.lint.hazards import Finding, finding
+from zdm_runbook.lint.new_tables import NewTables
 
 APP_BLOCKING = LOCK_MODES.index("ShareUpdateExclusiveLock")  # stronger than this queues the app
 
@@ -64,19 +65,13 @@ class Walk:
     tx_ddl: bool = False
     tx_data: bool = False
     not_valid: set[str] = field(default_factory=set)
-    created: set[str] = field(default_factory=set)  # tables this file created: nobody else's yet
+    new: NewTables = field(default_factory=NewTables)  # tables this file created: nobody else's yet
     nn_checks: dict[str, tuple[str, str]] = field(default_factory=dict)  # CHECK (col IS NOT NULL)s
     proven: set[tuple[str, str]] = field(default_factory=set)  # (table, column) a validated check proves
     new_labels: dict[str, set[str]] = field(default_factory=dict)  # enum labels added in this transaction
     not_null: set[tuple[str, str]] = field(default_factory=set)  # (table, column) this file made NOT NULL
     renamed: dict[str, int] = field(default_factory=dict)  # tables renamed in this transaction: by whom
-    partitioned: set[str] = field(default_factory=set)  # partitioned tables this file created
-    partitions: set[str] = field(default_factory=set)  # and partitions (PARTITION OF)
     kept: set[int] = field(default_factory=set)  # renames whose old name a view took in the transaction
-
-    def only_new(self, a: Analysis) -> bool:
-        """Every relation the statement locks was created earlier in this file (or by it)."""
-        return bool(a.effects) and all(e.relation in self.created for e in a.effects)
 
     def control(self, node: Any) -> bool:
         """Track BEGIN/COMMIT and timeout settings; True when ``node`` was one of those."""
@@ -109,18 +104,10 @@ class Walk:
         """The file-order rules for one statement, then the state it leaves behind."""
         out: list[Finding] = []
         first = a.effects[0] if a.effects else None
-        if isinstance(node, ast.CreateStmt):
-            self.created.add(first.relation if first else "")
-            if node.relation is not None and node.partspec is not None:
-                self.partitioned.add(str(node.relation.relname))
-            if node.relation is not None and node.partbound is not None:
-                self.partitions.add(str(node.relation.relname))
-        if isinstance(node, ast.CreateTableAsStmt) and node.into is not None and node.into.rel is not None:
-            rel = node.into.rel  # CREATE TABLE … AS: nobody else's yet either
-            self.created.add(f"{rel.schemaname}.{rel.relname}" if rel.schemaname else str(rel.relname))
-        if (why := self._partition_refuses(node)) is not None:
+        self.new.note(node, first)
+        if (why := self.new.refuses(node)) is not None:
             out.append(finding(a, first, self.file, "fails-on-partitions", "error", why, _PARTITIONS))
-        old = [e for e in a.effects if e.relation not in self.created]
+        old = [e for e in a.effects if e.relation not in self.new.created]
         strongest = max((e.lock for e in old), key=LOCK_MODES.index) if old else None
         blocking = strongest is not None and LOCK_MODES.index(strongest) > APP_BLOCKING
         has = {**self.timeouts, **self.local}
@@ -246,30 +233,6 @@ class Walk:
                     )
                 )
         return out
-
-    def _partition_refuses(self, node: Any) -> str | None:
-        """Why PostgreSQL refuses ``node`` on a partitioned table or a partition this file created
-        (measured on 15 and 18), else None."""
-        rel = getattr(node, "relation", None)
-        name = str(rel.relname) if rel is not None else ""
-        if (
-            isinstance(node, ast.IndexStmt)
-            and node.concurrent
-            and name in self.partitioned
-            and rel
-            and rel.inh
-        ):
-            return f"CREATE INDEX CONCURRENTLY on the partitioned table {name} fails as written"
-        subs = (
-            {AlterTableType(int(c.subtype or 0)).name for c in node.cmds or ()}
-            if isinstance(node, ast.AlterTableStmt)
-            else set()
-        )
-        if name in self.partitioned and subs & {"AT_SetRelOptions", "AT_ResetRelOptions"}:
-            return f"storage parameters on the partitioned table {name} fail as written: it has no storage"
-        if name in self.partitions and subs & {"AT_AddColumn", "AT_DropColumn", "AT_AlterColumnType"}:
-            return f"{name} is a partition: its columns are its parent's, and this fails as written"
-        return None
 
     def proves_not_null(self, node: Any, version: int) -> str | None:
         """The check that proves every column an ALTER TABLE sets NOT NULL: PostgreSQL 12+ then

@@ -79,7 +79,9 @@ def _statement(
     walk: Walk, a: Analysis, node: Any, version: int, phase: str | None, conn: Any, measure: bool
 ) -> list[Finding]:
     """One statement's findings: its hazards, the file-order rules, the phase's and the catalog's."""
-    hazards = [] if walk.only_new(a) else statement_hazards(a, node, walk.file, version)
+    hazards = [] if walk.new.only_new(a) else statement_hazards(a, node, walk.file, version)
+    if (new := walk.new.altered(node)) is not None:
+        hazards = [_new_table(f, *new) if f.rule in _READS_REFERENCED else f for f in hazards]
     proof = walk.proves_not_null(node, version)
     if proof:
         hazards = [_proven(f, proof) if f.rule == "set-not-null-scan" else f for f in hazards]
@@ -102,6 +104,22 @@ def _meta(file: str, m: psql_meta.MetaCommand) -> Finding:
     return Finding(
         file, m.line, 1, -1, "psql-meta-command", "info", None, None, False, False, False, message, alt
     )
+
+
+# A foreign key's check on the table the ALTER names: what it reads is that table's rows.
+_READS_REFERENCED = frozenset({"add-foreign-key-validated", "add-column-foreign-key-scan"})
+
+
+def _new_table(f: Finding, table: str, filled: bool) -> Finding:
+    """A foreign key's check on a table this file created (see :mod:`.new_tables`)."""
+    if not filled:
+        message = f"{f.message}, but {table} was created above and has no rows yet: the check reads none"
+        return replace(f, severity="info", message=message)
+    message = (
+        f"{table} was created and filled above: the foreign key's check reads every row given to it,"
+        " and the referenced table under ShareRowExclusiveLock, blocking that table's writes meanwhile"
+    )
+    return replace(f, rule="add-foreign-key-filled-table", message=message)
 
 
 def _kept(f: Finding) -> Finding:
@@ -166,7 +184,7 @@ def _do_block(
                 else f
                 for f in _statement(block, here, node.stmt, version, phase, conn, measure)
             ]
-    walk.timeouts, walk.created, walk.not_valid = block.timeouts, block.created, block.not_valid
+    walk.timeouts, walk.new, walk.not_valid = block.timeouts, block.new, block.not_valid
     if walk.in_tx:
         walk.held, walk.local = walk.held or block.held, block.local
         walk.tx_ddl, walk.tx_data = block.tx_ddl, block.tx_data
