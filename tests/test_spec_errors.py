@@ -172,6 +172,23 @@ CASES = [
         "operations[0].change_type.using",
         "old column a",
     ),
+    (  # measured on 15: the view reads the old column by position, and the drop fails under it
+        "key-of-a-table-renamed-in-the-change",
+        HEAD
+        + "  - rename_table: {from: customers, to: clients}\n"
+        + "  - change_key_type: {table: clients, column: id, type: bigint}",
+        "operations[1].change_key_type.table",
+        "Widen the key in a change of its own, through contract, then rename: change_key_type:"
+        " {table: public.customers",
+    ),
+    (
+        "key-of-a-table-renamed-later-in-the-change",
+        HEAD
+        + "  - change_key_type: {table: customers, column: id, type: bigint}\n"
+        + "  - rename_table: {from: customers, to: clients}",
+        "operations[0].change_key_type.table",
+        "would still read the old id column (NULL past its range)",
+    ),
     (
         "rename-to-itself",
         HEAD + "  - rename_column: {table: t, from: a, to: a, type: int}",

@@ -1,5 +1,5 @@
 """Checks that span a spec's operations: two creating one name, an operation naming a table that
-another renames, a foreign key to a key that a later operation widens."""
+another renames (a key's type change on it), a foreign key to a key that a later operation widens."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def check_renamed_tables(ops: list[Operation], problems: list[Problem]) -> None:
     }
     for i, op in enumerate(ops):
         table = getattr(op, "table", None)
-        if isinstance(op, RenameTable) or not isinstance(table, Table):
-            continue
+        if isinstance(op, RenameTable | ChangeKeyType) or not isinstance(table, Table):
+            continue  # a key's change on a renamed table: check_key_of_renamed_table
         hit = renamed.get((table.schema, table.name))
         if hit is not None:
             j, new = hit
@@ -45,6 +45,32 @@ def check_renamed_tables(ops: list[Operation], problems: list[Problem]) -> None:
                     " after the rename (the old name is a view from expand on)",
                 )
             )
+
+
+def check_key_of_renamed_table(ops: list[Operation], problems: list[Problem]) -> None:
+    """change_key_type on a table that rename_table renames in the same change, under either name.
+
+    The view that keeps the old name for the old app reads the key column by its position, not its
+    name: after the swap it would go on reading the old int column (NULL past its range), and
+    contract could not drop that column while the view uses it. Two changes do it: the key first,
+    through contract, then the rename."""
+    for j, rename in enumerate(ops):
+        if not isinstance(rename, RenameTable):
+            continue
+        new = Table(rename.table.schema, rename.new)
+        for i, op in enumerate(ops):
+            if isinstance(op, ChangeKeyType) and op.table in (rename.table, new):
+                problems.append(
+                    Problem(
+                        f"operations[{i}].change_key_type.table",
+                        f"{op.table} is renamed by operations[{j}] in this change: after the swap the"
+                        f" view that keeps the old name {rename.table} for the old app would still read"
+                        f" the old {op.column} column (NULL past its range), and contract could not drop"
+                        " that column under the view. Widen the key in a change of its own, through"
+                        f" contract, then rename: change_key_type: {{table: {rename.table}, column:"
+                        f" {op.column}, type: {op.type.text}}}",
+                    )
+                )
 
 
 def check_keys_referenced_after_swap(ops: list[Operation], problems: list[Problem]) -> None:

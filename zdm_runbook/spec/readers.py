@@ -373,5 +373,6 @@ def read_operations(top: Reader, problems: list[Problem]) -> list[Operation]:
             out.append(op)
     crosschecks.check_names_unique(out, problems)
     crosschecks.check_renamed_tables(out, problems)
+    crosschecks.check_key_of_renamed_table(out, problems)
     crosschecks.check_keys_referenced_after_swap(out, problems)
     return out
