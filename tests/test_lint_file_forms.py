@@ -331,3 +331,54 @@ def test_a_foreign_key_on_a_table_the_file_created_asks_whether_the_file_filled_
         )
         found = lint_text(copied, conn=conn)[1]
     assert ("add-foreign-key-filled-table", "error") in [(f.rule, f.severity) for f in found]
+
+
+def test_psql_variables_are_interpolated_as_psql_does_and_an_unset_one_is_named() -> None:
+    text = (
+        "\\set schema app\n"
+        "\\set note 'it''s'\n"
+        + PRELUDE
+        + "ALTER TABLE :\"schema\".orders ADD COLUMN a text DEFAULT :'note';\n"
+        + "CREATE INDEX orders_a_idx ON :schema.orders (a);\n"
+        + "UPDATE orders SET a = :'value' WHERE id = 1;\n"
+        + "SELECT a[1:2], b::int, c[lo:hi], f(p := 1), ':x', $$ :y $$ FROM t;\n"
+    )
+    analyses, findings = lint_text(text, "m.sql")
+    assert [a.text.split(" ADD")[0] for a in analyses if a.text.startswith("ALTER")] == [
+        'ALTER TABLE "app".orders'
+    ]
+    assert "DEFAULT 'it''s'" in analyses[2].text and "ON app.orders" in analyses[3].text
+    assert [(f.line, f.rule, f.severity) for f in findings if f.rule.startswith("psql")] == [
+        (7, "psql-variable", "info")
+    ]
+    (unset,) = [f for f in findings if f.rule == "psql-variable"]
+    assert unset.message == ":'value' is not set in the file (psql -v value=… sets it): read as 'value'"
+    assert (6, "create-index-blocking") in [(f.line, f.rule) for f in findings]
+    assert "SELECT a[1:2], b::int, c[lo:hi], f(p := 1)" in analyses[-1].text  # SQL's own colons
+
+
+def test_a_flyway_or_liquibase_placeholder_is_read_as_a_name_and_said_so() -> None:
+    text = (
+        PRELUDE
+        + "ALTER TABLE ${flyway:defaultSchema}.orders ADD COLUMN a int;\nCREATE INDEX i ON ${schema}.orders (a);\n"
+    )
+    found = [(f.line, f.rule, f.severity, f.message) for f in lint_text(text, "V2__a.sql")[1]]
+    assert (
+        3,
+        "psql-variable",
+        "info",
+        "${flyway:defaultSchema} is a placeholder its migration tool fills in:"
+        " read as the name flyway_defaultSchema",
+    ) in found
+    assert (4, "create-index-blocking", "error") in [f[:3] for f in found]
+
+
+@pytest.mark.pg
+def test_catalog_mode_does_not_measure_a_file_whose_names_it_would_guess(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+        found = lint_text(PRELUDE + "CREATE INDEX i ON ${schema}.orders (id);\n", conn=conn)[1]
+    rules = [(f.rule, f.severity) for f in found]
+    assert ("create-index-blocking", "error") in rules and ("measured", "error") not in rules
+    (note,) = [f for f in found if f.rule == "catalog-mode"]
+    assert note.message == "catalog mode did not measure: ${schema} would be guessed"

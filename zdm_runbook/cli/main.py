@@ -238,8 +238,10 @@ def lint_cmd(
     r"""Check SQL migration FILES: what each statement locks, rewrites or breaks, in file order.
 
     Files as psql runs them: transaction blocks, SET and RESET of the timeouts, psql's
-    meta-commands (skipped; \gexec, \i, \c and \if are named), DO blocks and the PL/pgSQL
-    functions and procedures the file defines and then calls (their statements are linted).
+    meta-commands (skipped; \gexec, \i, \c and \if are named), psql's variables (as \set gives
+    them; one only psql -v sets, or a Flyway placeholder ${name}, is read as its name and named),
+    DO blocks and the PL/pgSQL functions and procedures the file defines and then calls (their
+    statements are linted).
 
     Exit 0: nothing above info; 1: errors or warnings; 2: unusable input (a parse error names the
     line). Silence a rule for one statement with a comment in it: -- zdm: ignore RULE

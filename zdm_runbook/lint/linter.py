@@ -99,11 +99,13 @@ def _statement(
 
 
 def _meta(file: str, m: psql_meta.MetaCommand) -> Finding:
-    message = f"psql's {m.text.split()[0]} {m.unseen}"
-    alt = "write out as SQL what it runs, and lint that too (catalog mode does not run it either)"
-    return Finding(
-        file, m.line, 1, -1, "psql-meta-command", "info", None, None, False, False, False, message, alt
-    )
+    if m.text.startswith("\\"):
+        rule, message = "psql-meta-command", f"psql's {m.text.split()[0]} {m.unseen}"
+        alt = "write out as SQL what it runs, and lint that too (catalog mode does not run it either)"
+    else:  # a variable or a placeholder lint could only read as a name
+        rule, message = "psql-variable", f"{m.text} {m.unseen}"
+        alt = "lint the file as its tool renders it, if the value is not a plain name"
+    return Finding(file, m.line, 1, -1, rule, "info", None, None, False, False, False, message, alt)
 
 
 # A foreign key's check on the table the ALTER names: what it reads is that table's rows.
@@ -208,7 +210,7 @@ def lint_text(
     ``app``: the old app's statements, checked against the migrated shadow.
     """
     meta: list[psql_meta.MetaCommand] = []
-    if "\\" in text:  # psql's meta-commands: blanked, lines kept, before PostgreSQL's parser sees them
+    if psql_meta.needed(text):  # meta-commands blanked, variables replaced, lines kept, before parsing
         text, meta = psql_meta.strip(text)
     try:
         raws = parse_sql(text)
@@ -244,7 +246,11 @@ def lint_text(
         ignores[a.index] = ignored
         findings += [f for f in found if f.rule not in ignored]
     findings = [_kept(f) if f.rule == "rename" and f.statement_index in walk.kept else f for f in findings]
-    if conn is not None and measure:
+    guessed = [m.text for m in meta if m.unseen and not m.text.startswith("\\")]
+    if conn is not None and measure and guessed:  # a guessed name would fail on the shadow, as written
+        why = f"catalog mode did not measure: {', '.join(dict.fromkeys(guessed))} would be guessed"
+        findings.append(replace(_meta(file, meta[0]), rule="catalog-mode", message=why))
+    elif conn is not None and measure:
         from zdm_runbook.lint.measured_mode import measure as measured  # noqa: PLC0415
 
         findings = [_meta(file, m) for m in meta if m.unseen] + [
