@@ -189,8 +189,13 @@ def connect(
     phase: str | None = None,
     autocommit: bool = False,
     connect_timeout: int = 10,
+    row_security: bool = True,
 ) -> psycopg.Connection[tuple[object, ...]]:
-    """Open a connection tagged ``application_name=zdm_runbook[:phase]``; errors come redacted."""
+    """Open a connection tagged ``application_name=zdm_runbook[:phase]``; errors come redacted.
+
+    ``row_security=False``: a query that row-level security would filter fails instead (SQLSTATE
+    42501), as ``pg_dump``'s do: the backfill's session, so that no row is skipped unseen. Only on a
+    connection known not to be transaction-pooled: a pooler would hand the setting on to the app."""
     conninfo = resolve_dsn(dsn, env)
     app = f"{APPLICATION_NAME}:{phase}" if phase else APPLICATION_NAME
     try:
@@ -215,4 +220,6 @@ def connect(
             getattr(exc, "sqlstate", None),
         ) from None
     remember_connection_secret(conn)
+    if not row_security:
+        conn.execute("SET row_security = off")
     return conn

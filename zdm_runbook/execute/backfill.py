@@ -118,10 +118,10 @@ class BackfillEngine:
     # --- connection ---
 
     def _connect(self) -> Conn:
-        """The engine's own connection, its batches' timeouts set once for the session (a run
-        refuses transaction poolers, so the session is ours): a statement fewer per batch."""
+        """The engine's own connection, its batches' timeouts set once for the session (a run refuses
+        transaction poolers: the session is ours), and no row hidden unseen (inspect/row_security)."""
         if self.conn is None or self.conn.closed or self.conn.broken:
-            self.conn = connect(self.dsn, phase="migrate:backfill", autocommit=True)
+            self.conn = connect(self.dsn, phase="migrate:backfill", autocommit=True, row_security=False)
             set_timeouts(self.conn, self.settings.lock_timeout, self.settings.statement_timeout, local=False)
         return self.conn
 

@@ -48,6 +48,7 @@ def check(conn: Conn, compat: Compat, phase: Phase | str, timeout_s: float = 5.0
         try:
             with conn.transaction(force_rollback=True):
                 set_timeouts(conn, timeout_s, timeout_s, local=True)
+                conn.execute("SET LOCAL row_security = on")  # as the app runs: its policies filter
                 cur = conn.execute(q.sql.encode(), q.params)  # trusted: the operator's own app SQL
                 if cur.description:
                     cur.fetchall()

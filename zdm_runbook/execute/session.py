@@ -86,8 +86,10 @@ class PhaseSession:
             self._control = connect(self.conninfo, phase=f"{self.phase.value}:control", autocommit=True)
             self._worker = connect(self.conninfo, phase=self.phase.value, autocommit=True)
             evidence = shared_backend(self.control, self.worker)
-            if evidence:  # before the ledger: nothing is written through a pooler
+            if evidence:  # before the ledger, or a SET: nothing is written or set through a pooler
                 raise pooling_error(self.conninfo, evidence)
+            for conn in (self.control, self.worker):  # a query row-level security would filter fails
+                conn.execute("SET row_security = off")  # instead (inspect/row_security.py)
             ledger.ensure(self.control)
             change = self.plan.change
             ledger.record_change(

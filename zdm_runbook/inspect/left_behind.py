@@ -26,6 +26,7 @@ import psycopg
 from zdm_runbook.inspect.backfill_fanout import fanout_warnings
 from zdm_runbook.inspect.key_holders import hold_warnings
 from zdm_runbook.inspect.preflight import Reason
+from zdm_runbook.inspect.row_security import hidden_rows
 from zdm_runbook.plan.steps import BackfillSpec
 from zdm_runbook.spec.column_uses import Use, column_uses
 from zdm_runbook.spec.model import Phase, Table
@@ -157,12 +158,15 @@ def change_warnings(
     """The change's own warnings, said from the first phase on (``zdm plan --dsn-env`` and every
     preflight), each with its name and table: a column that holds a key the change widens and stays
     narrower (:mod:`.key_holders`), the app's triggers and the publications that each row the
-    backfills still to run will update sets off (:mod:`.backfill_fanout`), and what a replaced
+    backfills still to run will update sets off (:mod:`.backfill_fanout`), row-level security
+    that would hide rows from them (:mod:`.row_security`: a no-go), and what a replaced
     column leaves behind. Not in contract,
     whose report of its drops says the latter, a no-go where the drop would fail."""
     narrow, holders = hold_warnings(conn, operations)
     found = [("what holds a key", narrow, holders)]
     if backfills:
+        hidden, policies = hidden_rows(conn, backfills)
+        found.append(("row-level security on the backfill", hidden, policies))
         fired, fanout = fanout_warnings(conn, backfills)
         found.append(("what the backfill's row updates set off", fired, fanout))
     if phase != Phase.CONTRACT:
