@@ -62,9 +62,11 @@ def test_only_writes_to_a_synced_column_call_the_function(
         calls = Calls(conn)
         assert calls.run("UPDATE orders SET customer_id = customer_id") == 500  # a column written, unchanged
         assert calls() == 0
+        conn.execute("SET application_name = 'zdm_runbook:migrate'")  # as the engine connects
         for statement in backfill.statements:  # the backfill's own UPDATE, over the whole table
             assert calls.run(statement) == 500
         assert calls() == 0, "the backfill's writes must not call the sync function"
+        conn.execute("RESET application_name")
         other = "note = note || '!'" if old != "note" else "customer_id = customer_id + 1"
         assert calls.run(f"UPDATE orders SET {other}") == 500
         assert calls() == 0, "an app's write to another column must not call the sync function"
@@ -112,7 +114,7 @@ def test_an_earlier_single_trigger_is_replaced_when_expand_runs_again(db: str) -
     )
     assert "BEFORE UPDATE ON public.orders FOR EACH ROW WHEN" in definitions
     assert "BEFORE INSERT ON public.orders FOR EACH ROW EXECUTE" in definitions
-    with psycopg.connect(db) as conn:
+    with psycopg.connect(db, application_name="zdm_runbook:migrate") as conn:  # as the engine
         calls = Calls(conn)
         for statement in _backfill(CHANGE_TYPE).statements:
             assert calls.run(statement) == 500
@@ -149,3 +151,48 @@ def test_after_the_key_swap_the_trigger_fires_where_the_key_is_written(any_pg_db
             f"SELECT id, {shadow[0]} FROM items WHERE id IN (3000000000, 1000, 5000) ORDER BY id"
         ).fetchall()
         assert rows == [(1000, 1000), (5000, 5000), (3000000000, None)]
+
+
+TIMESTAMPS = """
+change: events-at-timestamptz
+operations:
+  - change_type: {table: events, column: at, new_column: at_tz, type: timestamptz,
+                  using: "at::timestamptz", reverse: "at_tz::timestamp"}
+"""
+
+
+def test_a_conversion_is_computed_alike_by_the_trigger_in_any_session_and_by_the_backfill(
+    any_pg_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``at::timestamptz`` reads the session's TimeZone. Measured before the pins: an app session in
+    New York had the trigger store 13:00 UTC for 09:00, the backfill (UTC) stored 09:00 UTC, and
+    migrate and switch went through with both. Now all follow the session that ran expand."""
+    with psycopg.connect(any_pg_db, autocommit=True) as c:
+        c.execute(
+            "CREATE TABLE events (id serial PRIMARY KEY, at timestamp NOT NULL);"
+            " INSERT INTO events (at) SELECT timestamp '2026-01-01 12:00' + g * interval '1 minute'"
+            " FROM generate_series(1, 2000) g"
+        )
+    plan = build_plan(parse_change(TIMESTAMPS))
+    monkeypatch.setenv("PGTZ", "Asia/Tokyo")  # the DBA's session, where expand runs
+    apply_phase(any_pg_db, plan, Phase.EXPAND)
+    app = "SET TimeZone = 'America/New_York'; "
+    with psycopg.connect(any_pg_db, autocommit=True) as c:  # the app, in its own zone, both ways
+        c.execute(
+            app
+            + "INSERT INTO events (at) VALUES ('2026-06-01 09:00'); UPDATE events SET at = at + '1h' WHERE id = 5"
+        )
+    monkeypatch.setenv("PGTZ", "UTC")  # migrate from another machine
+    apply_phase(any_pg_db, plan, Phase.MIGRATE)
+    with psycopg.connect(any_pg_db, autocommit=True) as c:
+        c.execute(
+            app
+            + "INSERT INTO events (at) VALUES ('2026-07-01 09:00'); UPDATE events SET at = at + '1h' WHERE id = 6"
+        )
+        c.execute(app + "UPDATE events SET at_tz = at_tz + '1h' WHERE id = 7")  # the new app's write
+        off = c.execute(
+            "SELECT count(*) FROM events WHERE at_tz IS DISTINCT FROM (at AT TIME ZONE 'Asia/Tokyo')"
+        ).fetchone()
+        config = c.execute("SELECT proconfig FROM pg_proc WHERE proname LIKE 'zdm%sync'").fetchone()
+    assert off == (0,)
+    assert config is not None and "TimeZone=Asia/Tokyo" in config[0]

@@ -2,12 +2,12 @@
 
 Each batch is one short transaction: the next key range, the UPDATE of its rows whose target
 still differs (``IS DISTINCT FROM``), and the checkpoint in the ledger, all committed together,
-in three round trips with statements prepared once (:mod:`.batch_sql`); the timeouts are the
-session's. So a crash, a SIGKILL or a lost connection loses at most the batch in
-flight, and a re-run resumes from the last committed one; a re-run after completion updates
-nothing. The batch size adapts toward a target duration; the engine holds while told to, and
-for the health holds of :mod:`.holds`. Several backfills on one table share one pass
-(:mod:`.walk`): one row version per row, while each keeps its own ledger row, counts and progress.
+in three round trips with statements prepared once (:mod:`.batch_sql`); the timeouts, and the
+settings of the dual-write function (:mod:`.pinned`), are the session's. So a crash, a SIGKILL or
+a lost connection loses at most the batch in flight, and a re-run resumes from the last committed
+one; a re-run after completion updates nothing. The batch size adapts toward a target duration;
+the engine holds while told to, and for the health holds of :mod:`.holds`. Several backfills on
+one table share one pass (:mod:`.walk`): one row version per row, each with its own ledger row.
 
 Defaults, and why: a batch targets 0.2 s (pt-online-schema-change and pt-table-checksum aim their
 chunks at 0.5 s; a shorter batch holds its row locks for less time, so an app UPDATE that meets
@@ -33,6 +33,7 @@ from zdm_runbook.execute.duty import DutyController, Sampler
 from zdm_runbook.execute.fill_settings import BackfillSettings, backfill_settings
 from zdm_runbook.execute.holds import hold_reason, read_health
 from zdm_runbook.execute.keyset import Key, TableKey, table_key
+from zdm_runbook.execute.pinned import pin
 from zdm_runbook.execute.progress import Batch, State, steered
 from zdm_runbook.execute.wal_pace import WalPace
 from zdm_runbook.execute.walk import Walk
@@ -123,6 +124,7 @@ class BackfillEngine:
         if self.conn is None or self.conn.closed or self.conn.broken:
             self.conn = connect(self.dsn, phase="migrate:backfill", autocommit=True, row_security=False)
             set_timeouts(self.conn, self.settings.lock_timeout, self.settings.statement_timeout, local=False)
+            pin(self.conn, self.walk.specs)
         return self.conn
 
     def _lost(self) -> bool:
@@ -202,10 +204,8 @@ class BackfillEngine:
     # --- the loop ---
 
     def run(self) -> State:
-        """Batch until the captured upper bound is passed; return the final state.
-
-        A :class:`BackfillError` marks the ledger row ``failed`` (what is committed stays; a re-run
-        resumes from the checkpoint)."""
+        """Batch until the captured upper bound is passed; return the final state. A
+        :class:`BackfillError` marks the ledger row ``failed`` (what is committed stays)."""
         try:
             return self._run()
         except BackfillError:

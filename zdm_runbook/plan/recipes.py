@@ -115,14 +115,16 @@ def dual_write_steps(
             "dual-write",
             Phase.EXPAND,
             f"install triggers {trigger} and {dual_write.insert_trigger(trigger)}: keep {old} and {new}"
-            " in sync for old and new app writes",
+            " in sync for old and new app writes, converting with this session's TimeZone, DateStyle,"
+            " IntervalStyle and search_path whatever the writer's (the backfill takes them too)",
             dual_write.install(table, trigger, function, old, new, to_new[0], to_old),
             dual_write.installed(table, trigger),
             (table,),
             superseded_when=s.column_absent(table, old),
         )
     pending = Q("{} IS DISTINCT FROM ({})").format(sql.Identifier(new), to_new[1])
-    fill = BackfillSpec(table, ((new, to_new[1]),), pending, reads=reads | {new})
+    pins = (table.schema, function) if change.dual_write == "trigger" else None
+    fill = BackfillSpec(table, ((new, to_new[1]),), pending, reads=reads | {new}, pinned_by=pins)
     b.add_backfill(
         f"backfill {table}.{new} from {old} in batches", fill, superseded_when=s.column_absent(table, old)
     )
@@ -267,8 +269,9 @@ def change_key_type(change: Change, b: StepBuilder, op: ChangeKeyType) -> None:
         (table,),
         superseded_when=swapped,
     )
+    pending = Q("{} IS DISTINCT FROM {}").format(n, k)
     fill = BackfillSpec(
-        table, ((shadow, k),), Q("{} IS DISTINCT FROM {}").format(n, k), reads=frozenset({key, shadow})
+        table, ((shadow, k),), pending, reads=frozenset({key, shadow}), pinned_by=(table.schema, trigger)
     )
     b.add_backfill(f"backfill {table}.{shadow} from {key} in batches", fill, superseded_when=swapped)
     not_null_steps(

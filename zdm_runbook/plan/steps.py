@@ -32,6 +32,8 @@ class BackfillSpec:
 
     ``reads`` names the columns its expressions and filter read (None: not known), which decides
     whether it may share one pass over the table with another backfill (:func:`one_pass`).
+    ``pinned_by``: the dual-write function whose settings its session takes (``(schema, name)``,
+    :data:`zdm_runbook.plan.dual_write.PINNED`), so that both compute the same values.
     """
 
     table: Table
@@ -39,6 +41,7 @@ class BackfillSpec:
     pending: sql.Composable
     where: Expr | None = None
     reads: frozenset[str] | None = None
+    pinned_by: tuple[str, str] | None = None
 
     @property
     def writes(self) -> frozenset[str]:
