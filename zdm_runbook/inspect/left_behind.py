@@ -26,6 +26,7 @@ import psycopg
 from zdm_runbook.inspect.backfill_fanout import fanout_warnings
 from zdm_runbook.inspect.key_holders import hold_warnings
 from zdm_runbook.inspect.preflight import Reason
+from zdm_runbook.inspect.publications import published_ddl
 from zdm_runbook.inspect.row_security import hidden_rows
 from zdm_runbook.plan.steps import BackfillSpec
 from zdm_runbook.spec.column_uses import Use, column_uses
@@ -157,11 +158,11 @@ def change_warnings(
 ) -> list[tuple[str, list[Reason], pd.DataFrame]]:
     """The change's own warnings, said from the first phase on (``zdm plan --dsn-env`` and every
     preflight), each with its name and table: a column that holds a key the change widens and stays
-    narrower (:mod:`.key_holders`), the app's triggers and the publications that each row the
-    backfills still to run will update sets off (:mod:`.backfill_fanout`), row-level security
-    that would hide rows from them (:mod:`.row_security`: a no-go), and what a replaced
-    column leaves behind. Not in contract,
-    whose report of its drops says the latter, a no-go where the drop would fail."""
+    narrower (:mod:`.key_holders`); for the backfills still to run, row-level security that would
+    hide rows from them (:mod:`.row_security`: a no-go) and the app's triggers and the publications
+    each updated row sets off (:mod:`.backfill_fanout`); and, but in contract, what the subscribers
+    of a published table need first (:mod:`.publications`) and what a replaced column leaves behind
+    (contract's report of its drops says that, a no-go where the drop would fail)."""
     narrow, holders = hold_warnings(conn, operations)
     found = [("what holds a key", narrow, holders)]
     if backfills:
@@ -170,6 +171,8 @@ def change_warnings(
         fired, fanout = fanout_warnings(conn, backfills)
         found.append(("what the backfill's row updates set off", fired, fanout))
     if phase != Phase.CONTRACT:
+        published, subscribers = published_ddl(conn, operations)
+        found.append(("what the subscribers of a published table need", published, subscribers))
         behind, uses = left_behind_warnings(conn, operations)
         found.append(("what a replaced column leaves behind", behind, uses))
     return found
