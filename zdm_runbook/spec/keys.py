@@ -99,7 +99,12 @@ def key_type_problem(facts: KeyFacts, new_type: str) -> str | None:
     if facts.type not in WIDENS:
         return f"is {facts.type}: change_key_type widens a smallint or integer key to {new_type}"
     if facts.in_composite_key or facts.composite_reference or facts.in_composite_reference:
-        return "is part of a key of several columns: change_key_type swaps a one-column key only"
+        return (
+            "is part of a key of several columns: change_key_type swaps a one-column key only, and"
+            " cannot move a composite key (or a foreign key over several columns) yet. Widen it in a"
+            " maintenance window: ALTER COLUMN … TYPE bigint rewrites the table, and each table whose"
+            " foreign key uses it, under ACCESS EXCLUSIVE"
+        )
     if facts.key is None and not facts.references:
         return (
             "is neither a primary key, nor under a unique constraint of its own, nor a foreign key"
