@@ -377,3 +377,36 @@ def test_a_lock_taken_while_holding_one_gives_up_before_the_app_is_made_a_deadlo
         {"swap": "LockNotAvailable", "app": "ok"} if ours else {"swap": "ok", "app": "DeadlockDetected"}
     )
     assert outcome == expected
+
+
+def test_a_column_fed_by_a_sequence_or_an_identity_but_no_key_is_widened_too(any_pg_db: str) -> None:
+    """change_type refuses such a column (its contract would drop what feeds it) and points to
+    change_key_type, which had refused it in turn as no key: a DBA had no way to widen it."""
+    with psycopg.connect(any_pg_db, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE tickets (id int PRIMARY KEY, num serial, pos int GENERATED ALWAYS AS IDENTITY);"
+            " INSERT INTO tickets (id) SELECT generate_series(1, 300)"
+        )
+    change = parse_change(
+        "change: tickets-bigint\noperations:\n"
+        "  - change_key_type: {table: tickets, column: num}\n"
+        "  - change_key_type: {table: tickets, column: pos}\n"
+    )
+    plan = build_plan(change)
+    with psycopg.connect(any_pg_db, autocommit=True) as conn:
+        assert check_change(conn, change) == []
+    for phase in ("expand", "migrate", "switch", "contract"):
+        apply_phase(any_pg_db, plan, phase)
+    with psycopg.connect(any_pg_db, autocommit=True) as conn:
+        types = conn.execute(
+            "SELECT string_agg(attname || ' ' || format_type(atttypid, NULL) || ' ' || attidentity::text, ', '"
+            " ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'tickets'::regclass AND attnum > 0"
+            " AND NOT attisdropped"
+        ).fetchone()
+        conn.execute("SELECT setval('tickets_num_seq', 3000000000)")
+        row = conn.execute("INSERT INTO tickets (id) VALUES (301) RETURNING num, pos").fetchone()
+        seq = conn.execute(
+            "SELECT format_type(seqtypid, NULL) FROM pg_sequence WHERE seqrelid = 'tickets_num_seq'::regclass"
+        )
+    assert types == ("id integer , num bigint , pos bigint a",)
+    assert row == (3000000001, 301) and seq.fetchone() == ("bigint",)

@@ -105,10 +105,11 @@ def key_type_problem(facts: KeyFacts, new_type: str) -> str | None:
             " maintenance window: ALTER COLUMN … TYPE bigint rewrites the table, and each table whose"
             " foreign key uses it, under ACCESS EXCLUSIVE"
         )
-    if facts.key is None and not facts.references:
+    if facts.key is None and not facts.references and not facts.identity and facts.sequence is None:
         return (
             "is neither a primary key, nor under a unique constraint of its own, nor a foreign key"
-            " column: the swap needs one of them (a plain column changes type by change_type)"
+            " column, nor fed by a sequence or an identity: the swap needs one of them (a plain column"
+            " changes type by change_type)"
         )
     return None
 
