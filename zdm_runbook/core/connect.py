@@ -193,9 +193,8 @@ def connect(
 ) -> psycopg.Connection[tuple[object, ...]]:
     """Open a connection tagged ``application_name=zdm_runbook[:phase]``; errors come redacted.
 
-    ``row_security=False``: a query that row-level security would filter fails instead (SQLSTATE
-    42501), as ``pg_dump``'s do: the backfill's session, so that no row is skipped unseen. Only on a
-    connection known not to be transaction-pooled: a pooler would hand the setting on to the app."""
+    ``row_security=False``: :func:`refuse_filtered_reads` (the backfill's session: no row skipped
+    unseen)."""
     conninfo = resolve_dsn(dsn, env)
     app = f"{APPLICATION_NAME}:{phase}" if phase else APPLICATION_NAME
     try:
@@ -221,5 +220,12 @@ def connect(
         ) from None
     remember_connection_secret(conn)
     if not row_security:
-        conn.execute("SET row_security = off")
+        refuse_filtered_reads(conn)
     return conn
+
+
+def refuse_filtered_reads(conn: psycopg.Connection[Any]) -> None:
+    """From now on a query of ``conn``'s that row-level security would filter fails instead
+    (SQLSTATE 42501), as ``pg_dump``'s do (zdm_runbook.inspect.row_security says why). Only on a
+    connection known not to be transaction-pooled: a pooler would hand the setting on to the app."""
+    conn.execute("SET row_security = off")

@@ -18,7 +18,7 @@ from typing import Any, Self
 import psycopg
 
 from zdm_runbook import ledger
-from zdm_runbook.core.connect import connect, describe, resolve_dsn
+from zdm_runbook.core.connect import connect, describe, refuse_filtered_reads, resolve_dsn
 from zdm_runbook.core.errors import ZdmError
 from zdm_runbook.core.pooling import pooling_error, shared_backend
 from zdm_runbook.plan.planner import Plan
@@ -88,8 +88,8 @@ class PhaseSession:
             evidence = shared_backend(self.control, self.worker)
             if evidence:  # before the ledger, or a SET: nothing is written or set through a pooler
                 raise pooling_error(self.conninfo, evidence)
-            for conn in (self.control, self.worker):  # a query row-level security would filter fails
-                conn.execute("SET row_security = off")  # instead (inspect/row_security.py)
+            refuse_filtered_reads(self.control)  # only now: a pooler would hand the setting on
+            refuse_filtered_reads(self.worker)
             ledger.ensure(self.control)
             change = self.plan.change
             ledger.record_change(

@@ -9,7 +9,7 @@ backfilled none of 4,000 rows and verified none, and contract would then have dr
 column. PostgreSQL's own answer, ``row_security_active(table)``, decides here, before anything
 runs, from the first phase on.
 
-The engine's own sessions also run with ``row_security = off`` (:mod:`zdm_runbook.execute.session`):
+The engine's own sessions (each phase's two, and the backfill's) also run with ``row_security = off``:
 there PostgreSQL refuses a query that row-level security would filter (SQLSTATE 42501) rather than
 filtering it, as ``pg_dump`` does, so a policy created after the preflight still cannot make a
 backfill skip rows unseen. The compatibility checks run the app's statements with it on again,
