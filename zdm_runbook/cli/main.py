@@ -68,7 +68,7 @@ def plan_cmd(spec: Path, as_json: bool, phase: str | None, dsn_env: str | None) 
                 raise SpecError(problems, str(spec))
             backfills = [st.backfill for st in build_plan(change).steps if st.backfill is not None]
             for _, warnings, _ in change_warnings(
-                conn, change.operations, backfills=backfills
+                conn, change.operations, backfills=backfills, dual_write=change.dual_write
             ):  # and each preflight
                 for reason in warnings:
                     click.echo(str(reason), err=True)

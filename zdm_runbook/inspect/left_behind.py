@@ -28,6 +28,7 @@ from zdm_runbook.inspect.key_holders import hold_warnings
 from zdm_runbook.inspect.preflight import Reason
 from zdm_runbook.inspect.publications import published_ddl
 from zdm_runbook.inspect.row_security import hidden_rows
+from zdm_runbook.inspect.sync_order import later_triggers
 from zdm_runbook.plan.steps import BackfillSpec
 from zdm_runbook.spec.column_uses import Use, column_uses
 from zdm_runbook.spec.model import Phase, Table
@@ -155,14 +156,16 @@ def change_warnings(
     operations: tuple[Operation, ...],
     phase: Phase | None = None,
     backfills: Sequence[BackfillSpec] = (),
+    dual_write: str = "trigger",
 ) -> list[tuple[str, list[Reason], pd.DataFrame]]:
     """The change's own warnings, said from the first phase on (``zdm plan --dsn-env`` and every
     preflight), each with its name and table: a column that holds a key the change widens and stays
     narrower (:mod:`.key_holders`); for the backfills still to run, row-level security that would
     hide rows from them (:mod:`.row_security`: a no-go) and the app's triggers and the publications
-    each updated row sets off (:mod:`.backfill_fanout`); and, but in contract, what the subscribers
-    of a published table need first (:mod:`.publications`) and what a replaced column leaves behind
-    (contract's report of its drops says that, a no-go where the drop would fail)."""
+    each updated row sets off (:mod:`.backfill_fanout`); and, but in contract, the app's triggers
+    that fire after the sync trigger (:mod:`.sync_order`), what the subscribers of a published table
+    need first (:mod:`.publications`) and what a replaced column leaves behind (contract's report of
+    its drops says that, a no-go where the drop would fail)."""
     narrow, holders = hold_warnings(conn, operations)
     found = [("what holds a key", narrow, holders)]
     if backfills:
@@ -171,6 +174,8 @@ def change_warnings(
         fired, fanout = fanout_warnings(conn, backfills)
         found.append(("what the backfill's row updates set off", fired, fanout))
     if phase != Phase.CONTRACT:
+        later, triggers = later_triggers(conn, operations, dual_write)
+        found.append(("the app's triggers that fire after the sync", later, triggers))
         published, subscribers = published_ddl(conn, operations)
         found.append(("what the subscribers of a published table need", published, subscribers))
         behind, uses = left_behind_warnings(conn, operations)

@@ -240,7 +240,8 @@ class Runbook:
         verdict.add(drops, "what the drops take along", dropped)
         pending = [s.backfill for s in self.plan.steps if s.backfill and s.key not in applied]
         ops = self.plan.change.operations
-        for name, warnings, table in change_warnings(self.session.control, ops, self.phase, pending):
+        dual = self.plan.change.dual_write
+        for name, warnings, table in change_warnings(self.session.control, ops, self.phase, pending, dual):
             verdict.add(warnings, name, table)
         rehearsed = rehearse(self.session.control, self.steps, self.plan.change.compat, self.phase, applied)
         verdict.add(rehearsed.reasons, "rehearsal on a shadow copy", rehearsed.frame())
