@@ -56,9 +56,12 @@ def plan_cmd(spec: Path, as_json: bool, phase: str | None, dsn_env: str | None) 
 
     Needs no database. With --dsn-env, the tables, columns, types and expressions of the spec
     are checked against that database first (read only). Exit 2 lists every problem of a bad spec;
-    warnings (a column that holds a key the change widens but stays narrower; a foreign key, index,
-    constraint or view that a replaced column's contract would drop or fail on) go to stderr, with
-    exit 0.
+    what each phase's preflight will say goes to stderr, with exit 0: a column that holds a key the
+    change widens but stays narrower; a foreign key, index, constraint or view that a replaced
+    column's contract would drop or fail on; row-level security that would hide rows from a
+    backfill (a no-go then); the app's triggers and publications a backfill's updates set off; the
+    app's BEFORE triggers that fire after the sync trigger; and what the subscribers of a published
+    table need first.
     """
     change = load_change(spec)
     if dsn_env:
