@@ -84,3 +84,25 @@ def test_a_published_tables_new_column_is_said_before_and_stops_a_subscriber_tha
     with psycopg.connect(copy, autocommit=True) as conn:  # as the warning says: the column first
         conn.execute("ALTER TABLE orders ADD COLUMN customer_ref bigint")
     assert wait_for(lambda: _rows(copy) == 501, timeout=30)  # then it catches up
+
+
+def test_a_first_run_that_would_publish_the_ledger_to_a_slot_is_refused_before_it_creates_it(
+    publisher_and_subscriber: tuple[str, str], tmp_path: Path
+) -> None:
+    app, _ = publisher_and_subscriber
+    with psycopg.connect(app, autocommit=True) as conn:
+        conn.execute("CREATE PUBLICATION everything FOR ALL TABLES")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(CHANGE_TYPE)
+    where = ("--dsn-env", "APP", "--archive", str(tmp_path / "archive"), "-p", "signoff_by", "dana")
+    refused = zdm("run", "expand", str(spec), *where, env={"APP": app})
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    said = refused.stdout + refused.stderr
+    assert "publication everything publishes FOR ALL TABLES, and 1 logical slot(s) read this database" in said
+    assert "Nothing was created" in said and "-p ledger_published true" in said
+    with psycopg.connect(app) as conn:
+        assert conn.execute("SELECT to_regnamespace('zdm') IS NULL").fetchone() == (True,)
+    done = zdm("run", "expand", str(spec), *where, "-p", "ledger_published", "true", env={"APP": app})
+    assert done.returncode == 0, done.stdout[-2000:]
+    again = zdm("run", "migrate", str(spec), *where, env={"APP": app})  # the ledger exists: not asked
+    assert again.returncode == 0, again.stdout[-2000:]

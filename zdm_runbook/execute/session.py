@@ -21,6 +21,7 @@ from zdm_runbook import ledger
 from zdm_runbook.core.connect import connect, describe, refuse_filtered_reads, resolve_dsn
 from zdm_runbook.core.errors import ZdmError
 from zdm_runbook.core.pooling import pooling_error, shared_backend
+from zdm_runbook.ledger.published import refuse_published_ledger
 from zdm_runbook.plan.planner import Plan
 from zdm_runbook.spec.model import Phase
 
@@ -90,6 +91,7 @@ class PhaseSession:
                 raise pooling_error(self.conninfo, evidence)
             refuse_filtered_reads(self.control)  # only now: a pooler would hand the setting on
             refuse_filtered_reads(self.worker)
+            refuse_published_ledger(self.control, bool(self.parameters.get("ledger_published")))
             ledger.ensure(self.control)
             change = self.plan.change
             ledger.record_change(

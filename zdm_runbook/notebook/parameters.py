@@ -76,6 +76,11 @@ PARAMETERS: tuple[Param, ...] = (
     ),
     Param("compat_each_step", False, "run the app query sets after every applied step, not only at the end"),
     Param("require_go", True, "stop before any DDL when the preflight lock report says no-go"),
+    Param(
+        "ledger_published",
+        False,
+        "create the ledger although a FOR ALL TABLES publication will publish it to a logical slot",
+    ),
     Param("dry_run", False, "show the gate, the preflight and the plan; execute nothing"),
     Param("headless", False, "True under `zdm run`: no widgets, progress as log lines"),
     Param("signoff_by", "", "headless: who signs the phase off when it succeeds (empty: sign off later)"),
