@@ -79,7 +79,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param(
         "ledger_published",
         False,
-        "create the ledger although a FOR ALL TABLES publication will publish it to a logical slot",
+        "create the ledger though a FOR ALL TABLES publication publishes it",
     ),
     Param("dry_run", False, "show the gate, the preflight and the plan; execute nothing"),
     Param("headless", False, "True under `zdm run`: no widgets, progress as log lines"),
