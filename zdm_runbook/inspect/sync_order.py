@@ -19,8 +19,7 @@ import pandas as pd
 import psycopg
 
 from zdm_runbook.inspect.preflight import Reason
-from zdm_runbook.plan.dual_write import insert_trigger
-from zdm_runbook.plan.steps import derived_name
+from zdm_runbook.plan.dual_write import insert_trigger, sync_trigger
 from zdm_runbook.spec.model import Table
 from zdm_runbook.spec.operations import ChangeKeyType, ChangeType, Operation, RenameColumn
 
@@ -47,10 +46,9 @@ def _synced(operations: Iterable[Operation], dual_write: str) -> list[tuple[Tabl
         if isinstance(op, RenameColumn | ChangeType) and dual_write == "trigger":
             new = op.new if isinstance(op, RenameColumn) else op.new_column
             old = op.old if isinstance(op, RenameColumn) else op.column
-            out.append((op.table, old, new, derived_name("zdm", op.table.name, new, suffix="sync")))
+            out.append((op.table, old, new, sync_trigger(op.table, new)))
         elif isinstance(op, ChangeKeyType):  # its trigger whatever dual_write says
-            sync = derived_name("zdm", op.table.name, op.new_column, suffix="sync")
-            out.append((op.table, op.column, op.new_column, sync))
+            out.append((op.table, op.column, op.new_column, sync_trigger(op.table, op.new_column)))
     return out
 
 

@@ -109,7 +109,8 @@ class Analysis:
         return max(modes, key=LOCK_MODES.index) if modes else None
 
 
-def _name(rv: Any) -> str:
+def relation_name(rv: Any) -> str:
+    """A relation as the file writes it: ``schema.table`` when qualified, else ``table``."""
     return f"{rv.schemaname}.{rv.relname}" if getattr(rv, "schemaname", None) else str(rv.relname)
 
 
@@ -173,7 +174,7 @@ def _relations(node: Any) -> list[str]:
 
     class _Rels(Visitor):
         def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> None:
-            found[_name(node)] = None
+            found[relation_name(node)] = None
 
     _Rels()(node)
     return list(found)
@@ -189,7 +190,7 @@ def _constraints(node: ast.CreateStmt) -> list[Any]:
 
 
 def _alter_table(stmt: ast.AlterTableStmt, version: int) -> list[Effect]:
-    table = _name(stmt.relation)
+    table = relation_name(stmt.relation)
     lock, work = "ShareUpdateExclusiveLock", "catalog"
     extra: list[Effect] = []
     for cmd in stmt.cmds or ():
@@ -216,7 +217,7 @@ def _alter_table(stmt: ast.AlterTableStmt, version: int) -> list[Effect]:
                 step_work = "scan"  # measured: with any DEFAULT, even NULL, the new key is checked row by row
         if sub == "AT_AddColumn" and isinstance(cmd.def_, ast.ColumnDef):
             extra += [
-                Effect(_name(c.pktable), "ShareRowExclusiveLock")
+                Effect(relation_name(c.pktable), "ShareRowExclusiveLock")
                 for c in cmd.def_.constraints or ()
                 if ConstrType(_int(c.contype)) == ConstrType.CONSTR_FOREIGN and c.pktable is not None
             ]
@@ -226,7 +227,7 @@ def _alter_table(stmt: ast.AlterTableStmt, version: int) -> list[Effect]:
             if kind == ConstrType.CONSTR_FOREIGN:
                 mode = "ShareRowExclusiveLock"
                 step_work = "scan" if validated else "catalog"
-                extra.append(Effect(_name(cmd.def_.pktable), "ShareRowExclusiveLock", "catalog"))
+                extra.append(Effect(relation_name(cmd.def_.pktable), "ShareRowExclusiveLock", "catalog"))
             elif kind == ConstrType.CONSTR_CHECK:
                 step_work = "scan" if validated else "catalog"
             elif kind in (ConstrType.CONSTR_PRIMARY, ConstrType.CONSTR_UNIQUE, ConstrType.CONSTR_EXCLUSION):
@@ -248,7 +249,7 @@ def _effects(node: Any, version: int) -> tuple[list[Effect], bool]:
         )
         return _alter_table(node, version), not concurrent
     if isinstance(node, ast.IndexStmt):
-        table = _name(node.relation)
+        table = relation_name(node.relation)
         if node.concurrent:
             return [Effect(table, "ShareUpdateExclusiveLock", "index build")], False
         if not getattr(node.relation, "inh", True):  # ON ONLY a partitioned parent: nothing to read
@@ -273,7 +274,7 @@ def _effects(node: Any, version: int) -> tuple[list[Effect], bool]:
         return [], True
     if isinstance(node, ast.ReindexStmt):
         concurrent = any(p.defname == "concurrently" for p in node.params or ())
-        target = _name(node.relation) if node.relation else str(node.name)
+        target = relation_name(node.relation) if node.relation else str(node.name)
         if ReindexObjectType(_int(node.kind)) in (
             ReindexObjectType.REINDEX_OBJECT_INDEX,
             ReindexObjectType.REINDEX_OBJECT_TABLE,
@@ -283,22 +284,24 @@ def _effects(node: Any, version: int) -> tuple[list[Effect], bool]:
         return [], False
     if isinstance(node, ast.VacuumStmt):
         full = any(o.defname == "full" for o in node.options or ())
-        rels = [_name(r.relation) for r in node.rels or ()]
+        rels = [relation_name(r.relation) for r in node.rels or ()]
         mode, work = ("AccessExclusiveLock", "rewrite") if full else ("ShareUpdateExclusiveLock", "scan")
         if not node.is_vacuumcmd:  # ANALYZE
             mode, work = "ShareUpdateExclusiveLock", "scan"
         return [Effect(r, mode, work) for r in rels], not node.is_vacuumcmd
     if isinstance(node, ast.ClusterStmt):
         return (
-            [Effect(_name(node.relation), "AccessExclusiveLock", "rewrite")] if node.relation else []
+            [Effect(relation_name(node.relation), "AccessExclusiveLock", "rewrite")] if node.relation else []
         ), True
     if isinstance(node, ast.TruncateStmt):
-        return [Effect(_name(r), "AccessExclusiveLock", "rewrite") for r in node.relations or ()], True
+        return [
+            Effect(relation_name(r), "AccessExclusiveLock", "rewrite") for r in node.relations or ()
+        ], True
     if isinstance(node, ast.RenameStmt) and node.relation is not None:
         index = ObjectType(_int(node.renameType)) == ObjectType.OBJECT_INDEX
         # Since 12 an index is renamed under SHARE UPDATE EXCLUSIVE (measured in pg_locks).
         mode = "ShareUpdateExclusiveLock" if index and version >= 12 else "AccessExclusiveLock"
-        return [Effect(_name(node.relation), mode)], True
+        return [Effect(relation_name(node.relation), mode)], True
     if isinstance(node, ast.CommentStmt):
         kind = ObjectType(_int(node.objtype))
         comment_on: list[str] = [str(n.sval) for n in node.object] if isinstance(node.object, tuple) else []
@@ -310,30 +313,30 @@ def _effects(node: Any, version: int) -> tuple[list[Effect], bool]:
         return [Effect(name, "AccessShareLock") for name in _relations(node.query)], True
     if isinstance(node, ast.RefreshMatViewStmt) and node.relation is not None:
         mode = "ExclusiveLock" if node.concurrent else "AccessExclusiveLock"
-        return [Effect(_name(node.relation), mode, "rewrite")], True
+        return [Effect(relation_name(node.relation), mode, "rewrite")], True
     if isinstance(node, ast.CreateTrigStmt):
-        return [Effect(_name(node.relation), "ShareRowExclusiveLock")], True
+        return [Effect(relation_name(node.relation), "ShareRowExclusiveLock")], True
     if isinstance(node, ast.CreatePolicyStmt | ast.AlterPolicyStmt) and node.table is not None:
-        return [Effect(_name(node.table), "AccessExclusiveLock")], True  # measured on 15 and 18
+        return [Effect(relation_name(node.table), "AccessExclusiveLock")], True  # measured on 15 and 18
     if isinstance(node, ast.AlterSeqStmt) and node.sequence is not None:
         # Measured on 15 and 18: ShareRowExclusiveLock on the sequence, which waits for every open
         # transaction that called nextval() (it holds RowExclusiveLock to its end), and every
         # nextval(), every INSERT that takes one, queues behind it. A new file for a one-row
         # sequence is no rewrite to speak of.
-        return [Effect(_name(node.sequence), "ShareRowExclusiveLock")], True
+        return [Effect(relation_name(node.sequence), "ShareRowExclusiveLock")], True
     if isinstance(node, ast.LockStmt):
         mode = LOCK_STMT_MODES.get(_int(node.mode), "AccessExclusiveLock")
-        return [Effect(_name(r), mode) for r in node.relations or ()], True
+        return [Effect(relation_name(r), mode) for r in node.relations or ()], True
     if isinstance(node, ast.UpdateStmt | ast.DeleteStmt | ast.InsertStmt):
-        return [Effect(_name(node.relation), "RowExclusiveLock", "data")], True
+        return [Effect(relation_name(node.relation), "RowExclusiveLock", "data")], True
     if isinstance(node, ast.CreateStmt):
         # The new table is nobody else's yet; a table it references gets ShareRowExclusiveLock.
         referenced = [
-            Effect(_name(c.pktable), "ShareRowExclusiveLock")
+            Effect(relation_name(c.pktable), "ShareRowExclusiveLock")
             for c in _constraints(node)
             if ConstrType(_int(c.contype)) == ConstrType.CONSTR_FOREIGN and c.pktable is not None
         ]
-        return [Effect(_name(node.relation), "AccessExclusiveLock"), *referenced], True
+        return [Effect(relation_name(node.relation), "AccessExclusiveLock"), *referenced], True
     return [], True
 
 

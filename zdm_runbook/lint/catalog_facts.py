@@ -40,11 +40,6 @@ Conn = psycopg.Connection[Any]
 PROBE = "zdm_lint_probe"
 
 
-def relation_name(rv: Any) -> str:
-    """The relation as written, for messages: ``schema.name`` or ``name``."""
-    return f"{rv.schemaname}.{rv.relname}" if getattr(rv, "schemaname", None) else str(rv.relname)
-
-
 def relation_parts(rv: Any) -> tuple[str, ...]:
     """The relation's name parts as the parser resolved them (unquoted names already folded)."""
     return (str(rv.schemaname), str(rv.relname)) if getattr(rv, "schemaname", None) else (str(rv.relname),)

@@ -21,12 +21,7 @@ from typing import Any
 from pglast import ast
 from pglast.enums.parsenodes import AlterTableType
 
-from zdm_runbook.lint.analysis import Analysis, Effect
-
-
-def _name(rv: Any) -> str:
-    """A relation as the analysis names it: ``schema.table`` when written so, else ``table``."""
-    return f"{rv.schemaname}.{rv.relname}" if getattr(rv, "schemaname", None) else str(rv.relname)
+from zdm_runbook.lint.analysis import Analysis, Effect, relation_name
 
 
 @dataclass
@@ -55,18 +50,22 @@ class NewTables:
         if isinstance(node, ast.SelectStmt) and node.intoClause is not None:
             into = node.intoClause  # SELECT … INTO t: CREATE TABLE AS by another name
         if into is not None and into.rel is not None:
-            self.created.add(_name(into.rel))
+            self.created.add(relation_name(into.rel))
             if not into.skipData:  # WITH NO DATA leaves it empty
-                self.filled.add(_name(into.rel))
+                self.filled.add(relation_name(into.rel))
         copied = isinstance(node, ast.CopyStmt) and node.is_from
-        if (isinstance(node, ast.InsertStmt) or copied) and rel is not None and _name(rel) in self.created:
-            self.filled.add(_name(rel))
+        if (
+            (isinstance(node, ast.InsertStmt) or copied)
+            and rel is not None
+            and relation_name(rel) in self.created
+        ):
+            self.filled.add(relation_name(rel))
 
     def altered(self, node: Any) -> tuple[str, bool] | None:
         """``(table, filled)`` when ``node`` alters a table this file created, else None."""
         if not isinstance(node, ast.AlterTableStmt) or node.relation is None:
             return None
-        name = _name(node.relation)
+        name = relation_name(node.relation)
         return (name, name in self.filled) if name in self.created else None
 
     def refuses(self, node: Any) -> str | None:

@@ -42,6 +42,11 @@ PINNED = ("TimeZone", "DateStyle", "IntervalStyle", "search_path")
 _PINS = Q(" ").join(Q("SET {} FROM CURRENT").format(sql.Identifier(name)) for name in PINNED)
 
 
+def sync_trigger(table: Table, column: str) -> str:
+    """The name of the UPDATE trigger (and of its function) that syncs ``column`` of ``table``."""
+    return derived_name("zdm", table.name, column, suffix="sync")
+
+
 def insert_trigger(trigger: str) -> str:
     """The name of the INSERT trigger beside the UPDATE trigger ``trigger``."""
     return derived_name(trigger, suffix="insert")

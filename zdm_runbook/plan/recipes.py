@@ -94,7 +94,7 @@ def dual_write_steps(
     which reads the columns ``reads``. ``default`` gives the new column its default in contract,
     before the old column goes (:mod:`.column_defaults`), and says which.
     """
-    trigger = s.derived_name("zdm", table.name, new, suffix="sync")
+    trigger = dual_write.sync_trigger(table, new)
     function = trigger
     b.add(
         "add-column",
@@ -245,7 +245,7 @@ def change_key_type(change: Change, b: StepBuilder, op: ChangeKeyType) -> None:
     table, key, shadow = op.table, op.column, op.new_column
     left_to_spec = spec_twins_others(op, change.operations)
     swapped = keyswap.swapped(table, key)
-    trigger = s.derived_name("zdm", table.name, shadow, suffix="sync")
+    trigger = dual_write.sync_trigger(table, shadow)
     index = s.derived_name(table.name, shadow, suffix="zdm_key")
     k, n = sql.Identifier(key), sql.Identifier(shadow)
     b.add(
