@@ -406,16 +406,24 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def throwaway(prefix: str) -> tuple[LocalServer, str, Path]:
+    """A started throw-away embedded PostgreSQL, its DSN, and a folder for the app's logs."""
+    server = LocalServer(Path(tempfile.mkdtemp(prefix=f"{prefix}-")) / "pg", embedded_bin_dir())
+    return server, server.start(), Path(tempfile.mkdtemp(prefix=f"{prefix}-app-"))
+
+
+def server_version(dsn: str) -> str:
+    with psycopg.connect(dsn) as c:
+        row = c.execute("SHOW server_version").fetchone()
+    return str(row[0]) if row else "?"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
     OURS_SETTINGS.update(json.loads(args.ours))
-    server = LocalServer(Path(tempfile.mkdtemp(prefix="zdm-bench-")) / "pg", embedded_bin_dir())
-    dsn = server.start()
-    folder = Path(tempfile.mkdtemp(prefix="zdm-bench-app-"))
+    server, dsn, folder = throwaway("zdm-bench")
     try:
-        with psycopg.connect(dsn) as c:
-            version = c.execute("SHOW server_version").fetchone()
-        print(f"backfill of {args.rows:,} rows on PostgreSQL {version[0] if version else '?'}", flush=True)
+        print(f"backfill of {args.rows:,} rows on PostgreSQL {server_version(dsn)}", flush=True)
         setup(dsn, args.rows)
         chosen = [v for v in VARIANTS if v in args.variants.split(",")]
         quiet = []
