@@ -126,6 +126,9 @@ def report(idle: dict[int, float], runs: list[Run]) -> None:
     control = max(r.alone_p99 for r in runs)
     fewest = min(r.app_tx for r in runs)
     p99_met = sum(r.ours_p99 <= P99_BOUND for r in runs)
+    noisy = control > UNDECIDABLE or fewest < MIN_APP_TX
+    # Over the bound by more than the machine's own spread: not met, however noisy the runs.
+    clearly_over = max(r.ours_p99 for r in runs) > P99_BOUND * max(control, 1.0) and fewest >= MIN_APP_TX
     rate_met = sum(r.share >= RATE_FLOOR for r in runs)
     idle_met = sum(v >= IDLE_FLOOR for v in idle.values())
     print("\ngoal                                               worst   held in   verdict")
@@ -135,7 +138,7 @@ def report(idle: dict[int, float], runs: list[Run]) -> None:
             f"{max(r.ours_p99 for r in runs):.2f}x",
             p99_met,
             len(runs),
-            verdict(p99_met, len(runs), control > UNDECIDABLE or fewest < MIN_APP_TX),
+            verdict(p99_met, len(runs), noisy and not clearly_over),
         ),
         ("  the app alone (A/A control), same runs", f"{control:.2f}x", None, None, "the machine's spread"),
         (
