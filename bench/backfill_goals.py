@@ -84,22 +84,34 @@ def one_size(args: argparse.Namespace, rows: int) -> tuple[float, list[Run]]:
         # backfill ends: give it about ten times the idle pass (the loaded rate is a fifth or so of
         # the idle one), at least 4 s and at most --max-seconds.
         deadline = min(args.max_seconds, max(4.0, 10 * rows / idle["ours"]))
+
+        def loaded(name: str, seconds: float) -> dict[str, Any]:
+            bf.reset(dsn)
+            return bf.under_load(
+                dsn,
+                name,
+                rows,
+                args.app_rate,
+                seconds,
+                folder,
+                min_app_tx=args.min_app_tx,
+                max_windows=args.max_windows,
+            )
+
         runs = []
         for number in range(1, args.runs + 1):
-            bf.reset(dsn)
-            ours = bf.under_load(
-                dsn, "ours", rows, args.app_rate, deadline, folder,
-                min_app_tx=args.min_app_tx, max_windows=args.max_windows,
-            )  # fmt: skip
-            bf.reset(dsn)
-            alone = bf.under_load(
-                dsn, "alone", rows, args.app_rate, ours["seconds"] / ours["windows"], folder,
-                min_app_tx=args.min_app_tx, max_windows=args.max_windows,
-            )  # fmt: skip
+            ours = loaded("ours", deadline)
+            alone = loaded("alone", ours["seconds"] / ours["windows"])  # as long as ours ran, per run
             run = Run(
-                rows, number, idle["ours"], ours["rows_per_s"], ratio(ours), ratio(alone),
-                ours["app_tx"], ours["steal_pct"],
-            )  # fmt: skip
+                rows=rows,
+                number=number,
+                idle_rows_per_s=idle["ours"],
+                loaded_rows_per_s=ours["rows_per_s"],
+                ours_p99=ratio(ours),
+                alone_p99=ratio(alone),
+                app_tx=ours["app_tx"],
+                steal_pct=ours["steal_pct"],
+            )
             runs.append(run)
             print(
                 f"  {rows:>9,}  run {number}  p99: ours {run.ours_p99:.2f}x, alone {run.alone_p99:.2f}x"
