@@ -158,10 +158,15 @@ def test_blocker_during_expand_bounded_waits_named_in_the_archive(orders_env: st
     assert "hit lock_timeout after" in text and "nightly-report" in text
     assert f"blocked by pid {blocker.pid} (nightly-report)" in text
     with psycopg.connect(dsn) as conn:
+        # Each attempt ran under a lock_timeout no longer than the phase's (the ladder's rungs grow
+        # up to it), and the server ended it by that timeout (the outcome is 55P03's). What the
+        # wait measured on the clock is evidence only: on a loaded machine the timer that ends a
+        # 500 ms wait can fire late (1.27 s once in CI), so it is not asserted.
         timeouts = conn.execute(
-            "SELECT count(*), max(lock_wait_s) FROM zdm.step_attempts WHERE outcome = 'lock_timeout'"
+            "SELECT count(*), max((settings ->> 'lock_timeout')::float8) FROM zdm.step_attempts"
+            " WHERE outcome = 'lock_timeout'"
         ).fetchone()
-    assert timeouts and timeouts[0] >= 2 and timeouts[1] < 1.0, timeouts
+    assert timeouts and timeouts[0] >= 2 and timeouts[1] <= 0.5, timeouts
     assert os.path.getsize(notebook.with_suffix(".html")) > 10_000
 
 
