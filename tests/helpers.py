@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -60,6 +61,13 @@ def zdm(
         user=user,
         check=False,
     )
+
+
+def plan_warnings(spec: Path, dsn: str, containing: str) -> list[str]:
+    """The lines of ``zdm plan SPEC --dsn-env`` on ``dsn`` that contain ``containing`` (it exits 0)."""
+    planned = zdm("plan", str(spec), "--dsn-env", "ZDM_TEST_PLAN_DSN", env={"ZDM_TEST_PLAN_DSN": dsn})
+    assert planned.returncode == 0, planned.stderr
+    return [line for line in planned.stderr.splitlines() if containing in line]
 
 
 def scalar(dsn: str, query: Any, params: Any = None) -> Any:

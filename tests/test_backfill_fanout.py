@@ -11,7 +11,7 @@ import nbformat
 import psycopg
 import pytest
 
-from .helpers import zdm
+from .helpers import plan_warnings, zdm
 
 pytestmark = pytest.mark.pg
 
@@ -55,11 +55,7 @@ def test_the_triggers_a_backfill_fires_are_named_before_it_and_a_trigger_can_sta
     env = {"SHOP": db}
     first = tmp_path / "first.yaml"
     first.write_text(SPEC.format(id="orders-currency", column="currency"))
-    planned = zdm("plan", str(first), "--dsn-env", "SHOP", env=env)
-    assert planned.returncode == 0, planned.stderr
-    (warning,) = [
-        line for line in planned.stderr.splitlines() if "fire on every row the backfill updates" in line
-    ]
+    (warning,) = plan_warnings(first, db, "fire on every row the backfill updates")
     assert "orders_audit (AFTER UPDATE, audit()), orders_touch (BEFORE UPDATE, touch())" in warning
     assert "orders_by_customer" not in warning and "orders_off" not in warning  # other columns; disabled
     archive = tmp_path / "archive"

@@ -13,7 +13,7 @@ from zdm_runbook.plan.planner import build_plan
 from zdm_runbook.spec.change import parse_change
 from zdm_runbook.spec.model import Phase
 
-from .helpers import apply_phase, zdm
+from .helpers import apply_phase, plan_warnings
 
 pytestmark = pytest.mark.pg
 
@@ -32,9 +32,7 @@ SPEC = "change: members-mail\noperations:\n  - rename_column: {table: members, f
 
 
 def _warnings(spec: Path, db: str) -> list[str]:
-    planned = zdm("plan", str(spec), "--dsn-env", "SHOP", env={"SHOP": db})
-    assert planned.returncode == 0, planned.stderr
-    return [line for line in planned.stderr.splitlines() if "fires after zdm's" in line]
+    return plan_warnings(spec, db, "fires after zdm's")
 
 
 def _insert(db: str, member: int) -> tuple[str, str]:

@@ -36,26 +36,14 @@ from zdm_runbook.spec.operations import (
     AddCheck,
     AddForeignKey,
     AddUnique,
-    ChangeType,
     CreateIndex,
     DropColumn,
     DropConstraint,
     DropIndex,
     Operation,
-    RenameColumn,
 )
+from zdm_runbook.spec.replaced_columns import replaced_columns
 from zdm_runbook.spec.sqltext import regclass
-
-
-def replaced_columns(operations: tuple[Operation, ...]) -> list[tuple[Table, str, str]]:
-    """(table, old column, new column) of each operation whose contract drops a column it replaced."""
-    found = []
-    for op in operations:
-        if isinstance(op, RenameColumn):
-            found.append((op.table, op.old, op.new))
-        elif isinstance(op, ChangeType):
-            found.append((op.table, op.column, op.new_column))
-    return found
 
 
 def _uses_column(op: Operation, table: Table, column: str) -> bool:

@@ -12,7 +12,6 @@ from the first phase on, with the way out: a name that sorts before it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
@@ -21,7 +20,8 @@ import psycopg
 from zdm_runbook.inspect.preflight import Reason
 from zdm_runbook.plan.dual_write import insert_trigger, sync_trigger
 from zdm_runbook.spec.model import Table
-from zdm_runbook.spec.operations import ChangeKeyType, ChangeType, Operation, RenameColumn
+from zdm_runbook.spec.operations import ChangeKeyType, Operation
+from zdm_runbook.spec.replaced_columns import replaced_columns
 
 # Row-level BEFORE triggers on INSERT (type bit 4) after the insert sync trigger, or on UPDATE
 # (16) after the update one, by name as PostgreSQL orders them (byte by byte: COLLATE "C").
@@ -39,21 +39,21 @@ SELECT t.tgname::text, t.tgfoid::regprocedure::text
 COLUMNS = ("table", "trigger", "function", "fires after")
 
 
-def _synced(operations: Iterable[Operation], dual_write: str) -> list[tuple[Table, str, str, str]]:
-    """``(table, old, new, sync trigger)`` for each column pair a trigger keeps in sync."""
-    out = []
+def _synced(operations: tuple[Operation, ...], dual_write: str) -> list[tuple[Table, str, str, str]]:
+    """``(table, old, new, sync trigger)`` for each column pair a trigger keeps in sync, in the
+    spec's order: a key's swap has its trigger whatever ``dual_write`` says; a replaced column
+    (rename_column, change_type) has one under ``dual_write: trigger``."""
+    pairs = []
     for op in operations:
-        if isinstance(op, RenameColumn | ChangeType) and dual_write == "trigger":
-            new = op.new if isinstance(op, RenameColumn) else op.new_column
-            old = op.old if isinstance(op, RenameColumn) else op.column
-            out.append((op.table, old, new, sync_trigger(op.table, new)))
-        elif isinstance(op, ChangeKeyType):  # its trigger whatever dual_write says
-            out.append((op.table, op.column, op.new_column, sync_trigger(op.table, op.new_column)))
-    return out
+        if isinstance(op, ChangeKeyType):
+            pairs.append((op.table, op.column, op.new_column))
+        elif dual_write == "trigger":
+            pairs += replaced_columns((op,))
+    return [(table, old, new, sync_trigger(table, new)) for table, old, new in pairs]
 
 
 def later_triggers(
-    conn: psycopg.Connection[Any], operations: Iterable[Operation], dual_write: str = "trigger"
+    conn: psycopg.Connection[Any], operations: tuple[Operation, ...], dual_write: str = "trigger"
 ) -> tuple[list[Reason], pd.DataFrame]:
     """A warning per app trigger that fires after a sync trigger of the change; the rows."""
     reasons: list[Reason] = []

@@ -22,10 +22,21 @@ from zdm_runbook.core.errors import Problem
 from zdm_runbook.spec.catalog_state import CatalogState, CheckFailed, check_expr
 from zdm_runbook.spec.keys import key_facts
 from zdm_runbook.spec.model import Table
-from zdm_runbook.spec.operations import ChangeType, RenameColumn
+from zdm_runbook.spec.operations import ChangeType, Operation, RenameColumn
 from zdm_runbook.spec.sqltext import SqlTextError, parse_expression, regclass
 
 Q = sql.SQL
+
+
+def replaced_columns(operations: tuple[Operation, ...]) -> list[tuple[Table, str, str]]:
+    """(table, old column, new column) of each operation whose contract drops a column it replaced."""
+    found = []
+    for op in operations:
+        if isinstance(op, RenameColumn):
+            found.append((op.table, op.old, op.new))
+        elif isinstance(op, ChangeType):
+            found.append((op.table, op.column, op.new_column))
+    return found
 
 
 def _expression(state: CatalogState, table: Table, column: str) -> tuple[str, bool] | None:
