@@ -20,9 +20,12 @@ from zdm_runbook.execute.duty import (
     MAX_DUTY,
     MIN_DUTY,
     OPEN_AFTER,
+    OPENING_EVERY,
+    SAMPLE_EVERY,
     WINDOW,
     DutyController,
     Sampler,
+    sample_every,
 )
 
 
@@ -241,3 +244,11 @@ def test_busy_max_duty_bounds_the_growth_and_the_opening() -> None:
     assert ctl.opened is True and ctl.duty == 0.3
     assert max(_windows(ctl, 0.4, 0.4, 10)) == 0.3
     assert DutyController(0.1, 1.3, 250, 100, 500, max_duty=0.9).max_duty == MAX_DUTY  # never above
+
+
+def test_the_opening_samples_come_sooner_than_the_windows() -> None:
+    """The opening's resting samples are taken at OPENING_EVERY, then the windows' at SAMPLE_EVERY:
+    a short table is not done at the start duty before the opening can decide."""
+    assert [sample_every(n) for n in (0, OPEN_AFTER - 1)] == [OPENING_EVERY, OPENING_EVERY]
+    assert sample_every(OPEN_AFTER) == sample_every(OPEN_AFTER + 100) == SAMPLE_EVERY
+    assert OPEN_AFTER * OPENING_EVERY < 0.25 < OPEN_AFTER * SAMPLE_EVERY
