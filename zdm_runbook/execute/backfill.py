@@ -1,13 +1,14 @@
 """The backfill engine: a migrate step's UPDATE in bounded keyset batches that survive anything.
 
-Each batch is one short transaction: the next key range, the UPDATE of its rows whose target
-still differs (``IS DISTINCT FROM``), and the checkpoint in the ledger, all committed together,
-in three round trips with statements prepared once (:mod:`.batch_sql`); the timeouts, and the
-settings of the dual-write function (:mod:`.pinned`), are the session's. So a crash, a SIGKILL or
-a lost connection loses at most the batch in flight, and a re-run resumes from the last committed
-one; a re-run after completion updates nothing. The batch size adapts toward a target duration;
-the engine holds while told to, and for the health holds of :mod:`.holds`. Several backfills on
-one table share one pass (:mod:`.walk`): one row version per row, each with its own ledger row.
+Each batch is one short transaction: the next key range and the UPDATE of its rows whose target
+still differs (``IS DISTINCT FROM``), in one statement, and the checkpoint in the ledger, all
+committed together, in two round trips with statements prepared once (:mod:`.batch_sql`); the
+timeouts, and the settings of the dual-write function (:mod:`.pinned`), are the session's. So a
+crash, a SIGKILL or a lost connection loses at most the batch in flight, and a re-run resumes
+from the last committed one; a re-run after completion updates nothing. The batch size adapts
+toward a target duration; the engine holds while told to, and for the health holds of
+:mod:`.holds`. Several backfills on one table share one pass (:mod:`.walk`): one row version per
+row, each with its own ledger row.
 
 Defaults, and why: a batch targets 0.2 s (pt-online-schema-change and pt-table-checksum aim their
 chunks at 0.5 s; a shorter batch holds its row locks for less time, so an app UPDATE that meets
@@ -366,16 +367,13 @@ class BackfillEngine:
             raise ConfigError("prepare() first")
         conn = self._connect()
         started = time.monotonic()
-        # Three round trips: BEGIN with the range's end (and, beside the app, a read of the last
-        # range: see batch_sql), the UPDATE, the checkpoint with the COMMIT (pipeline mode).
-        with conn.pipeline() as pipe, conn.transaction():
-            end = self.statements.end(conn, lower, upper, size, settle=self.state.app_busy)
-            scanned = size
-            if end is None:
-                scanned, end = self.statements.left(conn, lower, upper), upper
-                if not scanned:
-                    return None
-            updated = self.statements.update(conn, lower, end, pipe)
+        # Two round trips: BEGIN with the batch's one statement (and, beside the app, a read of the
+        # last range: see batch_sql), then the checkpoint with the COMMIT (pipeline mode).
+        with conn.pipeline(), conn.transaction():
+            found = self.statements.batch(conn, lower, upper, size, settle=self.state.app_busy)
+            if found is None:
+                return None
+            end, scanned, updated = found
             seconds = time.monotonic() - started
             recorded = [
                 checkpoints.record_batch(

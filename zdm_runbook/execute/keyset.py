@@ -78,16 +78,6 @@ class TableKey:
         cond = sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
         return sql.SQL("({})").format(cond)
 
-    def batch_end(self, lower: Bound | None, upper: Bound | None, size: int | sql.Composable) -> sql.Composed:
-        """The key ``size`` rows after ``lower``: an index-only skip, one key turned to text.
-
-        No row means fewer than ``size`` remain: :meth:`count` then sizes the last batch. ``size``
-        may be a placeholder, whose value is then the number of rows to skip (``size - 1``)."""
-        skip = size if isinstance(size, sql.Composable) else sql.Literal(size - 1)
-        return sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET {} LIMIT 1").format(
-            self.as_text(), qname(self.table), self.range(lower, upper), self.order(), skip
-        )
-
     def count(self, lower: Bound | None, upper: Bound | None) -> sql.Composed:
         return sql.SQL("SELECT count(*) FROM {} WHERE {}").format(qname(self.table), self.range(lower, upper))
 
