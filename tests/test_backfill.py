@@ -448,7 +448,8 @@ def test_adaptive_size_grows_by_bounded_steps_and_shrinks_on_timeouts(db: str) -
     engine.close()
     sizes = [b.size for b in state.batches]
     assert sizes[0] == 100 and not state.app_busy
-    assert all(b <= a * 2 for a, b in itertools.pairwise(sizes))  # alone on the server: doubles
+    assert all(b <= a * 4 for a, b in itertools.pairwise(sizes))  # alone on the server: fourfold at most
+    assert any(b > a * 2 for a, b in itertools.pairwise(sizes))
     assert max(sizes) == 5000
     busy = _engine(db)
     busy.state.app_busy = True

@@ -13,8 +13,10 @@ row, each with its own ledger row.
 Defaults, and why: a batch targets 0.2 s (pt-online-schema-change and pt-table-checksum aim their
 chunks at 0.5 s; a shorter batch holds its row locks for less time, so an app UPDATE that meets
 one waits less), grows by at most 20% per batch while the app shares the server (GitLab's batch
-optimizer takes the same care not to overshoot) and doubles while it is alone, halves on a
-timeout, and stays within 100..20,000 rows: the ceiling keeps the rows locked at any moment a
+optimizer takes the same care not to overshoot) and up to fourfold while it is alone (from the
+5,000-row start to the 20,000-row ceiling in one step: a 100,000-row pass alone ran at 0.90x the
+single UPDATE's rate against 0.84x when it doubled, the medians of six alternating runs), halves
+on a timeout, and stays within 100..20,000 rows: the ceiling keeps the rows locked at any moment a
 small share of a large table.
 """
 
@@ -47,7 +49,7 @@ Conn = psycopg.Connection[Any]
 # lock_timeout and statement_timeout: retry the range, smaller; a deadlock: retry it as it was.
 SHRINK_ON = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)
 RETRY_ON = (*SHRINK_ON, psycopg.errors.DeadlockDetected)
-GROWTH = 1.2
+GROWTH, GROWTH_ALONE = 1.2, 4.0
 CHECK_EVERY = 0.5  # seconds between checks of the controls, replica lag and the lock queue
 Listener = Callable[[State], None]
 
@@ -306,10 +308,10 @@ class BackfillEngine:
         return pause
 
     def _next_size(self, size: int, seconds: float) -> int:
-        """Toward the target duration: grow by at most 20% (double while alone on the server),
+        """Toward the target duration: grow by at most 20% (fourfold while alone on the server),
         shrink in proportion, within bounds."""
         wanted = size * self.settings.target_batch / max(seconds, 1e-3)
-        new = min(wanted, size * (GROWTH if self.state.app_busy else 2.0))
+        new = min(wanted, size * (GROWTH if self.state.app_busy else GROWTH_ALONE))
         return int(max(self.settings.min_batch_size, min(self.settings.max_batch_size, new)))
 
     def _throttle(self) -> tuple[float, dict[str, Any]]:
