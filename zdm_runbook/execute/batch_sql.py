@@ -110,7 +110,7 @@ class BatchStatements:
         end = sql.SQL("(SELECT {} FROM {})").format(cols, _END)
         parts = [
             sql.SQL(
-                "{} ({}, zdm_rows) AS MATERIALIZED (SELECT * FROM (({}) UNION ALL ({})) e LIMIT 1)"
+                "{} ({}, zdm_batch_rows) AS MATERIALIZED (SELECT * FROM (({}) UNION ALL ({})) e LIMIT 1)"
             ).format(_END, cols, full, last)
         ]
         if len(self.walk.specs) > 1:  # counted in the UPDATE's snapshot, as it was before it
@@ -120,7 +120,7 @@ class BatchStatements:
         else:
             updated = sql.SQL("(SELECT count(*) FROM {})").format(_UPDATE)
         parts.append(sql.SQL("{} AS ({} RETURNING 1)").format(_UPDATE, self.walk.update(key, lower, end)))
-        return sql.SQL("WITH {} SELECT (SELECT {} FROM {}), (SELECT zdm_rows FROM {}), {}{}").format(
+        return sql.SQL("WITH {} SELECT (SELECT {} FROM {}), (SELECT zdm_batch_rows FROM {}), {}{}").format(
             sql.SQL(", ").join(parts),
             key.as_text(),
             _END,

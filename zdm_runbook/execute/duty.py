@@ -75,8 +75,8 @@ FLAT, GROW_FAST, GROW, SHRINK = 1.1, 2.0, 1.2, 0.5
 # moment the app slows.
 OPEN_AFTER, OPEN_BELOW = 12, 1.0
 # Until the opening has its OPEN_AFTER resting samples the sampler takes them every OPENING_EVERY
-# seconds, then every SAMPLE_EVERY: the dozen queries cost the app a tenth of a second of denser
-# sampling once, where at SAMPLE_EVERY the start duty lasted 0.6 to 0.7 s. Measured with 100,000
+# seconds, then every SAMPLE_EVERY: the denser sampling lasts about a sixth of a second, once,
+# where at SAMPLE_EVERY the start duty lasted 0.6 to 0.7 s. Measured with 100,000
 # rows under pgbench at 200 tx/s (2 cores, 18.6, three runs each): 28 to 33% of the time in
 # batches and 77,000 to 97,000 rows/s before, 38 to 39% and 89,000 to 116,000 rows/s after.
 OPENING_EVERY = 0.01
