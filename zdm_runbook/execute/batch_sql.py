@@ -104,9 +104,9 @@ class BatchStatements:
         full = sql.SQL("SELECT {}, {} FROM {} WHERE {} ORDER BY {} OFFSET {} - 1 LIMIT 1").format(
             cols, rows, table, within, key.order(), rows
         )
-        last = sql.SQL(
-            "SELECT {}, (SELECT count(*) FROM {} WHERE {}) FROM {} WHERE {} ORDER BY {} LIMIT 1"
-        ).format(cols, table, within, table, within, key.order(desc=True))
+        last = sql.SQL("SELECT {}, ({}) FROM {} WHERE {} ORDER BY {} LIMIT 1").format(
+            cols, key.count(lower, upper), table, within, key.order(desc=True)
+        )
         end = sql.SQL("(SELECT {} FROM {})").format(cols, _END)
         parts = [
             sql.SQL(
