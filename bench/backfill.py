@@ -194,12 +194,16 @@ class App:
     def latencies(self, start_epoch: float, end_epoch: float) -> list[float]:
         """Latencies (ms, from when each was scheduled) of transactions due within the window, however
         late they ended; the first call waits for the run to end and reads (and removes) its logs."""
+        return [ms for _, ms in self.transactions(start_epoch, end_epoch)]
+
+    def transactions(self, start_epoch: float, end_epoch: float) -> list[tuple[float, float]]:
+        """(when due, latency in ms) of the transactions due within the window (see latencies)."""
         if self._due is None:
             self.proc.wait()
             self._due = self._read()
             for log in self.folder.glob("applog.*"):
                 log.unlink()
-        return [ms for due, ms in self._due if start_epoch <= due <= end_epoch]
+        return [(due, ms) for due, ms in self._due if start_epoch <= due <= end_epoch]
 
     def _read(self) -> list[tuple[float, float]]:
         """(when the transaction was due, its latency in ms) for every line of the run's logs."""
