@@ -11,8 +11,8 @@ is how much longer the app's requests take while a batch runs, whatever the app 
 without its statements or any extension. (The resting level is a median over the last 30 s, and
 a rest that stays above it counts as slowed too: see :class:`DutyController`.) The app's tail is
 another matter: on 2 cores it is made outside the server's execution, by the app's processes
-waiting for a core, mostly while a batch runs (``bench/app_tail.py``), and the count in flight
-does not see it; hence the bounds on the duty and the batch below.
+waiting for a core, more often while a batch runs than between batches (``bench/app_tail.py``),
+and the count in flight does not see it; hence the bounds on the duty and the batch below.
 
 The controller (GitLab's batch optimizer steers batch size toward a target efficiency with bounded
 steps; pt-online-schema-change pauses on ``--max-load``, an absolute ``Threads_running``; here the
