@@ -116,17 +116,12 @@ class BatchStatements:
         if len(self.walk.specs) > 1:  # counted in the UPDATE's snapshot, as it was before it
             counts = self.walk.counts(key, lower, end)
             parts.append(sql.SQL("{} AS MATERIALIZED ({})").format(_COUNTS, counts))
-            updated = sql.SQL("{}.*").format(_COUNTS)
+            updated = sql.SQL("{}.* FROM {}").format(_COUNTS, _COUNTS)
         else:
             updated = sql.SQL("(SELECT count(*) FROM {})").format(_UPDATE)
         parts.append(sql.SQL("{} AS ({} RETURNING 1)").format(_UPDATE, self.walk.update(key, lower, end)))
-        return sql.SQL("WITH {} SELECT (SELECT {} FROM {}), (SELECT zdm_batch_rows FROM {}), {}{}").format(
-            sql.SQL(", ").join(parts),
-            key.as_text(),
-            _END,
-            _END,
-            updated,
-            sql.SQL(" FROM {}").format(_COUNTS) if len(self.walk.specs) > 1 else sql.SQL(""),
+        return sql.SQL("WITH {} SELECT (SELECT {} FROM {}), (SELECT zdm_batch_rows FROM {}), {}").format(
+            sql.SQL(", ").join(parts), key.as_text(), _END, _END, updated
         )
 
     def _query(self, conn: Conn, what: str, has_lower: bool) -> bytes:
